@@ -1,0 +1,24 @@
+# Set-up, tests and the demo. `make setup` is idempotent: re-running it only rebuilds what changed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup build test demo bench clean
+
+setup: $(VENV)/.requirements-installed build
+
+$(VENV)/.requirements-installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade 'pip' 'setuptools<81' wheel
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+# Compiles the Cython supervoxel module in place (data/supervoxels/).
+build: $(VENV)/.requirements-installed
+	$(PY) setup.py build_ext --inplace
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf build data/supervoxels/*.so data/supervoxels/_felzenszwalb_3d.c

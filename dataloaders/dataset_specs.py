@@ -1,0 +1,84 @@
+"""Static facts about each benchmark dataset (SPEC sections 10 and 11).
+
+One `DatasetSpec` per dataset key: the pre-processed folder name, how many volumes it has,
+the image size the network sees, class names, the test classes, the supervoxel minimum size,
+and the raw-label mapping applied at load time (CMR stores 200/500/600).
+Folds follow the literature's rule: five contiguous folds overlapping by one volume, the
+last one also taking volume 0.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    folder: str
+    n_volumes: int
+    image_size: Tuple[int, int]
+    classes: Dict[int, str]
+    test_classes: Tuple[int, ...]
+    supervoxel_min_size: int
+    label_map: Optional[Dict[int, int]] = field(default=None)
+
+    def folds(self, n_volumes: Optional[int] = None) -> List[List[int]]:
+        """The five evaluation folds as lists of volume indices."""
+        return make_folds(self.n_volumes if n_volumes is None else n_volumes)
+
+
+def make_folds(n_volumes: int, n_folds: int = 5) -> List[List[int]]:
+    """Contiguous folds of `n_volumes // n_folds + 1` volumes overlapping by one; the last
+    fold runs to the end and also takes volume 0.
+
+    >>> make_folds(30)[4]
+    [24, 25, 26, 27, 28, 29, 0]
+    """
+    step = n_volumes // n_folds
+    if step < 1:
+        raise ValueError(f"need at least {n_folds} volumes for {n_folds} folds, got {n_volumes}")
+    folds = [list(range(i * step, (i + 1) * step + 1)) for i in range(n_folds - 1)]
+    folds.append(list(range((n_folds - 1) * step, n_volumes)) + [0])
+    return folds
+
+
+SABS_CLASSES = {
+    1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder", 5: "esophagus",
+    6: "liver", 7: "stomach", 8: "aorta", 9: "IVC", 10: "portal and splenic vein",
+    11: "pancreas", 12: "right adrenal", 13: "left adrenal",
+}
+
+DATASETS: Dict[str, DatasetSpec] = {
+    "SABS": DatasetSpec(
+        name="SABS", folder="sabs_CT_normalized", n_volumes=30, image_size=(257, 257),
+        classes=SABS_CLASSES, test_classes=(1, 2, 3, 6), supervoxel_min_size=5000),
+    "CHAOST2": DatasetSpec(
+        name="CHAOST2", folder="chaos_MR_T2_normalized", n_volumes=20, image_size=(256, 256),
+        classes={1: "liver", 2: "right kidney", 3: "left kidney", 4: "spleen"},
+        test_classes=(1, 2, 3, 4), supervoxel_min_size=5000),
+    "CMR": DatasetSpec(
+        name="CMR", folder="cmr_MR_normalized", n_volumes=35, image_size=(256, 256),
+        classes={1: "LV myocardium", 2: "LV blood pool", 3: "RV"},
+        test_classes=(1, 2, 3), supervoxel_min_size=1000,
+        label_map={200: 1, 500: 2, 600: 3}),
+    "Prostate_MRI": DatasetSpec(
+        name="Prostate_MRI", folder="prostate_MR_normalized", n_volumes=40, image_size=(256, 256),
+        classes={1: "bladder", 2: "bone", 3: "obturator internus", 4: "transition zone",
+                 5: "central gland", 6: "rectum", 7: "seminal vesicle",
+                 8: "neurovascular bundle"},
+        # The paper's prostate test classes are configured per study; these are the
+        # organs the literature's prostate experiments most often report.
+        test_classes=(1, 4, 6, 7), supervoxel_min_size=5000),
+    # The project's embedded phantom (data/synthetic): SABS layout and label ids, fewer
+    # volumes and a small image size by default so that it trains on a CPU.
+    "SYNTHETIC": DatasetSpec(
+        name="SYNTHETIC", folder="synthetic_CT_normalized", n_volumes=30, image_size=(129, 129),
+        classes=SABS_CLASSES, test_classes=(1, 2, 3, 6), supervoxel_min_size=1000),
+}
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    """Look a dataset up by key, with an error that lists the known keys."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}") from None
