@@ -1,0 +1,482 @@
+"""Episodic training data and the evaluation protocol (SPEC sections 1, 9 and 10).
+
+Folder layout (one pre-processed dataset):
+    data_dir/image_<i>.nii.gz, data_dir/label_<i>.nii.gz             i = 0 .. N-1
+    data_dir/supervoxels_<min size>/superpix-MIDDLE_<i>.nii.gz
+Volumes are (slice, row, column) arrays, z-scored per volume, and reach the network as 3
+identical channels.
+"""
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from data.nifti_io import Geometry, read_volume
+from dataloaders.augment import augment_episode
+from dataloaders.dataset_specs import DatasetSpec, get_dataset_spec, make_folds
+
+EXCLUDE_RULES = ("any", "all")
+# Rejection sampling stops with an error after this many restarts (step 1) instead of
+# spinning forever on data where episodes are possible but astronomically unlikely.
+MAX_RESTARTS = 100_000
+_IMAGE_NAME = re.compile(r"^image_(\d+)\.nii\.gz$")
+
+
+# ----------------------------------------------------------------------------- files
+
+def image_path(data_dir: str, index: int) -> str:
+    return os.path.join(data_dir, f"image_{index}.nii.gz")
+
+
+def label_path(data_dir: str, index: int) -> str:
+    return os.path.join(data_dir, f"label_{index}.nii.gz")
+
+
+def supervoxel_path(data_dir: str, index: int, min_size: int) -> str:
+    return os.path.join(data_dir, f"supervoxels_{min_size}", f"superpix-MIDDLE_{index}.nii.gz")
+
+
+def _check_data_dir(data_dir: str) -> None:
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data folder not found: {data_dir}")
+
+
+def find_volume_indices(data_dir: str) -> List[int]:
+    """Sorted indices i of the image_<i>.nii.gz files in `data_dir`."""
+    _check_data_dir(data_dir)
+    matches = (_IMAGE_NAME.match(name) for name in os.listdir(data_dir))
+    return sorted(int(m.group(1)) for m in matches if m)
+
+
+def count_volumes(data_dir: str, n_volumes: Optional[int] = None) -> int:
+    """The number N of volumes: `n_volumes` if given, else the image files present, which
+    must then be exactly image_0 .. image_{N-1}."""
+    if n_volumes is not None:
+        if n_volumes < 1:
+            raise ValueError(f"n_volumes must be positive, got {n_volumes}")
+        _check_data_dir(data_dir)
+        return n_volumes
+    indices = find_volume_indices(data_dir)
+    if not indices:
+        raise FileNotFoundError(f"no image_<i>.nii.gz files in {data_dir}")
+    missing = sorted(set(range(indices[-1] + 1)) - set(indices))
+    if missing:
+        raise FileNotFoundError(
+            f"volumes are not numbered 0..{indices[-1]} in {data_dir}: missing "
+            f"{image_path(data_dir, missing[0])}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    return len(indices)
+
+
+# ----------------------------------------------------------------------------- volumes
+
+def zscore(volume: np.ndarray, path: str = "volume") -> np.ndarray:
+    """(x - mean) / std over the whole volume (SPEC section 1), as float32."""
+    mean, std = float(volume.mean(dtype=np.float64)), float(volume.std(dtype=np.float64))
+    if not np.isfinite(std) or std == 0.0:
+        raise ValueError(f"cannot z-score {path}: the volume is constant or not finite (std={std})")
+    return ((volume - mean) / std).astype(np.float32)
+
+
+def _check_in_plane(shape: Tuple[int, ...], image_size: Optional[Sequence[int]], path: str) -> None:
+    if image_size is not None and tuple(shape[1:]) != tuple(image_size):
+        raise ValueError(f"{path} has in-plane size {tuple(shape[1:])}, expected {tuple(image_size)} "
+                         "(the configured image size)")
+
+
+def load_image(path: str, image_size: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, Geometry]:
+    """A z-scored float32 [Z, H, W] volume and its geometry."""
+    volume, geometry = read_volume(path, dtype=np.float32)
+    if volume.ndim != 3:
+        raise ValueError(f"{path} is not a 3D volume (array shape {volume.shape})")
+    _check_in_plane(volume.shape, image_size, path)
+    return zscore(volume, path), geometry
+
+
+def _narrow_int(labels: np.ndarray) -> np.ndarray:
+    """Smallest integer dtype that holds the labels (memory: volumes stay in RAM)."""
+    top = int(labels.max()) if labels.size else 0
+    dtype = np.uint8 if top <= 255 else np.int16 if top <= 32767 else np.int32
+    return labels.astype(dtype)
+
+
+def map_labels(labels: np.ndarray, label_map: Optional[Dict[int, int]], path: str) -> np.ndarray:
+    """Apply a raw -> class id map (CMR: 200/500/600 -> 1/2/3); 0 stays 0."""
+    if label_map is None:
+        return labels
+    present = set(np.flatnonzero(np.bincount(labels.ravel())).tolist()) - {0}
+    unknown = sorted(present - set(label_map))
+    if unknown:
+        raise ValueError(f"{path} holds label values {unknown} outside the dataset's label map "
+                         f"{sorted(label_map)}")
+    lookup = np.zeros(max(max(label_map), max(present, default=0)) + 1, dtype=np.int64)
+    for raw, mapped in label_map.items():
+        lookup[raw] = mapped
+    return lookup[labels]
+
+
+def load_labels(path: str, shape: Tuple[int, ...], like: str,
+                label_map: Optional[Dict[int, int]] = None) -> np.ndarray:
+    """An integer label volume that must have `shape` (that of the image file `like`)."""
+    labels, _ = read_volume(path, dtype=np.int64)
+    if labels.shape != tuple(shape):
+        raise ValueError(f"{path} has shape {labels.shape} but its image {like} has shape {tuple(shape)}")
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"{path} holds negative label values")
+    return _narrow_int(map_labels(labels, label_map, path))
+
+
+def slice_class_areas(labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-slice pixel count of every non-zero label value.
+
+    Args:
+        labels: non-negative integer [Z, H, W].
+    Returns:
+        classes [n] (sorted label values present, 0 excluded), areas int64 [Z, n].
+    """
+    depth = labels.shape[0]
+    flat = labels.reshape(depth, -1).astype(np.int64)
+    top = int(flat.max()) if flat.size else 0
+    if (top + 1) * depth <= 50_000_000:
+        # One bincount over (slice, label) pairs: fast for the usual few thousand labels.
+        counts = np.bincount((flat + np.arange(depth)[:, None] * (top + 1)).ravel(),
+                             minlength=depth * (top + 1)).reshape(depth, top + 1)
+        classes = np.flatnonzero(counts.sum(axis=0))
+        classes = classes[classes != 0]
+        return classes, counts[:, classes]
+    classes, inverse = np.unique(flat, return_inverse=True)
+    counts = np.zeros((depth, len(classes)), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(depth), flat.shape[1]), inverse.ravel()), 1)
+    keep = classes != 0
+    return classes[keep], counts[:, keep]
+
+
+def excluded_slices(ground_truth: np.ndarray, test_classes: Sequence[int], rule: str = "any") -> np.ndarray:
+    """Setting 2: bool [Z], True for slices to drop from training.
+
+    rule "any" (the literature's setting 2, Ouyang et al.): a slice containing ANY test class;
+    rule "all" (the authors' release): a slice containing ALL test classes at once.
+    """
+    if rule not in EXCLUDE_RULES:
+        raise ValueError(f"exclude_rule must be one of {EXCLUDE_RULES}, got {rule!r}")
+    if not len(test_classes):
+        return np.zeros(ground_truth.shape[0], dtype=bool)
+    flat = ground_truth.reshape(ground_truth.shape[0], -1)
+    has_class = np.stack([(flat == c).any(axis=1) for c in test_classes], axis=1)
+    return has_class.any(axis=1) if rule == "any" else has_class.all(axis=1)
+
+
+def consecutive_runs(mask: np.ndarray, min_length: int = 1) -> List[Tuple[int, int]]:
+    """Half-open (start, end) runs of consecutive True entries of a 1D bool array with
+    end - start >= min_length, in order."""
+    padded = np.concatenate([[False], np.asarray(mask, dtype=bool), [False]])
+    edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
+    return [(int(s), int(e)) for s, e in zip(edges[0::2], edges[1::2]) if e - s >= min_length]
+
+
+def to_network_images(images: np.ndarray) -> torch.Tensor:
+    """[N, H, W] float -> float32 tensor [N, 3, H, W] (grey value repeated, SPEC section 1)."""
+    return torch.from_numpy(np.repeat(images[:, None].astype(np.float32, copy=False), 3, axis=1))
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _fold(spec: DatasetSpec, n_volumes: int, eval_fold: int) -> List[int]:
+    folds = make_folds(n_volumes)
+    _check_choice("eval_fold", eval_fold, range(len(folds)))
+    return folds[eval_fold]
+
+
+def _resolve_test_classes(spec: DatasetSpec, test_classes: Optional[Sequence[int]]) -> Tuple[int, ...]:
+    classes = tuple(spec.test_classes if test_classes is None else (int(c) for c in test_classes))
+    unknown = [c for c in classes if c not in spec.classes]
+    if unknown:
+        raise ValueError(f"test_classes {unknown} are not classes of {spec.name} "
+                         f"(known: {sorted(spec.classes)})")
+    return classes
+
+
+# ----------------------------------------------------------------------------- training
+
+@dataclass
+class TrainVolume:
+    """One training volume in memory, with what episode sampling needs precomputed."""
+    index: int                 # the dataset's volume index i
+    image: np.ndarray          # float32 [Z, H, W], z-scored
+    labels: np.ndarray         # int [Z, H, W]: supervoxels, or ground truth minus test classes
+    classes: np.ndarray        # [n] label values present, 0 excluded
+    areas: np.ndarray          # int64 [Z, n] pixels of each class per slice
+    allowed: np.ndarray        # bool [Z]; False where setting 2 removes the slice
+    feasible: bool             # some class has a start passing steps 3 to 5
+
+    def runs(self, class_pos: int, length: int) -> List[Tuple[int, int]]:
+        """Runs of >= `length` consecutive allowed slices containing class `classes[class_pos]`."""
+        return consecutive_runs((self.areas[:, class_pos] > 0) & self.allowed, length)
+
+
+def _has_feasible_episode(areas: np.ndarray, allowed: np.ndarray, n_shot: int, min_size: int) -> bool:
+    """Whether any class has K+1 consecutive allowed slices starting at s with
+    max(area[s], area[s + 1]) >= min_size."""
+    depth, window = areas.shape[0], n_shot + 1
+    if depth < window or areas.shape[1] == 0:
+        return False
+    candidate = ((areas > 0) & allowed[:, None]).astype(np.int64)
+    cumulative = np.concatenate([np.zeros((1, areas.shape[1]), np.int64), np.cumsum(candidate, axis=0)])
+    fits = (cumulative[window:] - cumulative[:-window]) == window         # [Z - K, n]
+    large = np.maximum(areas[:-1], areas[1:])[: depth - n_shot] >= min_size
+    return bool((fits & large).any())
+
+
+class TrainDataset(Dataset):
+    """Episodes for 1-way K-shot training (SPEC section 9).
+
+    Args:
+        data_dir: folder with image_<i>.nii.gz, label_<i>.nii.gz, supervoxels_<N>/.
+        dataset: key of `DATASETS` (classes, test classes, supervoxel size, label map).
+        eval_fold: the fold held out; training uses every other volume.
+        n_shot: K support slices per episode.
+        use_gt: episode labels from the ground truth with the test classes set to 0;
+            False (default, the paper's self-supervised setting) uses supervoxels.
+        setting: 1 keeps every slice; 2 (default) removes slices with test classes, decided
+            from the ground truth in both label modes.
+        exclude_rule: setting 2 rule, "any" (default: the literature's, a slice with any test
+            class is removed) or "all" (the authors' release: only slices with all of them).
+        test_classes: default: the dataset's.
+        min_size: the larger foreground of the first two chosen slices must reach this.
+        supervoxel_min_size: picks supervoxels_<N>/; default: the dataset's.
+        augment: gamma, affine and elastic augmentation (step 7).
+        seed: episode `index` uses np.random.default_rng([seed, index]) and nothing else, so
+            any index >= 0 (also >= len) is reproducible in any worker or after a resume.
+        max_iters_per_load: the epoch length, `len(self)`.
+        n_volumes: default: the number of image files present; folds from make_folds.
+        image_size: optional (H, W) every volume must have.
+
+    An item is a dict: "support_images" float32 [K, 3, H, W], "support_masks" float32 [K, H, W]
+    in {0, 1}, "query_images" float32 [1, 3, H, W], "query_labels" int64 [1, H, W] in {0, 1},
+    "class_id" int (supervoxel id or organ id), "volume_index" int, "slice_indices" list of
+    K + 1 slice indices in the volume (supports, then the query).
+    """
+
+    def __init__(self, data_dir: str, dataset: str = "SABS", eval_fold: int = 0, n_shot: int = 1,
+                 use_gt: bool = False, setting: int = 2, exclude_rule: str = "any",
+                 test_classes: Optional[Sequence[int]] = None, min_size: int = 200,
+                 supervoxel_min_size: Optional[int] = None, augment: bool = True, seed: int = 2025,
+                 max_iters_per_load: int = 3000, n_volumes: Optional[int] = None,
+                 image_size: Optional[Sequence[int]] = None):
+        self.spec = get_dataset_spec(dataset)
+        _check_choice("setting", setting, (1, 2))
+        _check_choice("exclude_rule", exclude_rule, EXCLUDE_RULES)
+        if n_shot < 1:
+            raise ValueError(f"n_shot must be at least 1, got {n_shot}")
+        if max_iters_per_load < 1:
+            raise ValueError(f"max_iters_per_load must be positive, got {max_iters_per_load}")
+        self.data_dir, self.n_shot, self.use_gt = data_dir, int(n_shot), bool(use_gt)
+        self.setting, self.exclude_rule, self.min_size = setting, exclude_rule, int(min_size)
+        self.test_classes = _resolve_test_classes(self.spec, test_classes)
+        self.supervoxel_min_size = int(self.spec.supervoxel_min_size if supervoxel_min_size is None
+                                       else supervoxel_min_size)
+        self.augment, self.seed, self.max_iters_per_load = bool(augment), int(seed), int(max_iters_per_load)
+        self.n_volumes = count_volumes(data_dir, n_volumes)
+        held_out = set(_fold(self.spec, self.n_volumes, eval_fold))
+        self.eval_fold = eval_fold
+        self.volume_indices = [i for i in range(self.n_volumes) if i not in held_out]
+        if not use_gt:
+            folder = os.path.dirname(supervoxel_path(data_dir, 0, self.supervoxel_min_size))
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f"supervoxel folder not found: {folder} (compute supervoxels "
+                                        f"with min size {self.supervoxel_min_size} first, or use_gt=True)")
+        self.volumes = [self._load(i, image_size) for i in
+                        tqdm(self.volume_indices, desc="loading training volumes", disable=None)]
+        self._check_same_in_plane()
+        if not any(v.feasible for v in self.volumes):
+            raise ValueError(
+                f"no training episode is possible in {data_dir}: no volume has {self.n_shot + 1} "
+                f"consecutive usable slices of one class with >= {self.min_size} pixels "
+                f"(setting {setting}, exclude_rule {exclude_rule!r}, use_gt={use_gt})")
+
+    def _load(self, index: int, image_size: Optional[Sequence[int]]) -> TrainVolume:
+        path = image_path(self.data_dir, index)
+        image, _ = load_image(path, image_size)
+        needs_gt = self.use_gt or self.setting == 2
+        gt = load_labels(label_path(self.data_dir, index), image.shape, path, self.spec.label_map) \
+            if needs_gt else None
+        allowed = np.ones(image.shape[0], dtype=bool)
+        if self.setting == 2:
+            allowed = ~excluded_slices(gt, self.test_classes, self.exclude_rule)
+        if self.use_gt:
+            labels = gt
+            labels[np.isin(labels, self.test_classes)] = 0
+        else:
+            labels = load_labels(supervoxel_path(self.data_dir, index, self.supervoxel_min_size),
+                                 image.shape, path)
+        classes, areas = slice_class_areas(labels)
+        feasible = _has_feasible_episode(areas, allowed, self.n_shot, self.min_size)
+        return TrainVolume(index, image, labels, classes, areas, allowed, feasible)
+
+    def _check_same_in_plane(self) -> None:
+        first = self.volumes[0].image.shape[1:]
+        for volume in self.volumes[1:]:
+            if volume.image.shape[1:] != first:
+                raise ValueError(f"{image_path(self.data_dir, volume.index)} has in-plane size "
+                                 f"{volume.image.shape[1:]}, but {image_path(self.data_dir, self.volumes[0].index)} "
+                                 f"has {first}; training volumes must share one size")
+
+    def __len__(self) -> int:
+        return self.max_iters_per_load
+
+    def sample_slices(self, rng: np.random.Generator) -> Tuple[TrainVolume, int, List[int]]:
+        """Steps 1 to 6: (volume, class position in volume.classes, K + 1 slice indices)."""
+        window = self.n_shot + 1
+        for _ in range(MAX_RESTARTS):
+            volume = self.volumes[rng.integers(len(self.volumes))]          # step 1
+            if not volume.feasible:
+                continue  # every class would restart or loop forever in step 5
+            class_pos = rng.integers(len(volume.classes))                    # step 2
+            while True:
+                runs = volume.runs(class_pos, window)                        # step 3
+                if not runs:
+                    break                                                    # start over
+                run_start, run_end = runs[rng.integers(len(runs))]           # step 4
+                start = int(rng.integers(run_start, run_end - self.n_shot))
+                areas = volume.areas[start:start + 2, class_pos]
+                if areas.max() >= self.min_size:                             # step 5
+                    slices = list(range(start, start + window))
+                    if rng.random() < 0.5:                                   # step 6
+                        slices.reverse()
+                    return volume, int(class_pos), slices
+                class_pos = rng.integers(len(volume.classes))
+        raise RuntimeError(f"no episode found after {MAX_RESTARTS} restarts; the data in "
+                           f"{self.data_dir} barely allows any (check min_size={self.min_size})")
+
+    def __getitem__(self, index: int) -> Dict[str, object]:
+        if index < 0:
+            raise IndexError(f"episode index must be >= 0, got {index}")
+        rng = np.random.default_rng([self.seed, int(index)])
+        volume, class_pos, slices = self.sample_slices(rng)
+        class_id = int(volume.classes[class_pos])
+        images = volume.image[slices]
+        masks = (volume.labels[slices] == class_id).astype(np.float32)
+        k = self.n_shot
+        support_images, support_masks, query_images, query_masks = images[:k], masks[:k], images[k:], masks[k:]
+        if self.augment:
+            support_images, support_masks, query_images, query_masks = augment_episode(
+                support_images, support_masks, query_images, query_masks, rng)
+        return {
+            "support_images": to_network_images(support_images),
+            "support_masks": torch.from_numpy(np.ascontiguousarray(support_masks, dtype=np.float32)),
+            "query_images": to_network_images(query_images),
+            "query_labels": torch.from_numpy(query_masks.astype(np.int64)),
+            "class_id": class_id,
+            "volume_index": volume.index,
+            "slice_indices": [int(s) for s in slices],
+        }
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def support_slice_positions(count: int, n_part: int = 3) -> List[int]:
+    """Positions int(f * count) for f = 1/6, 1/2, 5/6 (n_part = 3; generally (2i + 1) / (2 n_part)),
+    in exact integer arithmetic."""
+    return [(2 * i + 1) * count // (2 * n_part) for i in range(n_part)]
+
+
+def chunk_bounds(n: int, n_part: int = 3) -> List[Tuple[int, int]]:
+    """Contiguous (start, end) chunks of n slices: boundaries linspace(0, n, n_part + 1) cast to int."""
+    edges = np.linspace(0, n, n_part + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+@dataclass
+class TestVolume:
+    index: int
+    image: np.ndarray        # float32 [Z, H, W], z-scored
+    labels: np.ndarray       # int [Z, H, W], mapped ground truth
+    geometry: Geometry
+    path: str
+
+    def slices_with(self, class_id: int) -> List[int]:
+        return np.flatnonzero((self.labels == class_id).any(axis=(1, 2))).tolist()
+
+
+class TestDataset:
+    """The evaluation protocol of SPEC section 10 for one fold.
+
+    Args:
+        data_dir, dataset, n_volumes, image_size: as for `TrainDataset`.
+        eval_fold: the fold evaluated; its volumes sorted by index are `fold_volumes`.
+        supp_idx: position in `fold_volumes` of the support volume; the others are queries.
+        n_part: support slices per class and query chunks (3).
+        test_classes: default: the dataset's.
+    """
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(self, data_dir: str, dataset: str = "SABS", eval_fold: int = 0, supp_idx: int = 0,
+                 n_part: int = 3, n_volumes: Optional[int] = None,
+                 test_classes: Optional[Sequence[int]] = None, image_size: Optional[Sequence[int]] = None):
+        self.spec = get_dataset_spec(dataset)
+        if n_part < 1:
+            raise ValueError(f"n_part must be at least 1, got {n_part}")
+        self.data_dir, self.n_part, self.eval_fold = data_dir, int(n_part), eval_fold
+        self.test_classes = list(_resolve_test_classes(self.spec, test_classes))
+        self.n_volumes = count_volumes(data_dir, n_volumes)
+        self.fold_volumes = sorted(_fold(self.spec, self.n_volumes, eval_fold))
+        _check_choice("supp_idx", supp_idx, range(len(self.fold_volumes)))
+        self.support_volume = self.fold_volumes[supp_idx]
+        self.query_volumes = [i for i in self.fold_volumes if i != self.support_volume]
+        self._volumes = {i: self._load(i, image_size) for i in
+                         tqdm(self.fold_volumes, desc="loading test volumes", disable=None)}
+        support = self._volumes[self.support_volume]
+        for volume in self._volumes.values():
+            if volume.image.shape[1:] != support.image.shape[1:]:
+                raise ValueError(f"{volume.path} has in-plane size {volume.image.shape[1:]}, but the "
+                                 f"support {support.path} has {support.image.shape[1:]}")
+
+    def _load(self, index: int, image_size: Optional[Sequence[int]]) -> TestVolume:
+        path = image_path(self.data_dir, index)
+        image, geometry = load_image(path, image_size)
+        labels = load_labels(label_path(self.data_dir, index), image.shape, path, self.spec.label_map)
+        return TestVolume(index, image, labels, geometry, path)
+
+    def support(self, class_id: int) -> Dict[str, object]:
+        """The n_part support slices of `class_id` at fractions 1/6, 1/2, 5/6 of the support
+        volume's slices containing it: "images" [n_part, 3, H, W], "masks" [n_part, H, W]
+        float32, "slice_indices", "volume_index"."""
+        volume = self._volumes[self.support_volume]
+        with_class = volume.slices_with(class_id)
+        if not with_class:
+            raise ValueError(f"class {class_id} does not occur in the support volume {volume.path}")
+        slices = [with_class[p] for p in support_slice_positions(len(with_class), self.n_part)]
+        return {
+            "images": to_network_images(volume.image[slices]),
+            "masks": torch.from_numpy((volume.labels[slices] == class_id).astype(np.float32)),
+            "slice_indices": slices,
+            "volume_index": volume.index,
+        }
+
+    def queries(self, class_id: int) -> Iterator[Dict[str, object]]:
+        """One dict per query volume (sorted): its n slices containing `class_id` ("images"
+        [n, 3, H, W] float32, "labels" [n, H, W] int64 binary, "slice_indices"), "chunks"
+        (start, end) into those n (chunk i goes with support slice i), "volume_index",
+        "image_path", "label_volume" (full mapped [Z, H, W]), "geometry", "volume_shape".
+        A volume without the class gives n = 0 (empty tensors, chunks (0, 0)): skip it."""
+        for index in self.query_volumes:
+            volume = self._volumes[index]
+            slices = volume.slices_with(class_id)
+            yield {
+                "volume_index": index,
+                "images": to_network_images(volume.image[slices]),
+                "labels": torch.from_numpy((volume.labels[slices] == class_id).astype(np.int64)),
+                "slice_indices": slices,
+                "chunks": chunk_bounds(len(slices), self.n_part),
+                "image_path": volume.path,
+                "label_volume": volume.labels,
+                "geometry": volume.geometry,
+                "volume_shape": tuple(volume.image.shape),
+            }

@@ -1,0 +1,357 @@
+"""Episodic training data, the evaluation protocol and the augmentations, on tiny hand-made
+volumes whose class extents are known, so indices can be checked by hand."""
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from data.nifti_io import Geometry, write_volume
+from dataloaders import augment
+from dataloaders.datasets import (TestDataset, TrainDataset, chunk_bounds, consecutive_runs,
+                                  count_volumes, excluded_slices, slice_class_areas,
+                                  support_slice_positions)
+
+Z, H, W = 12, 32, 32
+N_VOLUMES = 6            # folds: [0,1] [1,2] [2,3] [3,4] [4,5,0]
+SV_SIZE = 1000           # supervoxels_1000/
+SUPERVOXEL_IDS = {7, 9, 11, 13}
+GEOMETRY = Geometry(spacing=(1.5, 1.5, 4.0), origin=(1.0, 2.0, 3.0),
+                    direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+
+
+def class1_slices(volume):
+    """Test class 1 (spleen) occupies slices 2..9, in volume 4 slices 1..11."""
+    return range(1, 12) if volume == 4 else range(2, 10)
+
+
+def make_volume(volume):
+    """image float32, ground truth (SABS ids) and supervoxels, each [Z, H, W]."""
+    gt = np.zeros((Z, H, W), np.uint8)
+    for s in class1_slices(volume):
+        gt[s, 2:18, 2:18] = 1                 # 256 px, test class
+    gt[4:6, 18:30, 2:18] = 2                  # 192 px, test class, slices 4 and 5
+    gt[:, 2:30, 20:30] = 4                    # 280 px, training class, every slice
+    gt[:, 30:32, 28:32] = 5                   # 8 px: always below min_size
+    sv = np.zeros((Z, H, W), np.int16)
+    sv[:, :, :16] = 7                         # 512 px minus the corner below
+    sv[:6, :, 16:] = 9
+    sv[6:, :, 16:] = 11
+    sv[:, 0:3, 0:3] = 13                      # 9 px: below min_size 200
+    rng = np.random.default_rng(volume)
+    image = (100.0 + 3 * volume + 20.0 * gt + rng.normal(0.0, 1.0, (Z, H, W))).astype(np.float32)
+    return image, gt, sv
+
+
+def write_dataset(root, n_volumes=N_VOLUMES):
+    os.makedirs(os.path.join(root, f"supervoxels_{SV_SIZE}"), exist_ok=True)
+    arrays = {}
+    for v in range(n_volumes):
+        image, gt, sv = make_volume(v)
+        write_volume(image, GEOMETRY, os.path.join(root, f"image_{v}.nii.gz"))
+        write_volume(gt, GEOMETRY, os.path.join(root, f"label_{v}.nii.gz"))
+        write_volume(sv, GEOMETRY, os.path.join(root, f"supervoxels_{SV_SIZE}", f"superpix-MIDDLE_{v}.nii.gz"))
+        arrays[v] = (image, gt, sv)
+    return arrays
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("tiny_sabs"))
+    return root, write_dataset(root)
+
+
+def train_set(root, **kwargs):
+    options = dict(dataset="SABS", eval_fold=0, supervoxel_min_size=SV_SIZE, max_iters_per_load=10)
+    options.update(kwargs)
+    return TrainDataset(root, **options)
+
+
+def zscored(image):
+    return (image - image.mean(dtype=np.float64)) / image.std(dtype=np.float64)
+
+
+def episodes(dataset, n):
+    return [dataset[i] for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def test_support_positions_and_chunks_by_hand():
+    assert support_slice_positions(8) == [1, 4, 6]        # int(8/6), int(8/2), int(40/6)
+    assert support_slice_positions(12) == [2, 6, 10]
+    assert support_slice_positions(1) == [0, 0, 0]
+    assert chunk_bounds(8) == [(0, 2), (2, 5), (5, 8)]       # linspace 0, 2.67, 5.33, 8
+    assert chunk_bounds(2) == [(0, 0), (0, 1), (1, 2)]
+    assert chunk_bounds(0) == [(0, 0), (0, 0), (0, 0)]
+
+
+def test_consecutive_runs_and_exclusion_rules():
+    assert consecutive_runs(np.array([1, 1, 0, 1, 0, 1, 1, 1], bool)) == [(0, 2), (3, 4), (5, 8)]
+    assert consecutive_runs(np.array([1, 1, 0, 1, 0, 1, 1, 1], bool), 2) == [(0, 2), (5, 8)]
+    assert consecutive_runs(np.zeros(3, bool)) == []
+    gt = make_volume(0)[1]
+    assert np.flatnonzero(excluded_slices(gt, (1, 2, 3, 6), "any")).tolist() == list(range(2, 10))
+    assert np.flatnonzero(excluded_slices(gt, (1, 2), "all")).tolist() == [4, 5]
+    assert not excluded_slices(gt, (1, 2, 3, 6), "all").any()   # no slice has all four
+    with pytest.raises(ValueError, match="exclude_rule"):
+        excluded_slices(gt, (1,), "some")
+
+
+def test_slice_class_areas_counts_pixels_per_slice():
+    sv = make_volume(0)[2]
+    classes, areas = slice_class_areas(sv)
+    assert classes.tolist() == [7, 9, 11, 13]
+    assert areas.shape == (Z, 4)
+    assert areas[0].tolist() == [512 - 9, 512, 0, 9]
+    assert areas[11].tolist() == [512 - 9, 0, 512, 9]
+
+
+# ----------------------------------------------------------------------------- training episodes
+
+def test_episode_shapes_dtypes_and_supervoxel_labels(data):
+    root, arrays = data
+    ds = train_set(root, augment=False)
+    assert len(ds) == 10 and ds.volume_indices == [2, 3, 4, 5]
+    for item in episodes(ds, 30):
+        assert item["support_images"].shape == (1, 3, H, W) and item["support_images"].dtype == torch.float32
+        assert item["support_masks"].shape == (1, H, W) and item["support_masks"].dtype == torch.float32
+        assert item["query_images"].shape == (1, 3, H, W) and item["query_images"].dtype == torch.float32
+        assert item["query_labels"].shape == (1, H, W) and item["query_labels"].dtype == torch.int64
+        assert item["class_id"] in {7, 9, 11}                 # supervoxel ids, 13 is too small
+        image, _, sv = arrays[item["volume_index"]]
+        s, q = item["slice_indices"]
+        assert abs(s - q) == 1
+        expected_image = torch.from_numpy(zscored(image).astype(np.float32))
+        assert torch.allclose(item["support_images"][0, 2], expected_image[s], atol=1e-5)
+        assert torch.equal(item["query_images"][0, 0], item["query_images"][0, 1])
+        assert torch.equal(item["support_masks"][0], torch.from_numpy(sv[s] == item["class_id"]).float())
+        assert torch.equal(item["query_labels"][0], torch.from_numpy(sv[q] == item["class_id"]).long())
+
+
+def test_setting2_any_removes_every_slice_with_a_test_class(data):
+    root, arrays = data
+    ds = train_set(root, augment=False, setting=2, exclude_rule="any")
+    # volume 2 by hand: test classes on slices 2..9, so only pairs in {0,1} and {10,11} remain
+    assert np.flatnonzero(ds.volumes[0].allowed).tolist() == [0, 1, 10, 11]
+    for item in episodes(ds, 60):
+        gt = arrays[item["volume_index"]][1]
+        for s in item["slice_indices"]:
+            assert not np.isin(gt[s], [1, 2, 3, 6]).any()
+        assert sorted(item["slice_indices"]) in ([0, 1], [10, 11])
+
+
+def test_setting1_keeps_test_class_slices_and_all_rule_is_reachable(data):
+    root, _ = data
+    seen1 = {s for item in episodes(train_set(root, augment=False, setting=1), 60) for s in item["slice_indices"]}
+    assert seen1 & set(range(2, 10))
+    ds_all = train_set(root, augment=False, setting=2, exclude_rule="all", test_classes=(1, 2))
+    seen_all = {s for item in episodes(ds_all, 60) for s in item["slice_indices"]}
+    assert not seen_all & {4, 5} and seen_all & {2, 3, 6, 7}
+
+
+def test_ground_truth_labels_drop_test_classes(data):
+    root, arrays = data
+    ds = train_set(root, augment=False, use_gt=True, setting=1)
+    for item in episodes(ds, 30):
+        assert item["class_id"] == 4          # 1, 2 are test classes; 5 is below min_size
+        gt = arrays[item["volume_index"]][1]
+        s, q = item["slice_indices"]
+        assert torch.equal(item["support_masks"][0], torch.from_numpy(gt[s] == 4).float())
+
+
+def test_min_size_filters_small_classes(data):
+    root, _ = data
+    small = {item["class_id"] for item in episodes(train_set(root, augment=False, min_size=0), 80)}
+    assert 13 in small
+    large = {item["class_id"] for item in episodes(train_set(root, augment=False, min_size=200), 80)}
+    assert 13 not in large
+
+
+def test_volumes_orders_and_fold_hold_out(data):
+    root, _ = data
+    items = episodes(train_set(root, augment=False, eval_fold=4), 80)
+    assert {item["volume_index"] for item in items} == {1, 2, 3}      # fold 4 = {4, 5, 0}
+    directions = {np.sign(np.diff(item["slice_indices"]))[0] for item in items}
+    assert directions == {-1, 1}                                        # reversal with p = 0.5
+
+
+def test_k_shots_consecutive_and_infeasible_setting_is_an_error(data):
+    root, _ = data
+    ds = train_set(root, n_shot=2, setting=1)
+    item = ds[0]
+    assert item["support_images"].shape == (2, 3, H, W) and item["support_masks"].shape == (2, H, W)
+    assert len(item["slice_indices"]) == 3 and abs(np.diff(item["slice_indices"])).tolist() == [1, 1]
+    with pytest.raises(ValueError, match="no training episode is possible"):
+        train_set(root, n_shot=2, setting=2)       # the longest allowed run is 2 slices
+
+
+def test_augmented_episodes_keep_binary_masks_and_change_pixels(data):
+    root, _ = data
+    plain, augmented = train_set(root, augment=False), train_set(root, augment=True)
+    changed = 0
+    for i in range(10):
+        a, p = augmented[i], plain[i]
+        assert a["slice_indices"] == p["slice_indices"] and a["class_id"] == p["class_id"]
+        for key in ("support_masks", "query_labels"):
+            assert set(torch.unique(a[key]).tolist()) <= {0, 1}
+        changed += not torch.equal(a["query_images"], p["query_images"])
+        changed += not torch.equal(a["support_images"], p["support_images"])
+    assert changed >= 10        # gamma hits one side and the geometry one side per episode
+
+
+def assert_same_episode(a, b):
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, b[key]), key
+        else:
+            assert value == b[key], key
+
+
+def test_seed_determinism_any_index_and_workers(data):
+    root, _ = data
+    ds = train_set(root)
+    assert_same_episode(ds[3], ds[3])
+    assert_same_episode(ds[25], train_set(root)[25])           # index beyond len, new instance
+    other = train_set(root, seed=7)
+    assert any(not torch.equal(ds[i]["query_images"], other[i]["query_images"]) for i in range(5))
+    loader = DataLoader(ds, batch_size=None, sampler=range(20, 24), num_workers=2)
+    for index, item in zip(range(20, 24), loader):
+        assert_same_episode(item, ds[index])
+
+
+# ----------------------------------------------------------------------------- evaluation protocol
+
+def test_support_slices_and_query_chunks_by_hand(data):
+    root, arrays = data
+    ds = TestDataset(root, dataset="SABS", eval_fold=4, supp_idx=0)
+    assert ds.fold_volumes == [0, 4, 5] and ds.support_volume == 0 and ds.query_volumes == [4, 5]
+    assert ds.test_classes == [1, 2, 3, 6]
+    support = ds.support(1)
+    assert support["slice_indices"] == [3, 6, 8] and support["volume_index"] == 0   # of slices 2..9
+    assert support["images"].shape == (3, 3, H, W) and support["masks"].shape == (3, H, W)
+    assert torch.equal(support["masks"][1], torch.from_numpy(arrays[0][1][6] == 1).float())
+    queries = list(ds.queries(1))
+    assert [q["volume_index"] for q in queries] == [4, 5]
+    assert queries[0]["slice_indices"] == list(range(1, 12))
+    assert queries[0]["chunks"] == [(0, 3), (3, 7), (7, 11)]         # linspace(0, 11, 4)
+    assert queries[1]["chunks"] == [(0, 2), (2, 5), (5, 8)]
+    q = queries[0]
+    assert q["images"].shape == (11, 3, H, W) and q["labels"].dtype == torch.int64
+    assert torch.allclose(q["images"][0, 0], torch.from_numpy(zscored(arrays[4][0])[1]).float(), atol=1e-5)
+    assert np.array_equal(q["label_volume"], arrays[4][1]) and q["volume_shape"] == (Z, H, W)
+    assert q["geometry"] == GEOMETRY and q["image_path"].endswith("image_4.nii.gz")
+    assert [q["chunks"] for q in ds.queries(2)] == [[(0, 0), (0, 1), (1, 2)]] * 2    # slices 4, 5
+    assert TestDataset(root, dataset="SABS", eval_fold=4, supp_idx=1).support(1)["slice_indices"] == [2, 6, 10]
+
+
+def test_absent_class_support_error_and_empty_query(data):
+    root, _ = data
+    ds = TestDataset(root, dataset="SABS", eval_fold=0)
+    with pytest.raises(ValueError, match="class 3 does not occur.*image_0"):
+        ds.support(3)
+    (query,) = ds.queries(3)
+    assert query["images"].shape == (0, 3, H, W) and query["chunks"] == [(0, 0)] * 3
+
+
+def test_cmr_labels_are_mapped(tmp_path):
+    root = str(tmp_path)
+    for v in range(5):
+        image, gt, _ = make_volume(v)
+        raw = np.select([gt == 1, gt == 2, gt == 4], [200, 500, 600], 0).astype(np.int16)
+        write_volume(image, GEOMETRY, os.path.join(root, f"image_{v}.nii.gz"))
+        write_volume(raw, GEOMETRY, os.path.join(root, f"label_{v}.nii.gz"))
+    ds = TestDataset(root, dataset="CMR", eval_fold=0)
+    (query,) = ds.queries(3)
+    assert set(np.unique(query["label_volume"]).tolist()) == {0, 1, 2, 3}
+    assert query["slice_indices"] == list(range(Z)) and ds.support(1)["slice_indices"] == [3, 6, 8]
+    write_volume(np.full((Z, H, W), 300, np.int16), GEOMETRY, os.path.join(root, "label_1.nii.gz"))
+    with pytest.raises(ValueError, match=r"label_1\.nii\.gz holds label values \[300\]"):
+        TestDataset(root, dataset="CMR", eval_fold=0)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_clear_errors_for_bad_folders_files_and_arguments(data, tmp_path):
+    root, _ = data
+    with pytest.raises(FileNotFoundError, match="data folder not found"):
+        TrainDataset(str(tmp_path / "nowhere"))
+    with pytest.raises(KeyError, match="unknown dataset 'ABD'"):
+        train_set(root, dataset="ABD")
+    for kwargs, message in [({"setting": 3}, "setting"), ({"exclude_rule": "none"}, "exclude_rule"),
+                            ({"eval_fold": 5}, "eval_fold"), ({"n_shot": 0}, "n_shot"),
+                            ({"test_classes": (99,)}, "test_classes")]:
+        with pytest.raises(ValueError, match=message):
+            train_set(root, **kwargs)
+    with pytest.raises(FileNotFoundError, match="supervoxels_5000"):
+        train_set(root, supervoxel_min_size=5000)
+    with pytest.raises(ValueError, match=r"image_2\.nii\.gz has in-plane size \(32, 32\), expected \(64, 64\)"):
+        train_set(root, image_size=(64, 64))
+    with pytest.raises(ValueError, match="supp_idx"):
+        TestDataset(root, dataset="SABS", eval_fold=0, supp_idx=2)
+
+    broken = str(tmp_path / "broken")
+    shutil.copytree(root, broken)
+    write_volume(np.zeros((Z, H, 16), np.uint8), GEOMETRY, os.path.join(broken, "label_3.nii.gz"))
+    with pytest.raises(ValueError, match=r"label_3\.nii\.gz has shape \(12, 32, 16\) but its image"):
+        train_set(broken, use_gt=True)
+    os.remove(os.path.join(broken, "image_3.nii.gz"))
+    with pytest.raises(FileNotFoundError, match=r"image_3\.nii\.gz"):
+        count_volumes(broken)
+    assert count_volumes(root) == N_VOLUMES and count_volumes(root, 5) == 5
+
+
+# ----------------------------------------------------------------------------- augmentations
+
+def test_gamma_known_values():
+    x = np.array([0.0, 1.0, 2.0], np.float32)
+    np.testing.assert_allclose(augment.gamma_transform(x, 1.0), x, atol=1e-5)
+    out = augment.gamma_transform(x, 2.0)
+    np.testing.assert_allclose(out, [0.0, 0.5, 2.0], atol=1e-4)   # r ((x - lo) / r)^2 + lo, r = 2
+    shifted = augment.gamma_transform(x - 3.0, 2.0)                 # lo = -3 shifts, shape unchanged
+    np.testing.assert_allclose(shifted, out - 3.0, atol=1e-4)
+
+
+def test_affine_matrix_known_answers_and_order():
+    np.testing.assert_allclose(augment.affine_matrix((5, 5)), [[1, 0, 0], [0, 1, 0]], atol=1e-12)
+    a = math.radians(30)
+    np.testing.assert_allclose(augment.affine_matrix((5, 5), shear_deg=30),
+                               [[1, -math.sin(a), 0], [0, math.cos(a), 0]], atol=1e-12)
+    zoom = augment.affine_matrix((5, 5), zoom=2.0)                  # about the centre (2, 2)
+    np.testing.assert_allclose(zoom @ [2, 2, 1], [2, 2], atol=1e-12)
+    np.testing.assert_allclose(zoom @ [3, 2, 1], [4, 2], atol=1e-12)
+    # rotation first: (4, 2) -rot 90 about (2, 2)-> (2, 0) -shift (3, 0)-> (5, 0)
+    both = augment.affine_matrix((5, 5), rotation_deg=90, shift=(3, 0))
+    np.testing.assert_allclose(both @ [4, 2, 1], [5, 0], atol=1e-12)
+
+
+def test_warps_known_answers():
+    image = np.arange(16, dtype=np.float32).reshape(4, 4)
+    stacked = np.stack([image, image], -1)
+    moved = augment.warp_affine(stacked, augment.affine_matrix((4, 4), shift=(1, 0)))
+    np.testing.assert_allclose(moved[:, 1:, 0], image[:, :-1], atol=1e-5)
+    assert (moved[:, 0] == 0).all()                               # constant 0 border
+    field = np.zeros((2, 4, 4), np.float32)
+    field[0] = 1.5                                                # sample at x + 1.5
+    out = augment.warp_elastic(stacked, field)
+    np.testing.assert_allclose(out[:, :2, 1], image[:, :2] + 1.5, atol=1e-4)   # linear
+    # x = 4.5 lies between columns 4 and 5, which reflect (edge included) onto 3 and 2
+    np.testing.assert_allclose(out[:, 3, 1], (image[:, 3] + image[:, 2]) / 2, atol=1e-4)
+    np.testing.assert_allclose(augment.warp_elastic(stacked, np.zeros_like(field)), stacked)
+
+
+def test_random_geometric_moves_image_and_mask_together():
+    rng = np.random.default_rng(0)
+    field = augment.random_elastic_field((64, 64), rng)
+    assert field.shape == (2, 64, 64) and 0 < np.abs(field).max() <= augment.ELASTIC_ALPHA
+    mask = np.zeros((2, 64, 64), np.float32)
+    mask[:, 16:40, 20:50] = 1
+    images, masks = augment.random_geometric(mask * 3.0, mask.copy(), np.random.default_rng(1))
+    assert set(np.unique(masks).tolist()) == {0.0, 1.0} and not np.array_equal(masks, mask)
+    assert np.mean((images > 1.5) == (masks == 1)) > 0.999
+    again = augment.random_geometric(mask * 3.0, mask.copy(), np.random.default_rng(1))
+    assert np.array_equal(again[0], images) and np.array_equal(again[1], masks)
