@@ -1,0 +1,169 @@
+"""Pre-process CHAOS T2-SPIR abdominal MRI (CHAOST2) into the normalised layout (SPEC 12).
+
+Raw layout (the challenge's MR training folder): RAW/<patient id>/T2SPIR/DICOM_anon/*.dcm, one
+DICOM series per patient, and RAW/<patient id>/T2SPIR/Ground/*.png, one mask per slice with
+grey values 0 (background), 63 (liver), 126 (right kidney), 189 (left kidney), 252 (spleen).
+Steps per patient:
+  1. read the series with SimpleITK (slices sorted by position; no external converter) and
+     stack the masks, the i-th PNG in file order marking the i-th DICOM file in file order;
+     grey values become 0..4;
+  2. reverse the row axis of image and masks alike, with the geometry adjusted so that every
+     voxel keeps its physical position: this reproduces the array layout of the literature's
+     dcm2nii-converted volumes, whose masks the release flips along axis 1 to match;
+  3. the MRI route: clip the top 0.5 % of intensities, resample to (1.25, 1.25, 7.70) mm with
+     the size rule int(n * old / new + 1), crop or pad in-plane to 256 x 256 around the centre.
+Patients are re-indexed 0..N-1 in numeric order of their ids: OUT/image_<i>.nii.gz, label_<i>.
+
+    python -m data.CHAOST2.preprocess --raw-dir CHAOS_Train_Sets/Train_Sets/MR \\
+        --out-dir data/CHAOST2/chaos_MR_T2_normalized
+"""
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import SimpleITK as sitk
+
+from data.nifti_io import Geometry
+from data.preprocess_common import (ProcessedVolume, build_parser, flip_rows, itk_error_text,
+                                    natural_sort_key, preprocess_mr, require_dir, run_cli,
+                                    run_preprocessing)
+
+TARGET_SPACING = (1.25, 1.25, 7.70)   # (x, y, z) mm
+GREY_TO_LABEL = {0: 0, 63: 1, 126: 2, 189: 3, 252: 4}
+
+
+@dataclass(frozen=True)
+class ChaosPatient:
+    patient_id: str
+    dicom_dir: str
+    ground_dir: str
+
+
+def find_chaos_patients(raw_dir: str) -> List[ChaosPatient]:
+    """Every <patient id>/T2SPIR folder under `raw_dir`, in numeric order of the ids."""
+    require_dir(raw_dir, "raw CHAOS MR")
+    patients = []
+    for name in sorted(os.listdir(raw_dir), key=natural_sort_key):
+        t2spir = os.path.join(raw_dir, name, "T2SPIR")
+        if os.path.isdir(t2spir):
+            patients.append(ChaosPatient(
+                name, require_dir(os.path.join(t2spir, "DICOM_anon"), f"patient {name} DICOM"),
+                require_dir(os.path.join(t2spir, "Ground"), f"patient {name} ground-truth")))
+    if not patients:
+        raise FileNotFoundError(f"no <patient id>/T2SPIR folders found in {raw_dir}")
+    return patients
+
+
+def _files_with_suffix(folder: str, suffix: str) -> List[str]:
+    names = [n for n in os.listdir(folder) if n.lower().endswith(suffix)]
+    return [os.path.join(folder, n) for n in sorted(names, key=natural_sort_key)]
+
+
+def series_files(patient: ChaosPatient) -> Tuple[List[str], List[str]]:
+    """(DICOM files in the series reader's slice order, DICOM files in file-name order)."""
+    by_name = _files_with_suffix(patient.dicom_dir, ".dcm")
+    if not by_name:
+        raise FileNotFoundError(f"no .dcm files in {patient.dicom_dir}")
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(patient.dicom_dir)
+    if len(series_ids) != 1:
+        raise ValueError(f"{patient.dicom_dir} must hold exactly one DICOM series, found "
+                         f"{len(series_ids)}")
+    by_position = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(patient.dicom_dir,
+                                                                      series_ids[0]))
+    if sorted(map(os.path.abspath, by_position)) != sorted(map(os.path.abspath, by_name)):
+        raise ValueError(f"{patient.dicom_dir}: the series has {len(by_position)} files but the "
+                         f"folder holds {len(by_name)} .dcm files")
+    return by_position, by_name
+
+
+def read_mask(path: str, shape: Tuple[int, int]) -> np.ndarray:
+    """One ground-truth PNG as a (rows, columns) uint8 map of labels 0..4."""
+    grey = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if grey is None:
+        raise ValueError(f"cannot read mask {path}")
+    if grey.ndim == 3:  # an RGB(A) save of a grey mask: every colour channel must agree
+        channels = range(min(3, grey.shape[2]))
+        if not all(np.array_equal(grey[..., 0], grey[..., c]) for c in channels):
+            raise ValueError(f"mask {path} is a colour image; expected grey values")
+        grey = grey[..., 0]
+    if grey.shape != tuple(shape):
+        raise ValueError(f"mask {path} has shape {grey.shape} but its DICOM slices are "
+                         f"{tuple(shape)}")
+    unknown = sorted(set(np.unique(grey).tolist()) - set(GREY_TO_LABEL))
+    if unknown:
+        raise ValueError(f"mask {path} holds grey value(s) {unknown}; CHAOS defines "
+                         f"{sorted(GREY_TO_LABEL)}")
+    lookup = np.zeros(max(256, int(grey.max()) + 1), dtype=np.uint8)
+    for grey_value, label in GREY_TO_LABEL.items():
+        lookup[grey_value] = label
+    return lookup[grey]
+
+
+def read_masks(patient: ChaosPatient, by_position: List[str], by_name: List[str],
+               shape: Tuple[int, int]) -> np.ndarray:
+    """Stack the PNG masks in the series' slice order: (z, rows, columns) uint8."""
+    pngs = _files_with_suffix(patient.ground_dir, ".png")
+    if len(pngs) != len(by_name):
+        raise ValueError(f"{patient.ground_dir} holds {len(pngs)} PNG masks but "
+                         f"{patient.dicom_dir} holds {len(by_name)} DICOM slices")
+    mask_of_file = {os.path.abspath(dcm): png for dcm, png in zip(by_name, pngs)}
+    return np.stack([read_mask(mask_of_file[os.path.abspath(dcm)], shape) for dcm in by_position])
+
+
+def _slice_shape(dicom_path: str) -> Tuple[int, int]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(dicom_path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise ValueError(f"cannot read DICOM {dicom_path}: {itk_error_text(err)}") from None
+    columns, rows = reader.GetSize()[:2]
+    return rows, columns
+
+
+def validate_chaos_patient(patient: ChaosPatient) -> None:
+    """Raise if the series, the masks, their count, shapes or grey values are not usable."""
+    by_position, by_name = series_files(patient)
+    read_masks(patient, by_position, by_name, _slice_shape(by_name[0]))
+
+
+def read_chaos_patient(patient: ChaosPatient) -> Tuple[np.ndarray, np.ndarray, Geometry]:
+    """The T2-SPIR volume (float32), its label map (uint8, 0..4), both (z, y, x) in DICOM row
+    order, and the series geometry."""
+    by_position, by_name = series_files(patient)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(by_position)
+    try:
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise ValueError(f"cannot read the DICOM series in {patient.dicom_dir}: "
+                         f"{itk_error_text(err)}") from None
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    label = read_masks(patient, by_position, by_name, array.shape[1:])
+    return array, label, Geometry.of(image)
+
+
+def preprocess_chaos_patient(patient: ChaosPatient) -> ProcessedVolume:
+    image, label, geometry = read_chaos_patient(patient)
+    image, flipped = flip_rows(image, geometry)
+    label, _ = flip_rows(label, geometry)
+    return preprocess_mr(image, label, flipped, TARGET_SPACING)
+
+
+def preprocess_chaos(raw_dir: str, out_dir: str, overwrite: bool = False) -> List[str]:
+    """Pre-process every CHAOS T2-SPIR patient under `raw_dir` into `out_dir`."""
+    return run_preprocessing(find_chaos_patients(raw_dir), out_dir, validate_chaos_patient,
+                             preprocess_chaos_patient, overwrite, "CHAOST2")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = build_parser("python -m data.CHAOST2.preprocess", __doc__,
+                          "raw CHAOS MR folder holding <patient id>/T2SPIR/DICOM_anon "
+                          "and <patient id>/T2SPIR/Ground")
+    run_cli(parser, argv, preprocess_chaos, "CHAOST2")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Pre-process Synapse multi-atlas abdominal CT (SABS) into the normalised layout (SPEC 12).
+
+Raw layout (the challenge download): RAW/img/img00XX.nii.gz and RAW/label/label00XX.nii.gz,
+paired by the number XX. Steps per volume:
+  1. clip HU to [-125, 275] and map that window linearly onto [0, 255];
+  2. crop 32 pixels from every in-plane border (512 -> 448);
+  3. resample in-plane to 1.75 x the original spacing (448 / 256), slices unchanged, with the
+     size rule int(n * old / new + 1): 257 x 257 in-plane and one extra (zero) slice;
+     images linearly, labels one class at a time.
+Volumes are re-indexed 0..N-1 in sorted raw order: OUT/image_<i>.nii.gz, OUT/label_<i>.nii.gz.
+
+    python -m data.SABS.preprocess --raw-dir RAW --out-dir data/SABS/sabs_CT_normalized
+"""
+import os
+import re
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from data.nifti_io import read_volume
+from data.preprocess_common import (ProcessedVolume, build_parser, check_same_shape,
+                                    extract_inplane_window, pair_by_key, read_array_shape,
+                                    read_label, require_dir, resample_image, resample_label,
+                                    run_cli, run_preprocessing, strip_nifti_suffix)
+
+HU_WINDOW = (-125.0, 275.0)
+BORDER = 32                      # pixels cropped from each in-plane border
+SPACING_FACTOR = (512 - 2 * BORDER) / 256   # 448 / 256 = 1.75
+LABEL_VALUES = range(0, 14)      # 0 background, 1..13 the SABS organs (SPEC 11)
+
+_NUMBERED = re.compile(r"^(img|label)(\d+)$")
+
+
+def find_sabs_pairs(raw_dir: str) -> List[Tuple[str, str]]:
+    """(image, label) path pairs under RAW/img and RAW/label, in sorted image order."""
+    image_dir = require_dir(os.path.join(require_dir(raw_dir, "raw SABS"), "img"), "SABS image")
+    label_dir = require_dir(os.path.join(raw_dir, "label"), "SABS label")
+    return pair_by_key(_numbered_files(image_dir, "img"), _numbered_files(label_dir, "label"),
+                       image_dir, label_dir)
+
+
+def _numbered_files(folder: str, prefix: str) -> dict:
+    """number -> path for files named <prefix><digits>.nii[.gz]."""
+    found = {}
+    for name in os.listdir(folder):
+        stem = strip_nifti_suffix(name)
+        match = _NUMBERED.match(stem) if stem else None
+        if match and match.group(1) == prefix:
+            found[int(match.group(2))] = os.path.join(folder, name)
+    return found
+
+
+def window_ct(hu: np.ndarray, window: Sequence[float] = HU_WINDOW) -> np.ndarray:
+    """Clip to the HU window and map it linearly onto [0, 255] (float32). Equal to the
+    literature's min-max rescaling of the clipped volume whenever the volume reaches both
+    window ends, as every abdominal CT does (air and bone)."""
+    lo, hi = window
+    return ((np.clip(hu.astype(np.float32), lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.float32)
+
+
+def validate_sabs_pair(pair: Tuple[str, str]) -> None:
+    """Raise if the pair cannot be read, shapes differ, or the label has undefined values."""
+    image_path, label_path = pair
+    image_shape = read_array_shape(image_path)
+    check_same_shape(image_path, image_shape, label_path, read_array_shape(label_path))
+    read_label(label_path, LABEL_VALUES)
+    if min(image_shape[1:]) <= 2 * BORDER:
+        raise ValueError(f"image {image_path} has in-plane size {image_shape[1:]}, too small to "
+                         f"crop {BORDER} pixels from each border")
+
+
+def preprocess_sabs_volume(image_path: str, label_path: str) -> ProcessedVolume:
+    """Window, crop and resample one CT volume and its label map (steps 1-3 above)."""
+    hu, geometry = read_volume(image_path)
+    # The label is taken on the image's grid: its own header may differ in rounding only.
+    label, _ = read_label(label_path, LABEL_VALUES)
+    check_same_shape(image_path, hu.shape, label_path, label.shape)
+    image = window_ct(hu)
+    crop_size = [n - 2 * BORDER for n in image.shape[1:]]
+    image, cropped = extract_inplane_window(image, geometry, (BORDER, BORDER), crop_size, 0.0)
+    label, _ = extract_inplane_window(label, geometry, (BORDER, BORDER), crop_size, 0)
+    sx, sy, sz = cropped.spacing
+    new_spacing = (sx * SPACING_FACTOR, sy * SPACING_FACTOR, sz)
+    image, out_geometry = resample_image(image, cropped, new_spacing)
+    label, _ = resample_label(label, cropped, new_spacing)
+    return ProcessedVolume(image, label, out_geometry)
+
+
+def preprocess_sabs(raw_dir: str, out_dir: str, overwrite: bool = False) -> List[str]:
+    """Pre-process every SABS volume under `raw_dir` into `out_dir`; returns the output paths."""
+    pairs = find_sabs_pairs(raw_dir)
+    return run_preprocessing(pairs, out_dir, validate_sabs_pair,
+                             lambda pair: preprocess_sabs_volume(*pair), overwrite, "SABS")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = build_parser("python -m data.SABS.preprocess", __doc__,
+                          "raw SABS folder holding img/img00XX.nii.gz and "
+                          "label/label00XX.nii.gz")
+    run_cli(parser, argv, preprocess_sabs, "SABS")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,387 @@
+"""Helpers shared by the four pre-processing CLIs (SPEC section 12).
+
+Every step works on a `(array, Geometry)` pair: `array` in (z, y, x) order, `Geometry` in
+SimpleITK's (x, y, z) order. Each geometric step (crop, pad, flip, resample) returns the
+geometry that keeps the result at its true physical position, so a written volume overlays
+its raw source in any viewer.
+
+The runner `run_preprocessing` implements the CLI contract common to all datasets: sources
+are indexed 0..N-1 in their sorted raw order, every source to be written is validated before
+anything is written, each file is written atomically, and finished volumes are skipped unless
+`overwrite` is set.
+"""
+import argparse
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from data.nifti_io import Geometry, write_volume
+
+Source = TypeVar("Source")
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class ProcessedVolume:
+    """A pre-processed image, its label map (both (z, y, x)) and their common geometry."""
+    image: np.ndarray
+    label: np.ndarray
+    geometry: Geometry
+
+
+# ----------------------------------------------------------------------------- discovery
+
+def natural_sort_key(path: str) -> Tuple:
+    """Sort key that orders embedded integers numerically ('patient2' before 'patient10');
+    for zero-padded names (img0001, img0002, ...) it equals plain lexicographic order."""
+    name = os.path.basename(os.path.normpath(path))
+    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name))
+
+
+def strip_nifti_suffix(name: str) -> Optional[str]:
+    """'img0001.nii.gz' -> 'img0001'; None when the name is not a NIfTI file."""
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def require_dir(path: str, what: str) -> str:
+    """Return `path` if it is a directory, otherwise raise naming `what` it should hold."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{what} folder not found: {path}")
+    return path
+
+
+def pair_by_key(images: dict, labels: dict, image_dir: str,
+                label_dir: str) -> List[Tuple[str, str]]:
+    """Pair image and label paths that share a key; any unpaired file is an error.
+
+    Args:
+        images, labels: key -> path.
+    Returns:
+        (image path, label path) pairs in natural order of the image paths.
+    """
+    if not images:
+        raise FileNotFoundError(f"no image files found in {image_dir}")
+    unlabelled = sorted((images[k] for k in images.keys() - labels.keys()), key=natural_sort_key)
+    if unlabelled:
+        raise FileNotFoundError(
+            f"image {unlabelled[0]} has no label file in {label_dir}"
+            + (f" ({len(unlabelled) - 1} more images lack labels)" if len(unlabelled) > 1 else ""))
+    orphans = sorted((labels[k] for k in labels.keys() - images.keys()), key=natural_sort_key)
+    if orphans:
+        raise FileNotFoundError(f"label {orphans[0]} has no image file in {image_dir}")
+    keys = sorted(images, key=lambda k: natural_sort_key(images[k]))
+    return [(images[k], labels[k]) for k in keys]
+
+
+def find_suffix_pairs(raw_dir: str, image_suffix: str, label_suffix: str,
+                      what: str) -> List[Tuple[str, str]]:
+    """Pair NIfTI files anywhere under `raw_dir` named <key><image_suffix>.nii[.gz] with
+    <key><label_suffix>.nii[.gz]; returns (image, label) pairs in natural order of the keys."""
+    require_dir(raw_dir, f"raw {what}")
+    images, labels = {}, {}
+    for folder, _, names in sorted(os.walk(raw_dir)):
+        for name in sorted(names):
+            stem = strip_nifti_suffix(name)
+            if stem is None:
+                continue
+            # The label suffix is tested first: it may end with the image suffix's text.
+            for suffix, found in ((label_suffix, labels), (image_suffix, images)):
+                if stem.endswith(suffix) and len(stem) > len(suffix):
+                    key = stem[: -len(suffix)]
+                    path = os.path.join(folder, name)
+                    if key in found:
+                        raise ValueError(f"two {what} files for {key!r}: {found[key]} and {path}")
+                    found[key] = path
+                    break
+    if not images:
+        raise FileNotFoundError(f"no {what} images named *{image_suffix}.nii[.gz] under {raw_dir}")
+    return pair_by_key(images, labels, raw_dir, raw_dir)
+
+
+# ----------------------------------------------------------------------------- reading and checks
+
+def itk_error_text(err: RuntimeError) -> str:
+    """The informative last line of an ITK exception (the rest is a C++ source location)."""
+    lines = str(err).strip().splitlines()
+    return lines[-1] if lines else "unknown ITK error"
+
+
+def read_image(path: str) -> sitk.Image:
+    """Read a volume with SimpleITK, with an error that names the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"volume file not found: {path}")
+    try:
+        return sitk.ReadImage(path)
+    except RuntimeError as err:
+        raise ValueError(f"cannot read volume {path}: {itk_error_text(err)}") from None
+
+
+def read_array_shape(path: str) -> Tuple[int, ...]:
+    """Array shape (z, y, x) of a volume from its header only (no pixel data is read)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"volume file not found: {path}")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise ValueError(f"cannot read the header of {path}: {itk_error_text(err)}") from None
+    shape = tuple(reversed(reader.GetSize()))
+    if len(shape) != 3:
+        raise ValueError(f"{path} is not a 3D volume (array shape {shape})")
+    return shape
+
+
+def check_same_shape(image_path: str, image_shape: Sequence[int],
+                     label_path: str, label_shape: Sequence[int]) -> None:
+    if tuple(image_shape) != tuple(label_shape):
+        raise ValueError(f"label {label_path} has shape {tuple(label_shape)} (z, y, x) but its "
+                         f"image {image_path} has shape {tuple(image_shape)}")
+
+
+def checked_label_values(label: np.ndarray, path: str, allowed: Iterable[int]) -> np.ndarray:
+    """Return the label map in the smallest unsigned dtype that holds `allowed`, after
+    checking that every value is one the dataset defines (raises naming `path`)."""
+    allowed = sorted(set(int(v) for v in allowed))
+    values = np.unique(label)
+    if np.issubdtype(values.dtype, np.floating) and not np.all(np.mod(values, 1) == 0):
+        fractional = values[np.mod(values, 1) != 0][:5]
+        raise ValueError(f"label {path} holds non-integer values such as {fractional}")
+    unknown = sorted(set(values.astype(np.int64).tolist()) - set(allowed))
+    if unknown:
+        raise ValueError(f"label {path} holds value(s) {unknown} that this dataset does not define "
+                         f"(allowed: {allowed})")
+    return label.astype(smallest_label_dtype(max(allowed)))
+
+
+def read_label(path: str, allowed: Iterable[int]) -> Tuple[np.ndarray, Geometry]:
+    """Read a label volume, check its values against `allowed`, return it as uint8/uint16."""
+    image = read_image(path)
+    array = sitk.GetArrayFromImage(image)
+    if array.ndim != 3:
+        raise ValueError(f"label {path} is not a 3D volume (array shape {array.shape})")
+    return checked_label_values(array, path, allowed), Geometry.of(image)
+
+
+def smallest_label_dtype(max_value: int) -> np.dtype:
+    return np.dtype(np.uint8) if max_value <= np.iinfo(np.uint8).max else np.dtype(np.uint16)
+
+
+# ----------------------------------------------------------------------------- geometry steps
+
+def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    return geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
+
+
+def shift_origin(geometry: Geometry, index_offset_xyz: Sequence[float]) -> Geometry:
+    """Geometry whose voxel 0 sits where voxel `index_offset_xyz` (x, y, z) of `geometry` sat."""
+    direction = np.asarray(geometry.direction, dtype=np.float64).reshape(3, 3)
+    step = np.asarray(index_offset_xyz, dtype=np.float64) * np.asarray(geometry.spacing)
+    origin = np.asarray(geometry.origin, dtype=np.float64) + direction @ step
+    return Geometry(geometry.spacing, tuple(float(v) for v in origin), geometry.direction)
+
+
+def extract_inplane_window(array: np.ndarray, geometry: Geometry, start_yx: Sequence[int],
+                           size_yx: Sequence[int], pad_value: float) -> Tuple[np.ndarray, Geometry]:
+    """Crop and/or pad every slice to the window of `size_yx` starting at `start_yx`.
+
+    Args:
+        array: (z, y, x) volume.
+        start_yx: first row and column of the window, in input indices (negative or past the
+            end where the window overhangs: those pixels get `pad_value`).
+    Returns:
+        (z, size_y, size_x) array and its geometry (origin moved to the window's first voxel).
+    """
+    out = np.full((array.shape[0],) + tuple(size_yx), pad_value, dtype=array.dtype)
+    src, dst = [slice(None)], [slice(None)]
+    for start, size, extent in zip(start_yx, size_yx, array.shape[1:]):
+        lo, hi = max(start, 0), min(start + size, extent)
+        src.append(slice(lo, max(hi, lo)))
+        dst.append(slice(lo - start, lo - start + max(hi - lo, 0)))
+    out[tuple(dst)] = array[tuple(src)]
+    return out, shift_origin(geometry, (start_yx[1], start_yx[0], 0))
+
+
+def centre_crop_or_pad(array: np.ndarray, geometry: Geometry, size_yx: Sequence[int],
+                       pad_value: float) -> Tuple[np.ndarray, Geometry]:
+    """Crop or pad in-plane to `size_yx` around the centre index n // 2 of each axis (SPEC 12):
+    input index n // 2 lands on output index size // 2."""
+    start = [n // 2 - size // 2 for n, size in zip(array.shape[1:], size_yx)]
+    return extract_inplane_window(array, geometry, start, size_yx, pad_value)
+
+
+def flip_rows(array: np.ndarray, geometry: Geometry) -> Tuple[np.ndarray, Geometry]:
+    """Reverse the row (y) axis of a (z, y, x) array and adjust the geometry so that every
+    voxel keeps its physical position (the y direction cosines change sign)."""
+    n_rows = array.shape[1]
+    shifted = shift_origin(geometry, (0, n_rows - 1, 0))
+    direction = np.asarray(geometry.direction, dtype=np.float64).reshape(3, 3).copy()
+    direction[:, 1] *= -1.0
+    flipped = Geometry(geometry.spacing, shifted.origin, tuple(float(v) for v in direction.ravel()))
+    return np.ascontiguousarray(array[:, ::-1, :]), flipped
+
+
+def resampled_size(size: Sequence[int], spacing: Sequence[float],
+                   new_spacing: Sequence[float]) -> Tuple[int, ...]:
+    """The literature's size rule int(n * old_spacing / new_spacing + 1), per axis (any order,
+    as long as the three arguments share it). Evaluated in float64 in the release's order,
+    n * (old / new), so that sizes match it even where rounding lands just below an integer."""
+    return tuple(int(n * (float(old) / float(new)) + 1)
+                 for n, old, new in zip(size, spacing, new_spacing))
+
+
+def _resample_linear(image: sitk.Image, new_spacing_xyz: Sequence[float]) -> sitk.Image:
+    """Linear resampling onto a grid with the same origin and direction, new spacing, and the
+    size rule above; points outside the input get 0."""
+    size = resampled_size(image.GetSize(), image.GetSpacing(), new_spacing_xyz)
+    return sitk.Resample(image, [int(s) for s in size], sitk.Transform(), sitk.sitkLinear,
+                         image.GetOrigin(), [float(s) for s in new_spacing_xyz],
+                         image.GetDirection(), 0.0, sitk.sitkFloat32)
+
+
+def resample_image(array: np.ndarray, geometry: Geometry,
+                   new_spacing_xyz: Sequence[float]) -> Tuple[np.ndarray, Geometry]:
+    """Resample an intensity volume linearly (float32) to `new_spacing_xyz` (x, y, z)."""
+    image = to_sitk(array.astype(np.float32, copy=False), geometry)
+    out = _resample_linear(image, new_spacing_xyz)
+    return sitk.GetArrayFromImage(out), Geometry.of(out)
+
+
+def resample_label(label: np.ndarray, geometry: Geometry,
+                   new_spacing_xyz: Sequence[float]) -> Tuple[np.ndarray, Geometry]:
+    """Resample a label map one class at a time: each class's binary map is interpolated
+    linearly and rounded, and classes are painted in increasing value order so that a later
+    class overwrites an earlier one where both round to 1 (SPEC section 12). Where two classes
+    touch, both interpolate to 0.5 at the seam, which rounds (half to even) to background."""
+    size = resampled_size(label.shape[::-1], geometry.spacing, new_spacing_xyz)
+    out = np.zeros(size[::-1], dtype=label.dtype)
+    new_geometry = None
+    for value in np.unique(label):
+        if value == 0:
+            continue
+        binary = to_sitk((label == value).astype(np.float32), geometry)
+        resampled = _resample_linear(binary, new_spacing_xyz)
+        out[np.rint(sitk.GetArrayFromImage(resampled)) == 1] = value
+        new_geometry = Geometry.of(resampled)
+    if new_geometry is None:  # an empty label map: only the grid is needed
+        new_geometry = Geometry(tuple(float(s) for s in new_spacing_xyz), geometry.origin,
+                                geometry.direction)
+    return out, new_geometry
+
+
+def clip_top_percentile(array: np.ndarray, percentile: float = 99.5) -> np.ndarray:
+    """Clip intensities above the given percentile of the whole volume (MRI: removes the
+    few very bright voxels of off-resonance artefacts)."""
+    return np.minimum(array, np.percentile(array, percentile)).astype(np.float32)
+
+
+def preprocess_mr(image: np.ndarray, label: np.ndarray, geometry: Geometry,
+                  new_spacing_xyz: Sequence[float], size_yx: Sequence[int] = (256, 256)
+                  ) -> ProcessedVolume:
+    """The MRI route of SPEC section 12 (CHAOS T2-SPIR, CMR, prostate): clip the top 0.5 %
+    of intensities, resample to `new_spacing_xyz`, crop or pad in-plane to `size_yx` around
+    the centre (images padded with their minimum, labels with 0).
+
+    Args:
+        image, label: (z, y, x) arrays on the same grid, described by `geometry`.
+    """
+    clipped = clip_top_percentile(image.astype(np.float32))
+    image_rs, image_geometry = resample_image(clipped, geometry, new_spacing_xyz)
+    label_rs, _ = resample_label(label, geometry, new_spacing_xyz)
+    image_out, out_geometry = centre_crop_or_pad(image_rs, image_geometry, size_yx,
+                                                 pad_value=float(image_rs.min()))
+    label_out, _ = centre_crop_or_pad(label_rs, image_geometry, size_yx, pad_value=0)
+    return ProcessedVolume(image_out, label_out, out_geometry)
+
+
+# ----------------------------------------------------------------------------- running
+
+def output_paths(out_dir: str, index: int) -> Tuple[str, str]:
+    """(image path, label path) of volume `index` in the normalised layout (SPEC 11)."""
+    return (os.path.join(out_dir, f"image_{index}.nii.gz"),
+            os.path.join(out_dir, f"label_{index}.nii.gz"))
+
+
+def write_processed(volume: ProcessedVolume, out_dir: str, index: int) -> Tuple[str, str]:
+    """Write image and label atomically; the image last, so a volume whose image exists is
+    complete (the label was written before it)."""
+    image_path, label_path = output_paths(out_dir, index)
+    write_volume(volume.label, volume.geometry, label_path)
+    write_volume(volume.image.astype(np.float32, copy=False), volume.geometry, image_path)
+    return image_path, label_path
+
+
+def run_preprocessing(sources: Sequence[Source], out_dir: str,
+                      validate: Callable[[Source], None],
+                      process: Callable[[Source], ProcessedVolume],
+                      overwrite: bool = False, name: str = "volumes") -> List[str]:
+    """Validate, then process and write, every source whose outputs are missing.
+
+    Source i (in the given order) becomes image_i / label_i. All sources to be written are
+    validated first, so bad input fails before any file is written.
+    Returns:
+        the image and label paths of every volume (written now or found complete).
+    """
+    pending = [i for i in range(len(sources))
+               if overwrite or not all(map(os.path.isfile, output_paths(out_dir, i)))]
+    for i in tqdm(pending, desc=f"checking {name}", unit="vol", disable=not pending):
+        validate(sources[i])
+    os.makedirs(out_dir, exist_ok=True)
+    for i in tqdm(pending, desc=f"pre-processing {name}", unit="vol", disable=not pending):
+        write_processed(process(sources[i]), out_dir, i)
+    return [path for i in range(len(sources)) for path in output_paths(out_dir, i)]
+
+
+def build_parser(prog: str, description: str, raw_help: str) -> argparse.ArgumentParser:
+    """The arguments every pre-processing CLI shares."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw-dir", required=True, help=raw_help)
+    parser.add_argument("--out-dir", required=True,
+                        help="output folder for image_<i>.nii.gz and label_<i>.nii.gz")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="re-process volumes whose outputs already exist (default: skip them)")
+    return parser
+
+
+def validate_nifti_pair(pair: Tuple[str, str], allowed_labels: Iterable[int]) -> None:
+    """Raise if an (image, label) NIfTI pair is unreadable, mismatched or has unknown labels."""
+    image_path, label_path = pair
+    check_same_shape(image_path, read_array_shape(image_path), label_path,
+                     read_array_shape(label_path))
+    read_label(label_path, allowed_labels)
+
+
+def preprocess_nifti_mr_pair(pair: Tuple[str, str], allowed_labels: Iterable[int],
+                             new_spacing_xyz: Sequence[float]) -> ProcessedVolume:
+    """Read an (image, label) NIfTI pair and run the MRI route (`preprocess_mr`). The label
+    is taken on the image's grid (its own header may differ by rounding only)."""
+    image_path, label_path = pair
+    image = read_image(image_path)
+    array = sitk.GetArrayFromImage(image)
+    if array.ndim != 3:
+        raise ValueError(f"image {image_path} is not a 3D volume (array shape {array.shape})")
+    label, _ = read_label(label_path, allowed_labels)
+    check_same_shape(image_path, array.shape, label_path, label.shape)
+    return preprocess_mr(array, label, Geometry.of(image), new_spacing_xyz)
+
+
+def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
+            preprocess: Callable[[str, str, bool], List[str]], name: str) -> None:
+    """Parse the shared arguments and run `preprocess(raw_dir, out_dir, overwrite)`; bad input
+    ends the program with its one-line message (exit status 1) instead of a traceback."""
+    args = parser.parse_args(argv)
+    try:
+        paths = preprocess(args.raw_dir, args.out_dir, args.overwrite)
+    except (FileNotFoundError, ValueError) as err:
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
+    print(f"{len(paths) // 2} {name} volumes in {args.out_dir}")

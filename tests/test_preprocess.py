@@ -1,0 +1,413 @@
+"""Pre-processing CLIs (SPEC section 12) on tiny raw inputs written here in each dataset's raw
+format: NIfTI with non-trivial spacing and origin, a DICOM series written with SimpleITK, PNG
+masks. Checks sizes, spacing, label values, intensity range, geometry, that labels stay on the
+anatomy they mark, and that bad input fails before anything is written."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from data.CHAOST2 import preprocess as chaos
+from data.CMR import preprocess as cmr
+from data.nifti_io import Geometry
+from data.preprocess_common import (centre_crop_or_pad, flip_rows, natural_sort_key,
+                                    resample_label, resampled_size)
+from data.Prostate_MRI import preprocess as prostate
+from data.SABS import preprocess as sabs
+
+# A non-trivial direction (x and y axes swapped and mirrored) catches geometry mistakes that
+# an identity direction hides.
+DIRECTION = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def write_nifti(array, path, spacing, origin=(-40.0, 25.0, 12.0), direction=DIRECTION):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, path)
+
+
+def physical_centroid(label_path, value):
+    """World position (x, y, z) of the centroid of `value` in a label volume."""
+    image = sitk.ReadImage(label_path)
+    zyx = np.argwhere(sitk.GetArrayFromImage(image) == value).mean(axis=0)
+    return np.array(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in zyx[::-1]]))
+
+
+def read(path):
+    image = sitk.ReadImage(path)
+    return sitk.GetArrayFromImage(image), image
+
+
+def files_in(folder):
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def test_size_rule_known_answers():
+    # SABS: 448 columns at s mm to 1.75 s mm gives 257; slices keep their spacing: n + 1.
+    new_spacing = (0.7 * 1.75, 0.8 * 1.75, 2.5)
+    assert resampled_size((448, 448, 90), (0.7, 0.8, 2.5), new_spacing) == (257, 257, 91)
+    assert resampled_size((80, 64, 5), (1.5, 1.4, 6.0), (1.25, 1.25, 7.7)) == (97, 72, 4)
+
+
+def test_natural_sort_orders_numbers_numerically():
+    names = ["patient10_C0.nii.gz", "patient2_C0.nii.gz", "patient1_C0.nii.gz"]
+    assert sorted(names, key=natural_sort_key) == ["patient1_C0.nii.gz", "patient2_C0.nii.gz",
+                                                   "patient10_C0.nii.gz"]
+
+
+def test_centre_crop_or_pad_keeps_the_centre_index_and_moves_the_origin():
+    geometry = Geometry((2.0, 3.0, 1.0), (10.0, 20.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    array = np.arange(1 * 5 * 8, dtype=np.float32).reshape(1, 5, 8)
+    out, new_geometry = centre_crop_or_pad(array, geometry, (4, 4), pad_value=-1)
+    assert out[0, 2, 2] == array[0, 2, 4]       # centre index n // 2 -> size // 2
+    assert np.array_equal(out[0, 0], array[0, 0, 2:6])
+    assert new_geometry.origin == (10.0 + 2 * 2.0, 20.0 + 0 * 3.0, 0.0)
+    padded, padded_geometry = centre_crop_or_pad(array, geometry, (9, 8), pad_value=-1)
+    assert np.all(padded[0, :2] == -1) and np.all(padded[0, -2:] == -1)
+    assert np.array_equal(padded[0, 2:7], array[0])
+    assert padded_geometry.origin == (10.0, 20.0 - 2 * 3.0, 0.0)
+
+
+def test_flip_rows_keeps_every_voxel_in_place():
+    geometry = Geometry((0.5, 0.7, 3.0), (1.0, 2.0, 3.0), DIRECTION)
+    array = np.zeros((2, 6, 4), dtype=np.float32)
+    array[1, 1, 3] = 1
+    flipped, new_geometry = flip_rows(array, geometry)
+    before = new_geometry.apply(sitk.GetImageFromArray(array))
+    geometry.apply(before)
+    after = new_geometry.apply(sitk.GetImageFromArray(flipped))
+    (z, y, x), = np.argwhere(flipped == 1)
+    assert (z, y, x) == (1, 4, 3)
+    assert np.allclose(before.TransformIndexToPhysicalPoint((3, 1, 1)),
+                       after.TransformIndexToPhysicalPoint((int(x), int(y), int(z))))
+
+
+def test_label_resampling_rounds_each_class_separately():
+    label = np.zeros((1, 4, 4), dtype=np.uint8)
+    label[0, :, :2] = 1
+    label[0, :, 2:] = 7
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    out, _ = resample_label(label, geometry, (2.0, 1.0, 1.0))
+    assert out.shape == (2, 5, 3)               # int(n * old / new + 1) per axis
+    assert np.array_equal(out[0, 0], [1, 7, 0])  # x = 4 lies past the data
+    assert not out[1].any() and not out[0, 4].any()
+    # At x = 1.5 each class interpolates to 0.5, which rounds to 0 (half to even): the seam
+    # between touching classes becomes background instead of either class.
+    out, _ = resample_label(label, geometry, (0.5, 1.0, 1.0))
+    assert np.array_equal(out[0, 0], [1, 1, 1, 0, 7, 7, 7, 0, 0])
+
+
+# ----------------------------------------------------------------------------- SABS
+
+SABS_SPACING = (0.7, 0.8, 2.5)   # (x, y, z)
+
+
+def make_sabs_volume(organ_hu):
+    """(3, 512, 512) HU image and label: air, a body, a liver box (6) at `organ_hu`, a spleen
+    box (1) on slices 1-2, bone; plus the expected output column/row of the liver centre."""
+    hu = np.full((3, 512, 512), -1000, dtype=np.int16)
+    hu[:, 60:460, 40:480] = 40
+    hu[:, 400:430, 240:270] = 1200                 # bone, above the window
+    label = np.zeros(hu.shape, dtype=np.uint8)
+    hu[:, 200:261, 300:381] = organ_hu
+    label[:, 200:261, 300:381] = 6
+    hu[1:, 100:141, 100:151] = 100
+    label[1:, 100:141, 100:151] = 1
+    return hu, label
+
+
+@pytest.fixture(scope="module")
+def sabs_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sabs")
+    raw, out = root / "raw", root / "out"
+    for number, organ_hu in ((3, 220), (1, 180)):  # written out of order; numbers not contiguous
+        hu, label = make_sabs_volume(organ_hu)
+        write_nifti(hu, str(raw / "img" / f"img{number:04d}.nii.gz"), SABS_SPACING)
+        write_nifti(label, str(raw / "label" / f"label{number:04d}.nii.gz"), SABS_SPACING)
+    paths = sabs.preprocess_sabs(str(raw), str(out))
+    return raw, out, paths
+
+
+def test_sabs_output_layout_size_spacing_and_range(sabs_run):
+    raw, out, paths = sabs_run
+    assert files_in(out) == ["image_0.nii.gz", "image_1.nii.gz", "label_0.nii.gz", "label_1.nii.gz"]
+    assert paths == [str(out / "image_0.nii.gz"), str(out / "label_0.nii.gz"),
+                     str(out / "image_1.nii.gz"), str(out / "label_1.nii.gz")]
+    image, image_obj = read(str(out / "image_0.nii.gz"))
+    label, label_obj = read(str(out / "label_0.nii.gz"))
+    assert image.shape == label.shape == (4, 257, 257)   # one extra slice past the data
+    assert np.allclose(image_obj.GetSpacing(), (0.7 * 1.75, 0.8 * 1.75, 2.5))
+    assert image_obj.GetDirection() == DIRECTION
+    assert np.allclose(label_obj.GetOrigin(), image_obj.GetOrigin())
+    assert image.min() == 0 and image.max() == pytest.approx(255)
+    assert np.all(image[3] == 0)
+    assert set(np.unique(label)) == {0, 1, 6}
+    assert label.dtype == np.uint8
+
+
+def test_sabs_labels_stay_on_their_anatomy(sabs_run):
+    raw, out, _ = sabs_run
+    # Sorted raw order: img0001 (liver at 180 HU) is volume 0, img0003 (220 HU) volume 1.
+    for index, organ_hu in ((0, 180), (1, 220)):
+        image, _ = read(str(out / f"image_{index}.nii.gz"))
+        label, _ = read(str(out / f"label_{index}.nii.gz"))
+        assert np.median(image[label == 6]) == pytest.approx((organ_hu + 125) / 400 * 255, abs=0.5)
+        assert np.median(image[label == 1]) == pytest.approx(225 / 400 * 255, abs=0.5)
+        assert not np.any(label[0] == 1)  # the spleen box starts on slice 1
+        # Output pixel j samples input pixel 32 + 1.75 j: the box centre (230, 340) moves to
+        # ((230 - 32) / 1.75, (340 - 32) / 1.75).
+        rows, cols = np.nonzero(label[1] == 6)
+        assert rows.mean() == pytest.approx(198 / 1.75, abs=0.6)
+        assert cols.mean() == pytest.approx(308 / 1.75, abs=0.6)
+    for value in (1, 6):  # the world position of each organ is unchanged
+        assert np.allclose(physical_centroid(str(raw / "label" / "label0001.nii.gz"), value),
+                           physical_centroid(str(out / "label_0.nii.gz"), value), atol=1.0)
+
+
+def test_sabs_rerun_skips_finished_volumes_unless_overwrite(sabs_run):
+    raw, out, _ = sabs_run
+    target = out / "image_1.nii.gz"
+    os.utime(target, (1, 1))
+    sabs.main(["--raw-dir", str(raw), "--out-dir", str(out)])
+    assert os.path.getmtime(target) == 1
+    sabs.main(["--raw-dir", str(raw), "--out-dir", str(out), "--overwrite"])
+    assert os.path.getmtime(target) > 1
+    assert files_in(out) == ["image_0.nii.gz", "image_1.nii.gz", "label_0.nii.gz", "label_1.nii.gz"]
+
+
+def test_sabs_bad_input_fails_before_writing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="raw SABS folder not found"):
+        sabs.preprocess_sabs(str(tmp_path / "missing"), str(tmp_path / "out"))
+    raw = tmp_path / "raw"
+    small = np.zeros((2, 80, 80), dtype=np.int16)
+    write_nifti(small, str(raw / "img" / "img0001.nii.gz"), SABS_SPACING)
+    write_nifti(small.astype(np.uint8), str(raw / "label" / "label0001.nii.gz"), SABS_SPACING)
+    write_nifti(small, str(raw / "img" / "img0002.nii.gz"), SABS_SPACING)
+    with pytest.raises(FileNotFoundError, match=r"img0002\.nii\.gz has no label"):
+        sabs.preprocess_sabs(str(raw), str(tmp_path / "out"))
+    bad = small.astype(np.uint8)
+    bad[0, 0, 0] = 14
+    write_nifti(bad, str(raw / "label" / "label0002.nii.gz"), SABS_SPACING)
+    with pytest.raises(ValueError, match=r"label0002\.nii\.gz holds value\(s\) \[14\]"):
+        sabs.preprocess_sabs(str(raw), str(tmp_path / "out"))
+    assert files_in(tmp_path / "out") == []
+
+
+# ----------------------------------------------------------------------------- CHAOS T2-SPIR
+
+CHAOS_ROWS, CHAOS_COLS, CHAOS_SLICES = 64, 80, 5
+CHAOS_GREYS = (63, 126, 189, 252, 63)   # the organ marked in file k (1-based: file k -> index k-1)
+
+
+def write_dicom_series(volume, folder, spacing_xy, slice_gap, names):
+    """Write (z, rows, cols) uint16 `volume` as one DICOM series: slice i to file names[i],
+    at height slice_gap * i."""
+    os.makedirs(folder, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.8.498.7"
+    for i, name in enumerate(names):
+        image = sitk.GetImageFromArray(volume[i])
+        image.SetSpacing(spacing_xy)
+        tags = {
+            "0008|0060": "MR", "0008|0008": "ORIGINAL\\PRIMARY",
+            "0020|000d": uid + ".1", "0020|000e": uid + ".2", "0008|0018": f"{uid}.3.{i + 1}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0032": f"-50\\-40\\{slice_gap * i:.4f}",
+            "0020|0013": str(names.index(name) + 1), "0018|0050": str(slice_gap),
+        }
+        for tag, value in tags.items():
+            image.SetMetaData(tag, value)
+        writer.SetFileName(os.path.join(folder, name))
+        writer.Execute(image)
+
+
+def write_chaos_patient(root, patient_id, intensity_scale=1.0, grey_override=None):
+    """Slice i (bottom to top) holds one organ box, with grey CHAOS_GREYS[i], at a position
+    and an MR intensity that both depend on i. File names run top to bottom, so file order
+    and slice order are reversed."""
+    volume = np.full((CHAOS_SLICES, CHAOS_ROWS, CHAOS_COLS), 40, dtype=np.uint16)
+    masks = np.zeros(volume.shape, dtype=np.uint8)
+    for i in range(CHAOS_SLICES):
+        r0, c0 = 6 + 5 * i, 10 + 8 * i
+        volume[i, r0:r0 + 16, c0:c0 + 20] = int((300 + 100 * i) * intensity_scale)
+        masks[i, r0:r0 + 16, c0:c0 + 20] = CHAOS_GREYS[i]
+    volume[2, 60, 2] = 60000              # one off-resonance outlier, removed by the clipping
+    names = [f"IMG-0002-{CHAOS_SLICES - i:05d}" for i in range(CHAOS_SLICES)]  # top-down names
+    t2 = root / str(patient_id) / "T2SPIR"
+    write_dicom_series(volume, str(t2 / "DICOM_anon"), (1.5, 1.4), 7.7,
+                       [n + ".dcm" for n in names])
+    os.makedirs(t2 / "Ground", exist_ok=True)
+    for i, name in enumerate(names):
+        mask = masks[i] if grey_override is None or i != 3 else np.where(masks[i], grey_override, 0)
+        cv2.imwrite(str(t2 / "Ground" / f"{name}.png"), mask.astype(np.uint8))
+    return volume
+
+
+@pytest.fixture(scope="module")
+def chaos_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chaos")
+    raw, out = root / "raw", root / "out"
+    raw_volume = write_chaos_patient(raw, 10, intensity_scale=2.0)
+    write_chaos_patient(raw, 2)
+    chaos.main(["--raw-dir", str(raw), "--out-dir", str(out)])
+    return raw, out, raw_volume
+
+
+def test_chaos_output_size_spacing_values_and_range(chaos_run):
+    raw, out, raw_volume = chaos_run
+    assert files_in(out) == ["image_0.nii.gz", "image_1.nii.gz", "label_0.nii.gz", "label_1.nii.gz"]
+    image, image_obj = read(str(out / "image_1.nii.gz"))   # patient 10 comes after patient 2
+    label, label_obj = read(str(out / "label_1.nii.gz"))
+    assert image.shape == label.shape == (6, 256, 256)     # 5 slices of 7.7 mm + the extra one
+    assert np.allclose(image_obj.GetSpacing(), (1.25, 1.25, 7.70))
+    assert np.allclose(label_obj.GetOrigin(), image_obj.GetOrigin())
+    assert set(np.unique(label)) == {0, 1, 2, 3, 4}
+    assert image.max() <= np.percentile(raw_volume, 99.5) + 1e-3   # the outlier is clipped
+    assert image.min() == 0  # padding with the minimum; the extra slice resamples to 0
+
+
+def test_chaos_masks_follow_the_slices_they_were_drawn_on(chaos_run):
+    raw, out, _ = chaos_run
+    for index, scale in ((0, 1.0), (1, 2.0)):
+        image, _ = read(str(out / f"image_{index}.nii.gz"))
+        label, _ = read(str(out / f"label_{index}.nii.gz"))
+        for i in range(CHAOS_SLICES):   # output slices are in position order, bottom to top
+            organ = label[i] > 0
+            expected = {63: 1, 126: 2, 189: 3, 252: 4}[CHAOS_GREYS[i]]
+            assert set(np.unique(label[i][organ])) == {expected}
+            # interior pixels carry the organ intensity drawn on the same DICOM slice
+            assert np.median(image[i][organ]) == pytest.approx((300 + 100 * i) * scale, rel=0.02)
+            assert np.mean(image[i][organ] > 200 * scale) > 0.9
+    for i, value in ((0, 1), (1, 2)):   # world positions survive the row flip and resampling
+        raw_centroid = physical_centroid_of_dicom_mask(raw / "2", i)
+        out_label_obj = sitk.ReadImage(str(out / "label_0.nii.gz"))
+        zyx = np.argwhere(sitk.GetArrayFromImage(out_label_obj)[i] == value).mean(axis=0)
+        out_centroid = out_label_obj.TransformContinuousIndexToPhysicalPoint(
+            [float(zyx[1]), float(zyx[0]), float(i)])
+        assert np.allclose(raw_centroid, out_centroid, atol=1.0)
+
+
+def physical_centroid_of_dicom_mask(patient_dir, slice_index):
+    """World centroid of the organ box on DICOM slice `slice_index` (bottom to top)."""
+    reader = sitk.ImageSeriesReader()
+    folder = str(patient_dir / "T2SPIR" / "DICOM_anon")
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(folder))
+    series = reader.Execute()
+    r0, c0 = 6 + 5 * slice_index, 10 + 8 * slice_index
+    return np.array(series.TransformContinuousIndexToPhysicalPoint(
+        [c0 + 9.5, r0 + 7.5, float(slice_index)]))
+
+
+def test_chaos_bad_masks_fail_before_writing(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_chaos_patient(raw, 1)
+    write_chaos_patient(raw, 2, grey_override=100)
+    with pytest.raises(ValueError, match=r"IMG-0002-00002\.png holds grey value\(s\) \[100\]"):
+        chaos.preprocess_chaos(str(raw), str(out))
+    assert files_in(out) == []
+    os.remove(raw / "2" / "T2SPIR" / "Ground" / "IMG-0002-00002.png")
+    with pytest.raises(ValueError, match="holds 4 PNG masks but .* holds 5 DICOM slices"):
+        chaos.preprocess_chaos(str(raw), str(out))
+    os.rename(raw / "1" / "T2SPIR" / "Ground", raw / "1" / "T2SPIR" / "GT")
+    with pytest.raises(FileNotFoundError, match="patient 1 ground-truth folder not found"):
+        chaos.preprocess_chaos(str(raw), str(out))
+    assert files_in(out) == []
+
+
+# ----------------------------------------------------------------------------- CMR and prostate
+
+MR_SPACING = (1.4, 1.3, 10.0)
+
+
+def make_mr_volume(label_values, shape=(3, 60, 70)):
+    """An MR-like volume with one box per label value, each at its own intensity."""
+    image = np.full(shape, 50.0, dtype=np.float32)
+    label = np.zeros(shape, dtype=np.uint16)
+    for k, value in enumerate(label_values):
+        r0, c0 = 4 + 6 * (k % 8), 4 + 7 * (k % 8)
+        image[:, r0:r0 + 6, c0:c0 + 6] = 400 + 50 * k
+        label[:, r0:r0 + 6, c0:c0 + 6] = value
+    image[1, 0, 0] = 1e5  # an outlier for the 99.5th percentile clip
+    return image, label
+
+
+def test_cmr_keeps_challenge_labels_geometry_and_anatomy(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    image, label = make_mr_volume((200, 500, 600))
+    for patient in ("patient10", "patient2"):
+        write_nifti(image, str(raw / "c0" / f"{patient}_C0.nii.gz"), MR_SPACING)
+        write_nifti(label, str(raw / "gt" / f"{patient}_C0_manual.nii.gz"), MR_SPACING)
+    cmr.main(["--raw-dir", str(raw), "--out-dir", str(out)])
+    out_image, image_obj = read(str(out / "image_0.nii.gz"))
+    out_label, _ = read(str(out / "label_0.nii.gz"))
+    assert out_image.shape == out_label.shape == (4, 256, 256)   # int(3 * 10 / 7.99 + 1) = 4
+    assert np.allclose(image_obj.GetSpacing(), (1.25, 1.25, 7.99))
+    assert set(np.unique(out_label)) == {0, 200, 500, 600}
+    assert out_image.max() <= np.percentile(image, 99.5) + 1e-3
+    for k, value in enumerate((200, 500, 600)):
+        assert np.median(out_image[out_label == value]) == pytest.approx(400 + 50 * k, rel=0.02)
+        before = physical_centroid(str(raw / "gt" / "patient2_C0_manual.nii.gz"), value)
+        after = physical_centroid(str(out / "label_0.nii.gz"), value)
+        assert np.allclose(before[:2], after[:2], atol=1.3)
+        # The boxes span every slice, so the new grid's coarser sampling of their z extent
+        # may move the z centroid, but by less than half a raw slice.
+        assert abs(before[2] - after[2]) < MR_SPACING[2] / 2
+
+
+def test_cmr_mismatched_shapes_fail_before_writing(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    image, label = make_mr_volume((200,))
+    write_nifti(image, str(raw / "patient1_C0.nii.gz"), MR_SPACING)
+    write_nifti(label, str(raw / "patient1_C0_manual.nii.gz"), MR_SPACING)
+    write_nifti(image, str(raw / "patient2_C0.nii.gz"), MR_SPACING)
+    write_nifti(label[:, :-1], str(raw / "patient2_C0_manual.nii.gz"), MR_SPACING)
+    with pytest.raises(ValueError, match=r"patient2_C0_manual\.nii\.gz has shape \(3, 59, 70\)"):
+        cmr.preprocess_cmr(str(raw), str(out))
+    assert files_in(out) == []
+
+
+def test_prostate_labels_and_rerun(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    image, label = make_mr_volume(range(1, 9), shape=(2, 70, 64))
+    write_nifti(image, str(raw / "000001_img.nii.gz"), MR_SPACING)
+    write_nifti(label.astype(np.uint8), str(raw / "000001_mask.nii.gz"), MR_SPACING)
+    paths = prostate.preprocess_prostate(str(raw), str(out))
+    assert paths == [str(out / "image_0.nii.gz"), str(out / "label_0.nii.gz")]
+    out_image, image_obj = read(paths[0])
+    out_label, _ = read(paths[1])
+    assert out_image.shape == (3, 256, 256)     # int(2 * 10 / 7.7 + 1) = 3
+    assert np.allclose(image_obj.GetSpacing(), (1.25, 1.25, 7.70))
+    assert set(np.unique(out_label)) == set(range(9))
+    # a second raw volume with a label the dataset does not define: nothing new is written
+    bad = label.astype(np.uint8)
+    bad[0, 0, 0] = 9
+    write_nifti(image, str(raw / "000002_img.nii.gz"), MR_SPACING)
+    write_nifti(bad, str(raw / "000002_mask.nii.gz"), MR_SPACING)
+    with pytest.raises(ValueError, match=r"000002_mask\.nii\.gz holds value\(s\) \[9\]"):
+        prostate.preprocess_prostate(str(raw), str(out))
+    assert files_in(out) == ["image_0.nii.gz", "label_0.nii.gz"]
+
+
+@pytest.mark.parametrize("module", [sabs, chaos, cmr, prostate])
+def test_every_cli_has_help(module, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--raw-dir" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cmr.main(["--raw-dir", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert "raw CMR bSSFP folder not found" in error and str(tmp_path / "nowhere") in error
+    assert "Traceback" not in error
