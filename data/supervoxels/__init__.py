@@ -1,0 +1,8 @@
+"""3D supervoxels (SPEC section 13).
+
+- `data.supervoxels.felzenszwalb_3d.felzenszwalb_3d`: the segmentation (compiled core, built by
+  `make setup`).
+- `data.supervoxels.generate_supervoxels`: pseudo-label volumes for a dataset folder (CLI).
+
+Nothing is imported here, so that importing the package never needs the compiled module.
+"""
