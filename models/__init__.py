@@ -1,0 +1,21 @@
+"""FAF-Net model: encoder, ICM/AFF modules, the network, its losses and checkpoint helpers."""
+from .encoder import ResNet101Encoder, feature_size
+from .fafnet import FAFNet, clamped_nll, query_loss
+from .modules import AFF, ICM, apply_fourier_filters, masked_average_pooling
+from .pretrained import default_pretrained_weights, load_pretrained_backbone
+from .release import convert_release_checkpoint
+
+__all__ = [
+    "AFF",
+    "FAFNet",
+    "ICM",
+    "ResNet101Encoder",
+    "apply_fourier_filters",
+    "clamped_nll",
+    "convert_release_checkpoint",
+    "default_pretrained_weights",
+    "feature_size",
+    "load_pretrained_backbone",
+    "masked_average_pooling",
+    "query_loss",
+]
