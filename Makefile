@@ -20,5 +20,9 @@ build: $(VENV)/.requirements-installed
 test: setup
 	$(PY) -m pytest -q tests
 
+# The synthetic demo: data, supervoxels, a short training, evaluation (script/demo.sh).
+demo: setup
+	bash script/demo.sh
+
 clean:
 	rm -rf build data/supervoxels/*.so data/supervoxels/_felzenszwalb_3d.c
