@@ -43,6 +43,7 @@ SETTINGS.CAPTURE_MODE = "sys"
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 EXCLUDE_RULES = ("any", "all")
+OPTIMIZERS = ("sgd", "adam")
 
 
 def release_defaults():
@@ -75,6 +76,10 @@ def release_defaults():
     lr_gamma = 0.98
     lr_milestones = None            # ... or these explicit steps (None: every lr_step_size)
     grad_clip_norm = None           # clip the total gradient norm to this (None: release, no clipping)
+    optimizer = "sgd"               # "sgd" (release: lr, momentum, weight_decay) or "adam" (not in the
+                                    # release; lr, weight_decay as L2, betas 0.9/0.999). From a random
+                                    # start the stem's gradients are ~1e3x the heads', so one SGD lr
+                                    # cannot train both; the synthetic demo uses adam.
     seed = 2025
     device = "auto"                 # auto, cpu, cuda, cuda:N, mps
     num_workers = 4                 # data-loading worker processes (0: in the main process)
@@ -165,6 +170,8 @@ def validate_config(config: Dict) -> None:
     if config["grad_clip_norm"] is not None:
         _check(isinstance(config["grad_clip_norm"], (int, float)) and not isinstance(config["grad_clip_norm"], bool)
                and config["grad_clip_norm"] > 0, "grad_clip_norm", config, "must be None or a number > 0")
+    _check(config["optimizer"] in OPTIMIZERS, "optimizer", config,
+           "must be 'sgd' (release) or 'adam'")
     if config["lr_milestones"] is not None:
         _check(isinstance(config["lr_milestones"], (list, tuple))
                and all(_is_int(m) and m > 0 for m in config["lr_milestones"]),

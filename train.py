@@ -33,7 +33,9 @@ LOSS_NAMES = ("loss", "query_loss", "align_loss", "proto_loss", "grad_norm")
 # Options that shape the training trajectory: a resumed run must agree on all of them.
 TRAJECTORY_OPTIONS = ("dataset", "eval_fold", "setting", "exclude_rule", "use_gt", "n_shot",
                       "min_size", "augment", "max_iters_per_load", "n_volumes", "seed", "lr",
-                      "momentum", "weight_decay", "lr_gamma", "grad_clip_norm", "amp_bf16")
+                      "momentum", "weight_decay", "lr_gamma", "grad_clip_norm", "optimizer", "amp_bf16")
+
+OPTIONS_ADDED_LATER = {"optimizer": "sgd"}
 
 ex = build_experiment("FAFNet-train", "train", doc=__doc__)
 
@@ -65,8 +67,7 @@ def train(config: Dict, run_dir: str, logger, log_scalar: Optional[Callable] = N
         if config["pretrained_weights"]:
             logger.info("loaded %d pretrained backbone tensors from %s",
                         model.encoder.pretrained_tensors_loaded, config["pretrained_weights"])
-        optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
-                                    weight_decay=config["weight_decay"])
+        optimizer = build_optimizer(model, config)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
             optimizer, milestones=list(settings.lr_milestones), gamma=config["lr_gamma"])
         start_step = 0
@@ -78,6 +79,20 @@ def train(config: Dict, run_dir: str, logger, log_scalar: Optional[Callable] = N
         dataset = make_train_dataset(config, settings)
         loop = TrainingLoop(model, optimizer, scheduler, device, config, settings, run_dir, logger, log_scalar)
         return loop.run(dataset, start_step)
+
+
+def build_optimizer(model: torch.nn.Module, config: Dict) -> torch.optim.Optimizer:
+    """The release's SGD (lr, momentum, weight_decay), or with optimizer="adam" Adam (lr,
+    weight_decay as L2; `momentum` unused). Adam is not in the release: it scales each
+    parameter's step by its own gradient history, which a from-scratch start needs because the
+    stem's gradients are about 1e3 times the heads' (see script/demo.sh)."""
+    name = config.get("optimizer", "sgd")
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
+                               weight_decay=config["weight_decay"])
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    raise ValueError(f"config option optimizer={name!r} must be 'sgd' (release) or 'adam'")
 
 
 def make_train_dataset(config: Dict, settings: Settings) -> TrainDataset:
@@ -210,6 +225,8 @@ def load_snapshot(resume: str, config: Dict, settings: Settings, model, optimize
     if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
         raise ValueError(f"resume={resume!r}: {path} is not a training snapshot of this project")
     saved = state["config"]
+    # Snapshots written before an option existed trained with its default.
+    saved = {**OPTIONS_ADDED_LATER, **saved}
     different = [f"{k}: snapshot {saved.get(k)!r} vs now {config[k]!r}" for k in TRAJECTORY_OPTIONS
                  if saved.get(k) != config[k]]
     if list(state["image_size"]) != list(settings.image_size):

@@ -182,11 +182,25 @@ def test_resume_refuses_a_snapshot_of_other_options(straight_run, phantom, tmp_p
     ({"device": "gpu"}, "device='gpu' must be one of"),
     ({"eval_fold": 5}, "eval_fold=5"),
     ({"grad_clip_norm": -1.0}, "grad_clip_norm=-1.0 must be None or a number > 0"),
+    ({"optimizer": "rmsprop"}, "optimizer='rmsprop' must be 'sgd' \\(release\\) or 'adam'"),
 ])
 def test_bad_options_fail_before_the_run_starts(updates, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         train_script.ex.run(config_updates={"runs_dir": str(tmp_path), **updates})
     assert not os.path.exists(os.path.join(tmp_path, "train", "1"))
+
+
+def test_optimizer_option_builds_release_sgd_by_default_and_adam_on_request():
+    model = torch.nn.Linear(2, 1)
+    config = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "optimizer": "sgd"}
+    sgd = train_script.build_optimizer(model, config)
+    assert type(sgd) is torch.optim.SGD
+    assert sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 5e-4
+    adam = train_script.build_optimizer(model, {**config, "optimizer": "adam"})
+    assert type(adam) is torch.optim.Adam
+    assert adam.defaults["lr"] == 0.01 and adam.defaults["weight_decay"] == 5e-4
+    # Snapshots written before the option existed were trained with SGD.
+    assert train_script.OPTIONS_ADDED_LATER == {"optimizer": "sgd"}
 
 
 def test_unknown_option_and_missing_data_are_clear_errors(tmp_path):
