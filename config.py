@@ -89,7 +89,7 @@ def release_defaults():
     checkpoint = None               # test.py: snapshot, training run folder, release file, or "untrained"
     supp_idx = 0                    # test.py: which fold volume is the support (release script: 2)
     n_part = 3                      # test.py: support slices / query chunks
-    eval_batch_size = 8             # test.py: query slices per batched forward pass
+    eval_batch_size = None          # test.py: query slices per forward pass (None: 1 on CPU, 8 else)
     save_predictions = True         # test.py: write prediction volumes (NIfTI)
     save_figures = True             # test.py: write one PNG per class
 
@@ -152,8 +152,11 @@ def validate_config(config: Dict) -> None:
     _check(config["exclude_rule"] in EXCLUDE_RULES, "exclude_rule", config,
            "must be 'any' (literature) or 'all' (release)")
     for name in ("n_shot", "n_steps", "snapshot_interval", "print_interval", "lr_step_size",
-                 "n_part", "eval_batch_size", "max_iters_per_load"):
+                 "n_part", "max_iters_per_load"):
         _check(_is_int(config[name]) and config[name] >= 1, name, config, "must be an integer >= 1")
+    if config["eval_batch_size"] is not None:
+        _check(_is_int(config["eval_batch_size"]) and config["eval_batch_size"] >= 1, "eval_batch_size",
+               config, "must be None (auto) or an integer >= 1")
     for name in ("num_workers", "min_size", "supp_idx"):
         _check(_is_int(config[name]) and config[name] >= 0, name, config, "must be an integer >= 0")
     for name in ("lr", "weight_decay", "momentum", "lr_gamma"):

@@ -125,6 +125,14 @@ class Timer:
     per_class: Dict[int, float] = field(default_factory=dict)
 
 
+def eval_batch_size(config: Dict, device: torch.device) -> int:
+    """Query slices per forward pass: the configured value, or by default 1 on the CPU (larger
+    batches spill layer3's activations out of cache there; bench/bench_model.py) and 8 elsewhere."""
+    if config["eval_batch_size"] is not None:
+        return config["eval_batch_size"]
+    return 1 if device.type == "cpu" else 8
+
+
 def segment_query(model, support: Dict, query: Dict, device: torch.device, config: Dict,
                   timer: Timer) -> np.ndarray:
     """Hard prediction [n, H, W] (bool) of one query volume's evaluated slices: chunk i
@@ -139,7 +147,7 @@ def segment_query(model, support: Dict, query: Dict, device: torch.device, confi
         began = time.perf_counter()
         with autocast(device, config["amp_bf16"]):
             foreground = model.predict(support_images, support_masks, query_images,
-                                       batch_size=config["eval_batch_size"])
+                                       batch_size=eval_batch_size(config, device))
         # argmax over [1 - P, P] picks the foreground exactly when P > 0.5.
         predictions.append((foreground.float() > 0.5).cpu().numpy())
         timer.seconds += time.perf_counter() - began   # .cpu() above waits for the device

@@ -183,6 +183,7 @@ def test_resume_refuses_a_snapshot_of_other_options(straight_run, phantom, tmp_p
     ({"eval_fold": 5}, "eval_fold=5"),
     ({"grad_clip_norm": -1.0}, "grad_clip_norm=-1.0 must be None or a number > 0"),
     ({"optimizer": "rmsprop"}, "optimizer='rmsprop' must be 'sgd' \\(release\\) or 'adam'"),
+    ({"eval_batch_size": 0}, "eval_batch_size=0 must be None \\(auto\\) or an integer >= 1"),
 ])
 def test_bad_options_fail_before_the_run_starts(updates, message, tmp_path):
     with pytest.raises(ValueError, match=message):
@@ -201,6 +202,13 @@ def test_optimizer_option_builds_release_sgd_by_default_and_adam_on_request():
     assert adam.defaults["lr"] == 0.01 and adam.defaults["weight_decay"] == 5e-4
     # Snapshots written before the option existed were trained with SGD.
     assert train_script.OPTIONS_ADDED_LATER == {"optimizer": "sgd"}
+
+
+def test_eval_batch_size_is_one_on_cpu_and_eight_elsewhere_unless_set():
+    auto, fixed = {"eval_batch_size": None}, {"eval_batch_size": 3}
+    assert test_script.eval_batch_size(auto, torch.device("cpu")) == 1
+    assert test_script.eval_batch_size(auto, torch.device("cuda")) == 8
+    assert test_script.eval_batch_size(fixed, torch.device("cpu")) == 3
 
 
 def test_unknown_option_and_missing_data_are_clear_errors(tmp_path):
