@@ -21,7 +21,10 @@ test: setup
 	$(PY) -m pytest -q tests
 
 # The synthetic demo: data, supervoxels, a short training, evaluation (script/demo.sh).
-demo: setup
+demo:
+	@echo "== FAF-Net demo: set-up (virtual environment, requirements, compiled supervoxel module),"
+	@echo "== then synthetic data, supervoxels, training and evaluation: about 15 minutes on a 2-core CPU."
+	$(MAKE) setup
 	bash script/demo.sh
 
 clean:

@@ -32,17 +32,9 @@ SETTING=${SETTING:-1}
 PRETRAINED=${PRETRAINED:-}
 DEVICE=${DEVICE:-auto}
 WORKERS=${WORKERS:-1}
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
+source script/lib.sh   # PYTHON, latest_run
 DATA_ROOT="$DEMO_DIR/data"
 RUNS="$DEMO_DIR/runs"
-
-latest_run() {  # the highest-numbered Sacred run folder in $1
-    local id
-    id=$(find "$1" -mindepth 1 -maxdepth 1 -type d -regex '.*/[0-9]+' -printf '%f\n' | sort -n | tail -1)
-    [[ -n "$id" ]] && echo "$1/$id"
-}
 
 started=$(date +%s)
 echo "== FAF-Net demo on the synthetic dataset: about 6 minutes on a 2-core CPU (much less on a GPU)."
