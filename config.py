@@ -94,7 +94,7 @@ def release_defaults():
     save_figures = True             # test.py: write one PNG per class
 
     amp_bf16 = False                # bf16 autocast (meant for CUDA; off until measured)
-    channels_last = False           # channels-last memory format for weights and inputs
+    channels_last = None            # channels-last weights and inputs (None: evaluation on CPU only)
     runs_dir = "runs"               # Sacred run folders go to <runs_dir>/<train|test>/<id>
 
 
@@ -183,7 +183,9 @@ def validate_config(config: Dict) -> None:
     _check(isinstance(device, str) and (device in ("auto", "cpu", "cuda", "mps") or
                                         (device.startswith("cuda:") and device[5:].isdigit())),
            "device", config, f"must be one of {DEVICES_HELP}")
-    for name in ("use_gt", "augment", "amp_bf16", "channels_last", "save_predictions", "save_figures"):
+    _check(config["channels_last"] in (None, True, False), "channels_last", config,
+           "must be None (auto), True or False")
+    for name in ("use_gt", "augment", "amp_bf16", "save_predictions", "save_figures"):
         _check(isinstance(config[name], bool), name, config, "must be True or False")
 
 

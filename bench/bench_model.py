@@ -12,6 +12,7 @@ The two variants are timed alternately so that load from other processes hits bo
     python bench/bench_model.py --device cuda --repeats 10 --json bench_model.json
 """
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -42,6 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="untimed volume segmentations per variant first (default: --warmup)")
     parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="bfloat16 autocast (default none)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last weights and inputs")
+    parser.add_argument("--predict-channels-last", choices=["auto", "on", "off"], default="auto",
+                        help="memory format of the predict() variant; auto (default): as test.py runs "
+                             "it, channels-last on CPU, else --channels-last. The release's loop uses "
+                             "--channels-last")
     parser.add_argument("--no-tf32", action="store_true",
                         help="CUDA: disable TF32 convolutions/matmuls (PyTorch enables TF32 convolutions by default)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
@@ -51,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("image_size", "slices", "batch_size", "repeats"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.predict_channels_last == "auto":
+        args.predict_channels_last = "on" if args.device == "cpu" or args.channels_last else "off"
     if args.infer_repeats is None:
         args.infer_repeats = args.repeats
     if args.infer_warmup is None:
@@ -137,11 +144,14 @@ def bench_training(args, device, data, autocast) -> Dict[str, List[float]]:
 def bench_inference(args, device, data, autocast) -> Tuple[Dict[str, List[float]], Dict[str, float]]:
     model = build_model(args, device)
     set_batchnorm_statistics(model, torch.cat([data.support, data.query]))
+    predict_format = torch.channels_last if args.predict_channels_last == "on" else torch.contiguous_format
+    predict_model = copy.deepcopy(model).to(memory_format=predict_format)
+    predict_support = data.support.contiguous(memory_format=predict_format)
+    predict_volume = data.volume.contiguous(memory_format=predict_format)
 
     def predict() -> torch.Tensor:
-        model.encoder.run_discarded_layers = False
         with autocast:
-            return model.predict(data.support, data.mask, data.volume, batch_size=args.batch_size)
+            return predict_model.predict(predict_support, data.mask, predict_volume, batch_size=args.batch_size)
 
     @torch.no_grad()
     def per_slice_loop() -> torch.Tensor:
@@ -176,6 +186,7 @@ def main(argv=None) -> Dict[str, object]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "image_size": args.image_size, "slices": args.slices,
         "batch_size": args.batch_size, "amp": args.amp, "channels_last": args.channels_last,
+        "predict_channels_last": args.predict_channels_last == "on",
         "tf32_convolutions": device.type == "cuda" and torch.backends.cudnn.allow_tf32,
         "repeats": args.repeats, "infer_repeats": args.infer_repeats,
         "median_seconds": medians, "all_seconds": {**train_times, **infer_times},
@@ -192,7 +203,8 @@ def main(argv=None) -> Dict[str, object]:
 def print_table(results: Dict[str, object]) -> None:
     medians = results["median_seconds"]
     print(f"device: {results['device']}, torch {results['torch']}, {results['image_size']}x{results['image_size']}, "
-          f"amp={results['amp']}, channels_last={results['channels_last']}")
+          f"amp={results['amp']}, channels_last={results['channels_last']}, "
+          f"predict channels_last={results['predict_channels_last']}")
     print(f"{'measurement':<44}{'median s':>10}")
     print(f"{'training step (layer4 skipped)':<44}{medians['train_step']:>10.3f}")
     print(f"{'training step with layer4+reduce2 (release)':<44}{medians['train_step_with_layer4']:>10.3f}")

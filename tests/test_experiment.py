@@ -184,6 +184,7 @@ def test_resume_refuses_a_snapshot_of_other_options(straight_run, phantom, tmp_p
     ({"grad_clip_norm": -1.0}, "grad_clip_norm=-1.0 must be None or a number > 0"),
     ({"optimizer": "rmsprop"}, "optimizer='rmsprop' must be 'sgd' \\(release\\) or 'adam'"),
     ({"eval_batch_size": 0}, "eval_batch_size=0 must be None \\(auto\\) or an integer >= 1"),
+    ({"channels_last": "yes"}, "channels_last='yes' must be None \\(auto\\), True or False"),
 ])
 def test_bad_options_fail_before_the_run_starts(updates, message, tmp_path):
     with pytest.raises(ValueError, match=message):
@@ -209,6 +210,13 @@ def test_eval_batch_size_is_one_on_cpu_and_eight_elsewhere_unless_set():
     assert test_script.eval_batch_size(auto, torch.device("cpu")) == 1
     assert test_script.eval_batch_size(auto, torch.device("cuda")) == 8
     assert test_script.eval_batch_size(fixed, torch.device("cpu")) == 3
+
+
+def test_evaluation_is_channels_last_on_cpu_only_unless_set():
+    assert test_script.eval_channels_last({"channels_last": None}, torch.device("cpu")) is True
+    assert test_script.eval_channels_last({"channels_last": None}, torch.device("cuda")) is False
+    assert test_script.eval_channels_last({"channels_last": False}, torch.device("cpu")) is False
+    assert test_script.eval_channels_last({"channels_last": True}, torch.device("cuda")) is True
 
 
 def test_unknown_option_and_missing_data_are_clear_errors(tmp_path):
