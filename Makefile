@@ -1,4 +1,4 @@
-# Set-up, tests and the demo. `make setup` is idempotent: re-running it only rebuilds what changed.
+# Set-up, tests and the demo. `make setup` is idempotent: re-running it only redoes what changed.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,9 +13,13 @@ $(VENV)/.requirements-installed: requirements.txt
 	$(PY) -m pip install -r requirements.txt
 	touch $@
 
-# Compiles the Cython supervoxel module in place (data/supervoxels/).
-build: $(VENV)/.requirements-installed
-	$(PY) setup.py build_ext --inplace
+# Installs the project's packages into the virtual environment (editable, so edits take effect
+# at once) and compiles the Cython supervoxel module in place (data/supervoxels/).
+build: $(VENV)/.project-installed
+
+$(VENV)/.project-installed: $(VENV)/.requirements-installed setup.py data/supervoxels/_felzenszwalb_3d.pyx
+	$(PY) -m pip install --no-build-isolation --no-deps -e .
+	touch $@
 
 test: setup
 	$(PY) -m pytest -q tests
@@ -28,4 +32,4 @@ demo:
 	bash script/demo.sh
 
 clean:
-	rm -rf build data/supervoxels/*.so data/supervoxels/_felzenszwalb_3d.c
+	rm -rf build data/supervoxels/*.so data/supervoxels/_felzenszwalb_3d.c $(VENV)/.project-installed

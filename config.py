@@ -1,30 +1,29 @@
-"""The Sacred configuration shared by train.py and test.py (SPEC sections 8 to 10).
+"""The Sacred configuration of train.py and test.py.
 
-Defaults are the authors' release defaults for Abd-CT (SPEC section 8). One named config
-per dataset (SABS, CHAOST2, CMR, Prostate_MRI, SYNTHETIC) carries the dataset's folder,
-image size, class names, test classes and supervoxel size::
+Three config scopes: `shared_options` (the dataset, fold, protocol, device, seed: both
+experiments), `training_options` (train.py only) and `evaluation_options` (test.py only),
+plus one named config per dataset (SABS, CHAOST2, CMR, Prostate_MRI, SYNTHETIC), which
+selects the dataset; everything that follows from it (folder, image size, test classes,
+supervoxel size) is computed in the scopes, so `config.json` records the values a run used::
 
+    python train.py print_config with CHAOST2                 # every option and its value
     python train.py with SYNTHETIC eval_fold=0 n_steps=600 device=cpu
     python test.py with SYNTHETIC eval_fold=0 checkpoint=runs/train/1
-    python train.py print_config with CHAOST2        # show every option
 
-Data: each dataset's pre-processed files are read from ``<data_root>/<dataset folder>``
-(``data_root`` defaults to ``./data_processed``, relative to the working directory; folder
-names are in dataloaders/dataset_specs.py), or from ``data_dir`` when given.
+The defaults reproduce the authors' scripts (their train.sh and evaluate.sh for SABS):
+setting 1, 42000 steps of SGD (lr 1e-3, momentum 0.9, weight decay 5e-4, x0.98 every 3000
+steps), a snapshot every 6000 steps, seed 2025, support volume 2 of the fold, 3 support
+slices / query chunks. Every other choice is a named option recorded with the results.
 
-Runs: Sacred's FileStorageObserver records each run (config.json, run.json, metrics.json,
-cout.txt) in ``<runs_dir>/train/<id>/`` or ``<runs_dir>/test/<id>/``; snapshots, logs,
-predictions and results go into the same run folder.
-
-Pretrained weights (SPEC section 2): ``pretrained_weights=None`` trains from the encoder's own
-initialisation. Point it at ``deeplabv3_resnet101_coco-586e9e4e.pth`` or
-``resnet101-63fe2227.pth``; torchvision keeps downloaded files in
-``~/.cache/torch/hub/checkpoints/`` (``$TORCH_HOME/hub/checkpoints``), the place to look first.
+Data: a dataset's pre-processed files are read from ``<data_root>/<dataset folder>``
+(``data_root`` defaults to ``./data_processed``), or from ``data_dir`` when given.
+Runs: Sacred's FileStorageObserver records each run (config.json, run.json with the git
+commit, the source files and the package versions, metrics.json, cout.txt) in
+``<runs_dir>/train/<id>/`` or ``<runs_dir>/test/<id>/``, next to the run's own outputs.
 """
 import os
 import warnings
-from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Sequence
 
 # Sacred 0.8.7 imports pkg_resources, which warns on every start; the pin setuptools<81 in
 # requirements.txt keeps it working, so the warning says nothing actionable to users.
@@ -34,180 +33,207 @@ from sacred import SETTINGS, Experiment  # noqa: E402
 from sacred.observers import FileStorageObserver  # noqa: E402
 from sacred.utils import apply_backspaces_and_linefeeds  # noqa: E402
 
-from dataloaders.dataset_specs import DATASETS, DatasetSpec, get_dataset_spec  # noqa: E402
+from dataloaders.dataset_specs import DATASETS  # noqa: E402
+from experiment.devices import DEVICE_CHOICES, default_num_workers, device_type  # noqa: E402
+from experiment.snapshots import KEEP_CHOICES  # noqa: E402
+from models.pretrained import default_pretrained_weights  # noqa: E402
 
 # Sacred's default "fd" capture spawns `tee` processes and fights with pytest's capture;
-# "sys" tees sys.stdout/stderr in-process, which keeps tqdm on the console and still fills
-# the run's cout.txt (cleaned of progress-bar carriage returns by the output filter).
+# "sys" tees sys.stdout/stderr in-process and still fills the run's cout.txt.
 SETTINGS.CAPTURE_MODE = "sys"
+# run.json lists every project module the run imported (not only those named in the main
+# file) and every installed package it imported, with its version.
+SETTINGS.DISCOVER_SOURCES = "sys"
+SETTINGS.DISCOVER_DEPENDENCIES = "sys"
 
-DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
-EXCLUDE_RULES = ("any", "all")
+SETTING2_PROTOCOLS = ("release", "any", "groups")
 OPTIMIZERS = ("sgd", "adam")
+NO_PRETRAINED = "none"   # pretrained_weights=none: train from the random initialisation on purpose
+# Training options that may differ between a snapshot and the run resuming it; every other
+# training option shapes the trajectory and must agree (a new option is checked by default).
+FREE_ON_RESUME = frozenset({
+    "resume", "n_steps", "snapshot_interval", "keep_snapshots", "print_interval", "device",
+    "num_workers", "runs_dir", "data_root", "data_dir", "lr_milestones", "channels_last"})
 
 
-def release_defaults():
-    """The options and their defaults (a Sacred config scope; comments are shown by
-    `print_config`)."""
-    dataset = "SABS"                # key of dataloaders.dataset_specs.DATASETS
-    data_root = "./data_processed"  # pre-processed datasets live in <data_root>/<folder>
-    data_dir = None                 # explicit dataset folder; overrides data_root
-    image_size = None               # [H, W]; None: the dataset's size
-    test_classes = None             # None: the dataset's test classes
+def spec(dataset: str):
+    """The dataset's facts (dataloaders/dataset_specs.py), or a clear error for an unknown key."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset={dataset!r} is unknown; known datasets: {', '.join(DATASETS)} "
+                         f"(named configs of the same names set them up)")
+    return DATASETS[dataset]
+
+
+def class_groups(dataset: str):
+    """The two class groups of the `groups` protocol of setting 2 (empty when the dataset
+    defines none)."""
+    return tuple(tuple(g) for g in getattr(spec(dataset), "class_groups", ()) or ())
+
+
+def shared_options():
+    """Options of training and evaluation (a Sacred config scope; comments show in print_config)."""
+    dataset = "SABS"                # SABS, CHAOST2, CMR, Prostate_MRI or SYNTHETIC (named configs too)
+    data_root = "./data_processed"  # pre-processed datasets live in <data_root>/<dataset folder>
+    data_dir = os.path.join(data_root, spec(dataset).folder)  # this dataset's folder
+    image_size = list(spec(dataset).image_size)               # [H, W] the network sees
     n_volumes = None                # None: count the image_*.nii.gz files present
-
     eval_fold = 0                   # 0..4: the fold held out for evaluation
-    setting = 2                     # 1: test organs may appear in training; 2: removed
-    exclude_rule = "any"            # setting 2: drop slices with ANY test class ("all": release)
-    use_gt = False                  # False: supervoxel labels (self-supervised); True: GT
-    supervoxel_min_size = None      # None: the dataset's supervoxel folder
-    n_shot = 1
-    min_size = 200                  # min foreground pixels of an episode's slices
-    augment = True
-    max_iters_per_load = 3000       # episodes per "epoch" of the training dataset
-
-    n_steps = 42000
-    snapshot_interval = 6000
-    print_interval = 100            # console/log/metrics every this many steps
-    lr = 1e-3
-    momentum = 0.9
-    weight_decay = 5e-4
-    lr_step_size = 3000             # lr *= lr_gamma every this many steps ...
-    lr_gamma = 0.98
-    lr_milestones = None            # ... or these explicit steps (None: every lr_step_size)
-    grad_clip_norm = None           # clip the total gradient norm to this (None: release, no clipping)
-    optimizer = "sgd"               # "sgd" (release: lr, momentum, weight_decay) or "adam" (not in the
-                                    # release; lr, weight_decay as L2, betas 0.9/0.999). From a random
-                                    # start the stem's gradients are ~1e3x the heads', so one SGD lr
-                                    # cannot train both; the synthetic demo uses adam.
+    setting = 1                     # 1: test organs may appear in training; 2: their slices removed
+    setting2_protocol = "release"   # setting 2: release (AND rule) | any | groups (Ouyang et al.)
+    group = None                    # groups protocol: 0 or 1, the class group held out and tested
+    test_classes = list(class_groups(dataset)[group] if setting == 2 and setting2_protocol == "groups"
+                        and group is not None and class_groups(dataset)
+                        else spec(dataset).test_classes)
     seed = 2025
-    device = "auto"                 # auto, cpu, cuda, cuda:N, mps
-    num_workers = 4                 # data-loading worker processes (0: in the main process)
-    pretrained_weights = None       # path to a torchvision ResNet-101 / DeepLabV3 file
-    resume = None                   # training snapshot or training run folder to continue
-
-    checkpoint = None               # test.py: snapshot, training run folder, release file, or "untrained"
-    supp_idx = 0                    # test.py: which fold volume is the support (release script: 2)
-    n_part = 3                      # test.py: support slices / query chunks
-    eval_batch_size = None          # test.py: query slices per forward pass (None: 1 on CPU, 8 else)
-    save_predictions = True         # test.py: write prediction volumes (NIfTI)
-    save_figures = True             # test.py: write one PNG per class
-
-    amp_bf16 = False                # bf16 autocast (meant for CUDA; off until measured)
-    channels_last = None            # channels-last weights and inputs (None: evaluation on CPU only)
+    device = "auto"                 # auto, cpu, cuda, cuda:N or mps
+    # A torchvision ResNet-101 or DeepLabV3-ResNet-101 file; by default the one found in
+    # torchvision's cache. "none": random initialisation (allowed on real datasets only so).
+    pretrained_weights = default_pretrained_weights()
+    amp_bf16 = False                # bf16 autocast (FFT, probabilities and losses stay float32)
     runs_dir = "runs"               # Sacred run folders go to <runs_dir>/<train|test>/<id>
 
 
-def dataset_named_config(spec: DatasetSpec) -> Dict:
-    """A named config that selects `spec`'s dataset with its size, classes and supervoxels."""
-    return {
-        "dataset": spec.name,
-        "image_size": list(spec.image_size),
-        "test_classes": list(spec.test_classes),
-        "supervoxel_min_size": spec.supervoxel_min_size,
-    }
+def training_options(dataset, image_size):
+    """Options of train.py only."""
+    n_shot = 1
+    use_gt = False                  # False: supervoxel episodes (self-supervised); True: ground truth
+    supervoxel_min_size = spec(dataset).supervoxel_min_size  # which supervoxels_<N> folder
+    min_size = 200                  # min foreground pixels of an episode's first two slices
+    augment = True
+    max_iters_per_load = 3000       # episodes per "epoch" of the training dataset
+    n_steps = 42000
+    snapshot_interval = 6000
+    keep_snapshots = "weights"      # older snapshots: "weights" (model only) or "none" (deleted)
+    print_interval = 100            # console/log/metrics every this many steps
+    optimizer = "sgd"               # "sgd" (release) or "adam" (not in the release; see README)
+    lr = 1e-3
+    momentum = 0.9                  # SGD only
+    weight_decay = 5e-4
+    lr_step_size = 3000             # lr *= lr_gamma every this many steps ...
+    lr_gamma = 0.98
+    lr_milestones = list(range(lr_step_size, n_steps, lr_step_size))  # ... at these steps
+    grad_clip_norm = None           # clip the total gradient norm to this (None: release, off)
+    allow_partial_pretrained = False  # accept pretrained weights that miss backbone tensors
+    channels_last = False           # channels-last weights and inputs
+    num_workers = default_num_workers()  # data-loading processes (0: in the main process)
+    resume = None                   # a training run folder or snapshot to continue
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The configuration with every None resolved against the dataset's spec."""
-    spec: DatasetSpec
-    data_dir: str
-    image_size: Tuple[int, int]
-    test_classes: Tuple[int, ...]
-    supervoxel_min_size: int
-    lr_milestones: Tuple[int, ...]
-
-    @property
-    def class_names(self) -> Dict[int, str]:
-        return {c: self.spec.classes.get(c, f"class {c}") for c in self.test_classes}
+def evaluation_options(device):
+    """Options of test.py only."""
+    checkpoint = None               # snapshot, training run folder, release checkpoint or "untrained"
+    supp_idx = 2                    # support volume: its index in the fold (release script: 2), or a list
+    n_part = 3                      # support slices per class and query chunks
+    # Query slices per forward pass: 1 on a CPU (larger batches spill layer3's activations
+    # out of cache there), 8 on a GPU.
+    eval_batch_size = 1 if device_type(device) == "cpu" else 8
+    channels_last = device_type(device) == "cpu"  # measured faster on CPU, slower on an H100
+    save_predictions = True         # write prediction volumes (NIfTI)
+    save_figures = True             # write one PNG per class
 
 
-def resolve_settings(config: Dict) -> Settings:
-    """Validate a run's config and fill in dataset-derived values (raises ValueError naming
-    the option and what is wrong)."""
-    validate_config(config)
-    spec = get_dataset_spec(config["dataset"])
-    data_dir = config["data_dir"] or os.path.join(config["data_root"], spec.folder)
-    image_size = tuple(int(v) for v in (config["image_size"] or spec.image_size))
-    test_classes = tuple(int(c) for c in (config["test_classes"] or spec.test_classes))
-    milestones = config["lr_milestones"]
-    if milestones is None:
-        # The release's rule: a milestone every lr_step_size steps strictly before n_steps.
-        step = config["lr_step_size"]
-        milestones = list(range(step, config["n_steps"], step))
-    return Settings(spec=spec, data_dir=data_dir, image_size=image_size,
-                    test_classes=test_classes,
-                    supervoxel_min_size=int(config["supervoxel_min_size"] or spec.supervoxel_min_size),
-                    lr_milestones=tuple(int(m) for m in milestones))
+# ----------------------------------------------------------------------------- validation
 
 
 def validate_config(config: Dict) -> None:
-    """Clear errors for options that Sacred's type checks let through."""
-    if config["dataset"] not in DATASETS:
-        raise ValueError(f"dataset={config['dataset']!r} is unknown; known datasets: "
-                         f"{', '.join(DATASETS)} (named configs of the same names set them up)")
-    _check(config["eval_fold"] in range(5), "eval_fold", config, "must be 0, 1, 2, 3 or 4")
-    _check(config["setting"] in (1, 2), "setting", config, "must be 1 or 2")
-    _check(config["exclude_rule"] in EXCLUDE_RULES, "exclude_rule", config,
-           "must be 'any' (literature) or 'all' (release)")
-    for name in ("n_shot", "n_steps", "snapshot_interval", "print_interval", "lr_step_size",
-                 "n_part", "max_iters_per_load"):
-        _check(_is_int(config[name]) and config[name] >= 1, name, config, "must be an integer >= 1")
-    if config["eval_batch_size"] is not None:
-        _check(_is_int(config["eval_batch_size"]) and config["eval_batch_size"] >= 1, "eval_batch_size",
-               config, "must be None (auto) or an integer >= 1")
-    for name in ("num_workers", "min_size", "supp_idx"):
-        _check(_is_int(config[name]) and config[name] >= 0, name, config, "must be an integer >= 0")
-    for name in ("lr", "weight_decay", "momentum", "lr_gamma"):
-        _check(isinstance(config[name], (int, float)) and config[name] >= 0, name, config,
-               "must be a number >= 0")
-    if config["image_size"] is not None:
-        size = config["image_size"]
-        _check(isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size),
-               "image_size", config, "must be [H, W] with positive integers")
-    if config["test_classes"] is not None:
-        _check(isinstance(config["test_classes"], (list, tuple)) and len(config["test_classes"]) > 0
-               and all(_is_int(c) and c > 0 for c in config["test_classes"]),
-               "test_classes", config, "must be a non-empty list of positive class ids")
-    if config["grad_clip_norm"] is not None:
-        _check(isinstance(config["grad_clip_norm"], (int, float)) and not isinstance(config["grad_clip_norm"], bool)
-               and config["grad_clip_norm"] > 0, "grad_clip_norm", config, "must be None or a number > 0")
-    _check(config["optimizer"] in OPTIMIZERS, "optimizer", config,
-           "must be 'sgd' (release) or 'adam'")
-    if config["lr_milestones"] is not None:
-        _check(isinstance(config["lr_milestones"], (list, tuple))
-               and all(_is_int(m) and m > 0 for m in config["lr_milestones"]),
-               "lr_milestones", config, "must be a list of positive step numbers")
-    device = config["device"]
-    _check(isinstance(device, str) and (device in ("auto", "cpu", "cuda", "mps") or
-                                        (device.startswith("cuda:") and device[5:].isdigit())),
-           "device", config, f"must be one of {DEVICES_HELP}")
-    _check(config["channels_last"] in (None, True, False), "channels_last", config,
-           "must be None (auto), True or False")
-    for name in ("use_gt", "augment", "amp_bf16", "save_predictions", "save_figures"):
-        _check(isinstance(config[name], bool), name, config, "must be True or False")
+    """Clear errors for options that Sacred's type checks let through (options absent from
+    an experiment's config are not checked)."""
+    spec(config["dataset"])
+    checks = _checks(config)
+    for name, (ok, what) in checks.items():
+        if name in config and not ok(config[name]):
+            raise ValueError(f"config option {name}={config[name]!r} {what}")
+    if config["setting"] == 2 and config["setting2_protocol"] == "groups":
+        groups = class_groups(config["dataset"])
+        if not groups:
+            raise ValueError(f"setting2_protocol='groups' is defined for the abdominal datasets only; "
+                             f"{config['dataset']} has no class groups")
+        if config["group"] not in range(len(groups)):
+            raise ValueError(f"config option group={config['group']!r}: the groups protocol needs "
+                             f"group=0 or group=1 ({config['dataset']}: {list(map(list, groups))})")
 
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check(ok: bool, name: str, config: Dict, what: str) -> None:
-    if not ok:
-        raise ValueError(f"config option {name}={config[name]!r} {what}")
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def build_experiment(name: str, runs_subdir: str, doc: Optional[str] = None) -> Experiment:
-    """A Sacred Experiment with the defaults, one named config per dataset, option
+def _positive_int(value) -> bool:
+    return _is_int(value) and value >= 1
+
+
+def _checks(config: Dict) -> Dict[str, tuple]:
+    """option -> (predicate, what a good value is)."""
+    positive = (_positive_int, "must be an integer >= 1")
+    checks = {
+        "eval_fold": (lambda v: v in range(5), "must be 0, 1, 2, 3 or 4"),
+        "setting": (lambda v: v in (1, 2), "must be 1 or 2"),
+        "setting2_protocol": (lambda v: v in SETTING2_PROTOCOLS,
+                              f"must be one of {', '.join(SETTING2_PROTOCOLS)}"),
+        "group": (lambda v: v is None or v in (0, 1), "must be None, 0 or 1"),
+        "n_volumes": (lambda v: v is None or _positive_int(v), "must be None or an integer >= 1"),
+        "image_size": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_positive_int(x) for x in v),
+                       "must be [H, W] with positive integers"),
+        "test_classes": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_positive_int(c) for c in v),
+                         "must be a non-empty list of positive class ids"),
+        "device": (_valid_device, f"must be one of {DEVICE_CHOICES}"),
+        "pretrained_weights": (lambda v: v is None or isinstance(v, str), "must be a path or 'none'"),
+        "n_shot": positive, "n_steps": positive, "snapshot_interval": positive,
+        "print_interval": positive, "lr_step_size": positive, "max_iters_per_load": positive,
+        "n_part": positive,
+        "eval_batch_size": positive,
+        "num_workers": (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0"),
+        "min_size": (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0"),
+        "supervoxel_min_size": positive,
+        "supp_idx": (_supp_indices_ok,
+                     "must be a fold position (an integer >= 0) or a non-empty list of them"),
+        "lr": (lambda v: _is_number(v) and v >= 0, "must be a number >= 0"),
+        "weight_decay": (lambda v: _is_number(v) and v >= 0, "must be a number >= 0"),
+        "momentum": (lambda v: _is_number(v) and v >= 0, "must be a number >= 0"),
+        "lr_gamma": (lambda v: _is_number(v) and v >= 0, "must be a number >= 0"),
+        "grad_clip_norm": (lambda v: v is None or (_is_number(v) and v > 0), "must be None or a number > 0"),
+        "optimizer": (lambda v: v in OPTIMIZERS, "must be 'sgd' (release) or 'adam'"),
+        "keep_snapshots": (lambda v: v in KEEP_CHOICES, f"must be one of {', '.join(KEEP_CHOICES)}"),
+        "lr_milestones": (lambda v: isinstance(v, (list, tuple)) and all(_positive_int(m) for m in v),
+                          "must be a list of positive step numbers"),
+    }
+    for name in ("use_gt", "augment", "amp_bf16", "save_predictions", "save_figures", "channels_last",
+                 "allow_partial_pretrained"):
+        checks[name] = (lambda v: isinstance(v, bool), "must be True or False")
+    return checks
+
+
+def _valid_device(device) -> bool:
+    return isinstance(device, str) and (device in ("auto", "cpu", "cuda", "mps")
+                                        or (device.startswith("cuda:") and device[5:].isdigit()))
+
+
+def _supp_indices_ok(value) -> bool:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return len(values) > 0 and all(_is_int(v) and v >= 0 for v in values)
+
+
+def supp_indices(config: Dict) -> list:
+    """`supp_idx` as a list (a single index or a list of them)."""
+    value = config["supp_idx"]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+def configure_experiment(ex: Experiment, runs_subdir: str, own_options: Callable) -> Experiment:
+    """Give `ex` (created in train.py or test.py, so that Sacred records that script as the
+    main file) the shared and its own config scopes, one named config per dataset, option
     validation before the run starts, and a FileStorageObserver under
-    <runs_dir>/<runs_subdir> (runs_dir comes from the run's own config). `doc` is what
-    `--help` shows (the calling script's docstring)."""
-    ex = Experiment(name, save_git_info=False)
-    ex.doc = doc if doc is not None else __doc__
-    ex.config(release_defaults)
-    for spec in DATASETS.values():
-        ex.add_named_config(spec.name, dataset_named_config(spec))
+    <runs_dir>/<runs_subdir>."""
+    ex.config(shared_options)
+    ex.config(own_options)
+    for name in DATASETS:
+        ex.add_named_config(name, {"dataset": name})
     ex.captured_out_filter = apply_backspaces_and_linefeeds
 
     @ex.config_hook
@@ -230,7 +256,7 @@ def _attach_file_observer(ex: Experiment, directory: str) -> None:
     ex.observers.append(observer)
 
 
-def observer_run_dir(run) -> Optional[str]:
+def observer_run_dir(run) -> str:
     """The folder a Sacred run is being recorded into (None when unobserved)."""
     for observer in run.observers:
         if isinstance(observer, FileStorageObserver) and observer.dir:
@@ -238,10 +264,6 @@ def observer_run_dir(run) -> Optional[str]:
     return None
 
 
-# The experiment as the interface contract names it; train.py and test.py build their own
-# (each with its main function) through build_experiment.
-ex = build_experiment("FAFNet", "config")
-
-
-if __name__ == "__main__":
-    ex.run_commandline()
+def dataset_class_names(dataset: str, class_ids: Sequence[int]) -> Dict[int, str]:
+    classes = DATASETS[dataset].classes
+    return {int(c): classes.get(int(c), f"class {c}") for c in class_ids}

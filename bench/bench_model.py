@@ -24,8 +24,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from models import FAFNet, query_loss  # noqa: E402
+from models import FAFNet, query_loss
 
 
 def parse_args(argv=None) -> argparse.Namespace:

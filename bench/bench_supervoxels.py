@@ -60,7 +60,6 @@ def current_rss_bytes() -> int:
 
 def run_worker(args) -> None:
     """Child process: run one implementation, print a JSON line with its measurements."""
-    sys.path.insert(0, ROOT)
     if args.worker == "naive":
         from bench.naive_felzenszwalb import naive_felzenszwalb_3d as segment
     else:

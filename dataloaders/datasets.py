@@ -427,9 +427,7 @@ class TestDataset:
         self.test_classes = list(_resolve_test_classes(self.spec, test_classes))
         self.n_volumes = count_volumes(data_dir, n_volumes)
         self.fold_volumes = sorted(_fold(self.spec, self.n_volumes, eval_fold))
-        _check_choice("supp_idx", supp_idx, range(len(self.fold_volumes)))
-        self.support_volume = self.fold_volumes[supp_idx]
-        self.query_volumes = [i for i in self.fold_volumes if i != self.support_volume]
+        self.select_support(supp_idx)
         self._volumes = {i: self._load(i, image_size) for i in
                          tqdm(self.fold_volumes, desc="loading test volumes", disable=None)}
         support = self._volumes[self.support_volume]
@@ -437,6 +435,14 @@ class TestDataset:
             if volume.image.shape[1:] != support.image.shape[1:]:
                 raise ValueError(f"{volume.path} has in-plane size {volume.image.shape[1:]}, but the "
                                  f"support {support.path} has {support.image.shape[1:]}")
+
+    def select_support(self, supp_idx: int) -> None:
+        """Make fold position `supp_idx` the support volume and the others the queries
+        (several support indices are evaluated one after another on the loaded volumes)."""
+        _check_choice("supp_idx", supp_idx, range(len(self.fold_volumes)))
+        self.supp_idx = supp_idx
+        self.support_volume = self.fold_volumes[supp_idx]
+        self.query_volumes = [i for i in self.fold_volumes if i != self.support_volume]
 
     def _load(self, index: int, image_size: Optional[Sequence[int]]) -> TestVolume:
         path = image_path(self.data_dir, index)

@@ -1,5 +1,6 @@
 """FAF-Net model: encoder, ICM/AFF modules, the network, its losses and checkpoint helpers."""
 from .encoder import ResNet101Encoder, feature_size
+from .factory import build_model
 from .fafnet import FAFNet, clamped_nll, query_loss
 from .modules import AFF, ICM, apply_fourier_filters, masked_average_pooling
 from .pretrained import default_pretrained_weights, load_pretrained_backbone
@@ -11,6 +12,7 @@ __all__ = [
     "ICM",
     "ResNet101Encoder",
     "apply_fourier_filters",
+    "build_model",
     "clamped_nll",
     "convert_release_checkpoint",
     "default_pretrained_weights",

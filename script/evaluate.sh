@@ -1,51 +1,61 @@
 #!/usr/bin/env bash
-# Evaluate FAF-Net on every fold (EP1 protocol, SPEC section 10), then collect the folds into
+# Evaluate FAF-Net on every fold (docs/protocol.md, evaluation), then collect the folds into
 # the literature's table (Dice per organ and mean, mean +- std over folds).
 #
-#   script/evaluate.sh                                   # synthetic dataset, after script/train.sh
-#   DATASET=SABS SUPP_IDX=2 script/evaluate.sh           # the release script's support volume
-#   CHECKPOINT='release/fold{fold}.pth' DATASET=SABS script/evaluate.sh   # release checkpoints
-#   CHECKPOINT=untrained script/evaluate.sh              # the untrained baseline
+#   script/evaluate.sh                                   # SABS setting 1, after script/train.sh
+#   SUPP_IDX="0 1 2 3 4" script/evaluate.sh              # several support volumes, averaged
+#   CHECKPOINT='release/fold{fold}.pth' script/evaluate.sh    # the authors' checkpoints
+#   CHECKPOINT=untrained DATASET=SYNTHETIC script/evaluate.sh # the untrained baseline
 #
 # Environment (default in brackets):
-#   DATASET [SYNTHETIC]  SETTING [2]  FOLDS [0 1 2 3 4]  DEVICE [auto]  GPUS []
+#   DATASET [SABS]  SETTING [1]  PROTOCOL [release]  FOLDS [0 1 2 3 4]  DEVICE [auto]  GPUS []
 #   DATA_ROOT [./data_processed]  RUNS_ROOT [runs]  PYTHON [.venv/bin/python or python3]  EXTRA []
 #                        as for script/train.sh (GPUS with two or more ids: folds in parallel)
-#   CHECKPOINT [$RUNS_ROOT/<DATASET>_setting<SETTING>/fold{fold}/train]
-#                        what to evaluate; "{fold}" is replaced by the fold number. A snapshot,
-#                        a training run folder, a folder of training runs (its latest completed
-#                        run), a release checkpoint, or "untrained"
-#   SUPP_IDX [config: 0] which volume of the fold is the support
+#   CHECKPOINT [<the unit's folder>/train]
+#                        what to evaluate; "{fold}" and "{group}" are replaced by the fold and
+#                        group. A snapshot, a training run folder, a folder of training runs
+#                        (its latest completed run), a release checkpoint, or "untrained"
+#   SUPP_IDX [config: 2] which volume(s) of the fold are the support ("2", or "0 1 2": each
+#                        is evaluated and reported, then averaged)
 #   AGGREGATE [1]        0: skip the fold table (e.g. one Slurm task per fold)
 #   AGGREGATE_ONLY [0]   1: evaluate nothing, only build the table from each fold's latest run
 #
-# Fold k is recorded in $RUNS_ROOT/<DATASET>_setting<SETTING>/fold<k>/test/<id>/ (results.json,
-# results.csv, predictions/, figures/), its console output in .../fold<k>/evaluate.out; the
-# table goes to $RUNS_ROOT/<DATASET>_setting<SETTING>/results_table.md and .csv. A failing
-# fold does not stop the others; the script then exits with status 1 and names it.
+# Fold k is recorded in <experiment>/fold<k>/test/<id>/ (results.json, results.csv,
+# predictions/, figures/), its console output in .../fold<k>/evaluate.out; with the groups
+# protocol each group in fold<k>/group<g>/. The table goes to <experiment>/results_table.md
+# and .csv (the groups joined into one row per fold). A failing fold does not stop the
+# others; the script then exits with status 1 and names it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source script/lib.sh
 fold_environment
 
-DEFAULT_CHECKPOINT="$EXPERIMENT_DIR/fold{fold}/train"
-CHECKPOINT=${CHECKPOINT:-$DEFAULT_CHECKPOINT}
-
-# evaluate_fold FOLD DEVICE: one Sacred evaluation run; output to the console and the fold's log.
-evaluate_fold() {
-    local fold=$1 device=$2 fold_dir="$EXPERIMENT_DIR/fold$1"
-    local args=("$DATASET" "setting=$SETTING" "eval_fold=$fold" "device=$device"
-                "data_root=$DATA_ROOT" "runs_dir=$fold_dir" "checkpoint=${CHECKPOINT//\{fold\}/$fold}")
-    [[ -n "${SUPP_IDX:-}" ]] && args+=("supp_idx=$SUPP_IDX")
+# evaluate_unit FOLD DEVICE GROUP: one Sacred evaluation run; output to the console and the log.
+evaluate_unit() {
+    local fold=$1 device=$2 group=$3 dir checkpoint
+    dir=$(unit_dir "$fold" "$group")
+    checkpoint=${CHECKPOINT:-$dir/train}
+    checkpoint=${checkpoint//\{fold\}/$fold}
+    checkpoint=${checkpoint//\{group\}/$group}
+    local args=("$DATASET" "${PROTOCOL_ARGS[@]}" "eval_fold=$fold" "device=$device"
+                "data_root=$DATA_ROOT" "runs_dir=$dir" "checkpoint=$checkpoint")
+    [[ -n "$group" ]] && args+=("group=$group")
+    local supp
+    supp=$(supp_idx_option)
+    [[ -n "$supp" ]] && args+=("$supp")
     # shellcheck disable=SC2206  # EXTRA is a list of words on purpose
     args+=($EXTRA)
-    mkdir -p "$fold_dir"
-    echo "[evaluate.sh] fold $fold: $PYTHON test.py with ${args[*]}"
-    "$PYTHON" test.py with "${args[@]}" 2>&1 | tee "$fold_dir/evaluate.out"
+    echo "[evaluate.sh] fold $fold${group:+ group $group}: $PYTHON test.py with ${args[*]}"
+    "$PYTHON" test.py with "${args[@]}" 2>&1 | tee "$dir/evaluate.out"
 }
 
-
+evaluate_fold() {
+    local group
+    for group in "${GROUP_LIST[@]}"; do
+        with_lock "$(unit_dir "$1" "$group")" evaluate evaluate_unit "$1" "$2" "$group" || return 1
+    done
+}
 
 if [[ "${AGGREGATE_ONLY:-0}" == 1 ]]; then
     failed=()
@@ -60,7 +70,10 @@ fi
 [[ "${AGGREGATE:-1}" == 1 ]] || exit 0
 runs=()
 for fold in $FOLDS; do
-    run=$(latest_run "$EXPERIMENT_DIR/fold$fold/test") || { echo "[evaluate.sh] fold $fold has no evaluation run in $EXPERIMENT_DIR/fold$fold/test" >&2; exit 1; }
-    runs+=("$run")
+    for group in "${GROUP_LIST[@]}"; do
+        dir=$(unit_dir "$fold" "$group")
+        run=$(latest_run "$dir/test") || { echo "[evaluate.sh] no evaluation run in $dir/test" >&2; exit 1; }
+        runs+=("$run")
+    done
 done
 "$PYTHON" utils.py aggregate "${runs[@]}" --out "$EXPERIMENT_DIR/results_table"

@@ -1,21 +1,37 @@
 # Shared by script/train.sh, script/evaluate.sh and script/demo.sh (sourced, not run):
-# the fold scripts' environment, the Python to use, and the fold loop.
+# the fold scripts' environment, the Python to use, run locks and the fold loop.
 
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 
 # fold_environment: the defaults of the variables documented in train.sh and evaluate.sh.
+# They reproduce the authors' scripts: SABS, setting 1 (config.py holds the other defaults).
 fold_environment() {
-    DATASET=${DATASET:-SYNTHETIC}
-    SETTING=${SETTING:-2}
+    DATASET=${DATASET:-SABS}
+    SETTING=${SETTING:-1}
+    PROTOCOL=${PROTOCOL:-release}
     FOLDS=${FOLDS:-0 1 2 3 4}
     DEVICE=${DEVICE:-auto}
     GPUS=${GPUS:-}
     DATA_ROOT=${DATA_ROOT:-./data_processed}
     RUNS_ROOT=${RUNS_ROOT:-runs}
     EXTRA=${EXTRA:-}
-    EXPERIMENT_DIR="$RUNS_ROOT/${DATASET}_setting${SETTING}"
+    PROTOCOL_ARGS=("setting=$SETTING")
+    GROUP_LIST=("")
+    if [[ "$SETTING" == 2 ]]; then
+        EXPERIMENT_DIR="$RUNS_ROOT/${DATASET}_setting2_${PROTOCOL}"
+        PROTOCOL_ARGS+=("setting2_protocol=$PROTOCOL")
+        # The groups protocol (Ouyang et al.) trains and tests each class group separately.
+        [[ "$PROTOCOL" == groups ]] && GROUP_LIST=(0 1)
+    else
+        EXPERIMENT_DIR="$RUNS_ROOT/${DATASET}_setting1"
+    fi
+}
+
+# unit_dir FOLD GROUP: the folder of one training/evaluation unit (a fold, or a fold's group).
+unit_dir() {
+    if [[ -n "$2" ]]; then echo "$EXPERIMENT_DIR/fold$1/group$2"; else echo "$EXPERIMENT_DIR/fold$1"; fi
 }
 
 # latest_run FOLDER: the highest-numbered Sacred run folder in FOLDER.
@@ -23,6 +39,40 @@ latest_run() {
     local id
     id=$(find "$1" -mindepth 1 -maxdepth 1 -type d -regex '.*/[0-9]+' -printf '%f\n' 2>/dev/null | sort -n | tail -1)
     [[ -n "$id" ]] && echo "$1/$id"
+}
+
+# with_lock DIR NAME COMMAND...: run COMMAND while holding DIR/.NAME.lock, so that two scripts
+# working on the same fold never run (and write their logs) at the same time. A lock whose
+# process is gone (a killed script) is taken over.
+with_lock() {
+    local dir=$1 name=$2 lock status
+    shift 2
+    lock="$dir/.$name.lock"
+    mkdir -p "$dir"
+    if ! mkdir "$lock" 2>/dev/null; then
+        local owner
+        owner=$(cat "$lock/pid" 2>/dev/null || true)
+        if [[ -n "$owner" ]] && kill -0 "$owner" 2>/dev/null; then
+            echo "[$name.sh] $dir is in use by process $owner (lock $lock); not starting a second $name there" >&2
+            return 75
+        fi
+        echo "[$name.sh] taking over the stale lock $lock (process ${owner:-unknown} is gone)" >&2
+        rm -rf "$lock" && mkdir "$lock" || return 75
+    fi
+    echo $$ > "$lock/pid"
+    status=0
+    "$@" || status=$?
+    rm -rf "$lock"
+    return $status
+}
+
+# supp_idx_option: SUPP_IDX ("2", "0 1 2" or "0,1,2") as a Sacred option, or nothing.
+supp_idx_option() {
+    [[ -z "${SUPP_IDX:-}" ]] && return 0
+    local list=${SUPP_IDX//,/ }
+    read -r -a values <<< "$list"
+    if (( ${#values[@]} == 1 )); then echo "supp_idx=${values[0]}"; else
+        local IFS=,; echo "supp_idx=[${values[*]}]"; fi
 }
 
 # run_folds NAME: run NAME_fold for every fold, in parallel over GPUS when it lists two or
@@ -63,6 +113,6 @@ run_folds() {
     mapfile -t failed < <(sort -n "$failures")
     rm -f "$failures"
     for fold in "${failed[@]}"; do
-        echo "[$run.sh] fold $fold FAILED (see $EXPERIMENT_DIR/fold$fold/$run.out)" >&2
+        echo "[$run.sh] fold $fold FAILED (see $EXPERIMENT_DIR/fold$fold/ and its $run.out)" >&2
     done
 }

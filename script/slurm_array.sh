@@ -32,6 +32,6 @@ setting=${settings[$((task / 5))]}
 fold=$((task % 5))
 # Slurm already restricts CUDA_VISIBLE_DEVICES to the task's GPU: no GPUS list here.
 export SETTING=$setting FOLDS=$fold DEVICE=${DEVICE:-cuda} GPUS=
-echo "task $task: ${DATASET:-SYNTHETIC} setting $setting fold $fold on $(hostname)"
+echo "task $task: ${DATASET:-SABS} setting $setting${PROTOCOL:+ ($PROTOCOL)} fold $fold on $(hostname)"
 script/train.sh
 AGGREGATE=0 script/evaluate.sh

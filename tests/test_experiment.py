@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from data.nifti_io import Geometry, read_volume, write_volume
-from utils import dice_score, iou_score, list_snapshots, snapshot_path
+from experiment.metrics import dice_score, iou_score
+from experiment.snapshots import (OPTIONS_ADDED_LATER, final_path, latest_path, list_step_snapshots,
+                                  step_path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_VOLUMES, DEPTH, SIZE = 10, 8, 65
@@ -60,20 +62,22 @@ def write_phantom(data_dir: str) -> None:
 
 def base_config(data_dir: str, runs_dir: str, **updates):
     config = {"data_dir": data_dir, "runs_dir": runs_dir, "image_size": [SIZE, SIZE],
-              "test_classes": [1, 6], "device": "cpu", "num_workers": 0, "n_steps": 4,
-              "snapshot_interval": 2, "print_interval": 1, "min_size": 100,
-              # A milestone at step 2 (the release's rule: every lr_step_size steps before n_steps).
-              "lr_step_size": 2, "lr_gamma": 0.5}
+              "test_classes": [1, 6], "device": "cpu", "setting": 2, "setting2_protocol": "any"}
     config.update(updates)
     return config
 
 
+TRAINING = {"num_workers": 0, "n_steps": 4, "snapshot_interval": 2, "print_interval": 1, "min_size": 100,
+            # A milestone at step 2 (the release's rule: every lr_step_size steps before n_steps).
+            "lr_step_size": 2, "lr_gamma": 0.5}
+
+
 def run_train(config):
-    return train_script.ex.run(named_configs=["SYNTHETIC"], config_updates=config)
+    return train_script.ex.run(named_configs=["SYNTHETIC"], config_updates={**TRAINING, **config})
 
 
 def run_test(config):
-    return test_script.ex.run(named_configs=["SYNTHETIC"], config_updates=config)
+    return test_script.ex.run(named_configs=["SYNTHETIC"], config_updates={"supp_idx": 0, **config})
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +108,9 @@ def test_training_run_records_config_metrics_logs_and_snapshots(straight_run):
     for name in ("config.json", "run.json", "metrics.json", "cout.txt", "train.log"):
         assert os.path.isfile(os.path.join(run_dir, name)), name
     assert json.load(open(os.path.join(run_dir, "run.json")))["status"] == "COMPLETED"
-    assert [step for step, _ in list_snapshots(run_dir)] == [2, 4]
-    assert run.result == snapshot_path(run_dir, 4)
+    assert [step for step, _ in list_step_snapshots(run_dir)] == [2]     # weights of step 2 ...
+    assert sorted(os.listdir(os.path.join(run_dir, "snapshots"))) == ["final.pth", "step_0000002.pth"]
+    assert run.result == final_path(run_dir)                              # ... and everything at 4
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     for name in ("loss", "query_loss", "align_loss", "proto_loss", "grad_norm", "lr"):
         assert metrics[name]["steps"] == [1, 2, 3, 4], name
@@ -113,9 +118,11 @@ def test_training_run_records_config_metrics_logs_and_snapshots(straight_run):
     assert all(math.isfinite(v) and v > 0 for v in metrics["query_loss"]["values"])
     log = open(os.path.join(run_dir, "train.log")).read()
     assert "step 4: loss" in log and "snapshot" in log
-    snapshot = _model_state(snapshot_path(run_dir, 4))
+    snapshot = _model_state(final_path(run_dir))
     assert snapshot["step"] == 4 and snapshot["config"]["n_steps"] == 4
     assert {"model", "optimizer", "scheduler", "rng"} <= set(snapshot)
+    older = _model_state(step_path(run_dir, 2))
+    assert older["step"] == 2 and older["kind"] == "weights" and "optimizer" not in older
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +148,11 @@ def nan_run(phantom, tmp_path_factory):
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_snapshot(nan_run):
     message, run_dir = nan_run
     assert "non-finite loss at step 3" in message
-    assert snapshot_path(run_dir, 2) in message
+    assert latest_path(run_dir) in message
     assert json.load(open(os.path.join(run_dir, "run.json")))["status"] == "FAILED"
-    assert [step for step, _ in list_snapshots(run_dir)] == [2]
-    state = _model_state(snapshot_path(run_dir, 2))["model"]
+    assert sorted(os.listdir(os.path.join(run_dir, "snapshots"))) == ["latest.pth", "step_0000002.pth"]
+    assert _model_state(latest_path(run_dir))["step"] == 2
+    state = _model_state(latest_path(run_dir))["model"]
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
 
 
@@ -154,7 +162,7 @@ def test_resume_reaches_the_same_weights_as_a_straight_run(nan_run, straight_run
     # Resumed with data-loading workers: episodes depend only on (seed, step).
     resumed = run_train(base_config(phantom, str(tmp_path), resume=stopped_dir, num_workers=2))
     assert resumed.info["start_step"] == 2
-    expected = _model_state(snapshot_path(straight.observers[0].dir, 4))
+    expected = _model_state(final_path(straight.observers[0].dir))
     got = _model_state(resumed.result)
     assert got["step"] == 4
     for name, tensor in expected["model"].items():
@@ -178,18 +186,23 @@ def test_resume_refuses_a_snapshot_of_other_options(straight_run, phantom, tmp_p
 @pytest.mark.parametrize("updates, message", [
     ({"dataset": "LUNG"}, "dataset='LUNG' is unknown; known datasets: SABS, CHAOST2"),
     ({"setting": 3}, "setting=3 must be 1 or 2"),
-    ({"exclude_rule": "some"}, "exclude_rule='some'"),
+    ({"setting2_protocol": "some"}, "setting2_protocol='some' must be one of release, any, groups"),
+    ({"setting": 2, "setting2_protocol": "groups"}, "needs group=0 or group=1"),
+    ({"dataset": "CMR", "setting": 2, "setting2_protocol": "groups", "group": 0}, "CMR has no class groups"),
+    ({"supp_idx": [0, -1]}, "supp_idx=\\[0, -1\\] must be a fold position"),
+    ({"keep_snapshots": "all"}, "keep_snapshots='all' must be one of weights, none"),
     ({"device": "gpu"}, "device='gpu' must be one of"),
     ({"eval_fold": 5}, "eval_fold=5"),
     ({"grad_clip_norm": -1.0}, "grad_clip_norm=-1.0 must be None or a number > 0"),
     ({"optimizer": "rmsprop"}, "optimizer='rmsprop' must be 'sgd' \\(release\\) or 'adam'"),
-    ({"eval_batch_size": 0}, "eval_batch_size=0 must be None \\(auto\\) or an integer >= 1"),
-    ({"channels_last": "yes"}, "channels_last='yes' must be None \\(auto\\), True or False"),
+    ({"n_steps": 0}, "n_steps=0 must be an integer >= 1"),
+    ({"channels_last": "yes"}, "channels_last='yes' must be True or False"),
 ])
 def test_bad_options_fail_before_the_run_starts(updates, message, tmp_path):
+    script = test_script if "supp_idx" in updates else train_script
     with pytest.raises(ValueError, match=message):
-        train_script.ex.run(config_updates={"runs_dir": str(tmp_path), **updates})
-    assert not os.path.exists(os.path.join(tmp_path, "train", "1"))
+        script.ex.run(config_updates={"runs_dir": str(tmp_path), **updates})
+    assert not os.listdir(tmp_path)
 
 
 def test_optimizer_option_builds_release_sgd_by_default_and_adam_on_request():
@@ -202,21 +215,20 @@ def test_optimizer_option_builds_release_sgd_by_default_and_adam_on_request():
     assert type(adam) is torch.optim.Adam
     assert adam.defaults["lr"] == 0.01 and adam.defaults["weight_decay"] == 5e-4
     # Snapshots written before the option existed were trained with SGD.
-    assert train_script.OPTIONS_ADDED_LATER == {"optimizer": "sgd"}
+    assert OPTIONS_ADDED_LATER["optimizer"] == "sgd"
 
 
-def test_eval_batch_size_is_one_on_cpu_and_eight_elsewhere_unless_set():
-    auto, fixed = {"eval_batch_size": None}, {"eval_batch_size": 3}
-    assert test_script.eval_batch_size(auto, torch.device("cpu")) == 1
-    assert test_script.eval_batch_size(auto, torch.device("cuda")) == 8
-    assert test_script.eval_batch_size(fixed, torch.device("cpu")) == 3
+def config_of(script, *named, **updates):
+    """The configuration a run of `script` would use (Sacred's print_config command)."""
+    return script.ex.run("print_config", named_configs=list(named), config_updates=updates,
+                         options={"--loglevel": "ERROR"}).config
 
 
-def test_evaluation_is_channels_last_on_cpu_only_unless_set():
-    assert test_script.eval_channels_last({"channels_last": None}, torch.device("cpu")) is True
-    assert test_script.eval_channels_last({"channels_last": None}, torch.device("cuda")) is False
-    assert test_script.eval_channels_last({"channels_last": False}, torch.device("cpu")) is False
-    assert test_script.eval_channels_last({"channels_last": True}, torch.device("cuda")) is True
+@pytest.mark.parametrize("device, batch, channels_last", [("cpu", 1, True), ("cuda", 8, False), ("mps", 8, False)])
+def test_evaluation_defaults_follow_the_device(device, batch, channels_last):
+    config = config_of(test_script, "SYNTHETIC", device=device)
+    assert config["eval_batch_size"] == batch and config["channels_last"] is channels_last
+    assert config_of(test_script, device=device, eval_batch_size=3)["eval_batch_size"] == 3
 
 
 def test_unknown_option_and_missing_data_are_clear_errors(tmp_path):
@@ -242,24 +254,29 @@ def evaluation(straight_run, phantom):
 def test_evaluation_writes_every_output(evaluation, straight_run, phantom):
     run, run_dir = evaluation
     results = json.load(open(os.path.join(run_dir, "results.json")))
-    assert results["checkpoint"] == snapshot_path(straight_run[0].observers[0].dir, 4)
-    assert results["fold_volumes"] == [0, 1, 2] and results["support_volume"] == 0
-    assert results["query_volumes"] == [1, 2]
+    protocol = results["protocol"]
+    assert protocol["checkpoint"] == final_path(straight_run[0].observers[0].dir)
+    assert protocol["checkpoint_step"] == 4 and protocol["training"]["n_steps"] == 4
+    assert protocol["supp_idx"] == [0] and protocol["setting"] == 2 and protocol["setting2_protocol"] == "any"
+    assert results["fold_volumes"] == [0, 1, 2]
+    support = results["supports"]["0"]
+    assert support["support_volume"] == 0 and support["query_volumes"] == [1, 2]
     assert list(results["classes"]) == ["1", "6"]
     for class_id, name in (("1", "spleen"), ("6", "liver")):
-        entry = results["classes"][class_id]
+        entry = support["classes"][class_id]
         assert entry["name"] == name and entry["support_slices"] == [2, 4, 5]   # int(f * 4) of slices 2..5
         assert [v["volume"] for v in entry["per_volume"]] == [1, 2]
         assert all(v["n_slices"] == len(ORGAN_SLICES) for v in entry["per_volume"])
         assert entry["dice_mean"] == pytest.approx(np.mean([v["dice"] for v in entry["per_volume"]]))
+        assert results["classes"][class_id]["dice_mean"] == entry["dice_mean"]
         assert os.path.isfile(os.path.join(run_dir, "figures", f"class_{class_id}_{name}.png"))
     assert results["mean_dice"] == pytest.approx(np.mean([c["dice_mean"] for c in results["classes"].values()]))
     assert run.result == pytest.approx(results["mean_dice"])
     assert results["timing"]["slices"] == 2 * 2 * len(ORGAN_SLICES)
     csv_lines = open(os.path.join(run_dir, "results.csv")).read().splitlines()
-    assert csv_lines[0] == "query_volume,class_id,class_name,dice,iou,n_slices"
+    assert csv_lines[0] == "supp_idx,query_volume,class_id,class_name,dice,iou,n_slices"
     assert len(csv_lines) == 1 + 4 + 2 + 1
-    assert csv_lines[-1].startswith(f"mean,all,mean over classes,{results['mean_dice']:.6f}")
+    assert csv_lines[-1].startswith(f"all,mean,all,mean over classes,{results['mean_dice']:.6f}")
     assert os.path.isfile(os.path.join(run_dir, "test.log"))
 
 
@@ -267,7 +284,7 @@ def test_prediction_volumes_round_trip_to_the_reported_scores(evaluation, phanto
     _, run_dir = evaluation
     results = json.load(open(os.path.join(run_dir, "results.json")))
     for class_id, name in ((1, "spleen"), (6, "liver")):
-        for entry in results["classes"][str(class_id)]["per_volume"]:
+        for entry in results["supports"]["0"]["classes"][str(class_id)]["per_volume"]:
             volume = entry["volume"]
             path = os.path.join(run_dir, "predictions", f"query_{volume}_class_{class_id}_{name}.nii.gz")
             prediction, geometry = read_volume(path, dtype=np.int64)
@@ -280,9 +297,31 @@ def test_prediction_volumes_round_trip_to_the_reported_scores(evaluation, phanto
             assert iou_score(prediction, label == class_id) == pytest.approx(entry["iou"])
 
 
+def test_combined_prediction_volume_holds_every_class(evaluation, phantom):
+    _, run_dir = evaluation
+    for volume in (1, 2):
+        combined, geometry = read_volume(os.path.join(run_dir, "predictions", f"query_{volume}_all_classes.nii.gz"),
+                                         dtype=np.int64)
+        _, label_geometry = read_volume(os.path.join(phantom, f"label_{volume}.nii.gz"))
+        assert geometry == label_geometry
+        for class_id, name in ((1, "spleen"), (6, "liver")):
+            single, _ = read_volume(os.path.join(run_dir, "predictions",
+                                                 f"query_{volume}_class_{class_id}_{name}.nii.gz"), dtype=np.int64)
+            # Liver (later in test_classes) wins where both were predicted.
+            expected = (single == class_id) if class_id == 6 else (single == class_id) & (combined != 6)
+            assert np.array_equal(combined == class_id, expected)
+
+
+def test_figure_rows_are_all_queries_or_best_median_worst():
+    from experiment.figures import choose_queries
+    assert choose_queries([0.2, 0.9, 0.5]) == ([1, 2, 0], "all 3 query volume(s)")
+    rows, how = choose_queries([0.2, 0.9, 0.5, 0.7, 0.1])
+    assert rows == [1, 2, 4] and how.startswith("the best, median and worst of 5")
+
+
 def test_release_checkpoint_loads_into_the_same_weights(straight_run, tmp_path):
     straight, _ = straight_run
-    snapshot = snapshot_path(straight.observers[0].dir, 4)
+    snapshot = final_path(straight.observers[0].dir)
     own = _model_state(snapshot)["model"]
     # The release's names for this project's modules, as the authors' code saves them.
     renames = [("encoder.reduce_features.", "encoder.reduce1."), ("encoder.reduce_layer4.", "encoder.reduce2."),
@@ -307,7 +346,7 @@ def test_release_checkpoint_loads_into_the_same_weights(straight_run, tmp_path):
     path = str(tmp_path / "release_fold0.pth")
     torch.save(release, path)
     model = test_script.build_model((SIZE, SIZE), torch.device("cpu"))
-    assert test_script.load_weights(model, path, (SIZE, SIZE)) == path
+    assert test_script.load_weights(model, path, (SIZE, SIZE)) == (path, None, None)
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, own[name]), name
 
@@ -326,7 +365,7 @@ def test_bf16_and_channels_last_evaluation_runs(straight_run, phantom):
                                channels_last=True, test_classes=[6], save_predictions=False,
                                save_figures=False))
     results = json.load(open(os.path.join(run.observers[0].dir, "results.json")))
-    assert results["amp_bf16"] and results["channels_last"]
+    assert results["evaluation"]["amp_bf16"] and results["evaluation"]["channels_last"]
     assert results["timing"]["slices"] == 2 * len(ORGAN_SLICES)
     assert 0.0 <= results["mean_dice"] <= 1.0
     assert not os.path.exists(os.path.join(run.observers[0].dir, "predictions"))
@@ -364,18 +403,119 @@ def test_train_script_runs_folds_in_parallel_over_gpus_and_fails_loudly(tmp_path
     assert sorted(by_fold) == ["0", "1", "2", "3", "4"]          # the other folds still ran
     for fold, gpu in (("0", "0"), ("1", "1"), ("2", "0"), ("3", "1"), ("4", "0")):
         assert by_fold[fold].endswith(f"CUDA={gpu}") and "device=cuda" in by_fold[fold]
-        assert by_fold[fold].startswith("train.py with SYNTHETIC setting=2") and "n_steps=50" in by_fold[fold]
+        # The authors' script's defaults: SABS, setting 1.
+        assert by_fold[fold].startswith("train.py with SABS setting=1 ") and "n_steps=50" in by_fold[fold]
+    assert os.path.isfile(tmp_path / "runs" / "SABS_setting1" / "fold0" / "train.out")
+
+
+def test_train_script_groups_protocol_trains_both_groups_of_each_fold(tmp_path):
+    result, calls = _run_script("train.sh", tmp_path, FOLDS="0 1", SETTING="2", PROTOCOL="groups",
+                                DATASET="CHAOST2")
+    assert result.returncode == 0, result.stderr
+    assert len(calls) == 4
+    for call, (fold, group) in zip(calls, ((0, 0), (0, 1), (1, 0), (1, 1))):
+        assert call.startswith("train.py with CHAOST2 setting=2 setting2_protocol=groups")
+        assert f"eval_fold={fold} " in call and f"group={group}" in call
+        assert f"CHAOST2_setting2_groups/fold{fold}/group{group}" in call
+
+
+def test_a_second_script_on_the_same_fold_is_refused_and_stale_locks_taken_over(tmp_path):
+    experiment = tmp_path / "runs" / "SABS_setting1"
+    (experiment / "fold0" / ".train.lock").mkdir(parents=True)
+    (experiment / "fold0" / ".train.lock" / "pid").write_text(str(os.getpid()))   # alive: this test
+    (experiment / "fold1" / ".train.lock").mkdir(parents=True)
+    (experiment / "fold1" / ".train.lock" / "pid").write_text(str(2 ** 22 + 9))   # no such process
+    result, calls = _run_script("train.sh", tmp_path, FOLDS="0 1")
+    assert result.returncode == 1 and "FAILED folds: 0" in result.stderr
+    assert "is in use by process" in result.stderr and "taking over the stale lock" in result.stderr
+    assert [c.split("eval_fold=")[1].split()[0] for c in calls] == ["1"]
+    assert not (experiment / "fold1" / ".train.lock").exists()                     # released after
+    assert (experiment / "fold0" / ".train.lock").exists()                         # not ours to remove
 
 
 def test_evaluate_script_runs_folds_in_turn_then_aggregates(tmp_path):
     result, calls = _run_script("evaluate.sh", tmp_path, FOLDS="0 1", CHECKPOINT="ckpt/f{fold}.pth",
-                                DATASET="CMR", SUPP_IDX="2")
+                                DATASET="CMR", SUPP_IDX="0 1 2")
     assert result.returncode == 0, result.stderr
     assert [c.split()[0] for c in calls] == ["test.py", "test.py", "utils.py"]
-    assert "checkpoint=ckpt/f1.pth" in calls[1] and "supp_idx=2" in calls[1] and " CMR " in calls[1]
-    experiment = tmp_path / "runs" / "CMR_setting2"
+    assert "checkpoint=ckpt/f1.pth" in calls[1] and "supp_idx=[0,1,2]" in calls[1] and " CMR " in calls[1]
+    experiment = tmp_path / "runs" / "CMR_setting1"
     assert calls[2].startswith(f"utils.py aggregate {experiment}/fold0/test/7 {experiment}/fold1/test/7 "
                                f"--out {experiment}/results_table")
-    result, calls = _run_script("evaluate.sh", tmp_path, FOLDS="1 2")
+    result, calls = _run_script("evaluate.sh", tmp_path, FOLDS="1 2", DATASET="CMR", SUPP_IDX="2")
     assert result.returncode == 1 and "FAILED folds: 2" in result.stderr
+    assert "supp_idx=2 " in calls[3]
     assert [c.split()[0] for c in calls[3:]] == ["test.py", "test.py"]   # no table from partial folds
+
+
+def test_evaluate_script_groups_protocol_joins_the_groups(tmp_path):
+    result, calls = _run_script("evaluate.sh", tmp_path, FOLDS="0", SETTING="2", PROTOCOL="groups")
+    assert result.returncode == 0, result.stderr
+    experiment = tmp_path / "runs" / "SABS_setting2_groups"
+    assert "group=0" in calls[0] and f"checkpoint={experiment}/fold0/group0/train" in calls[0]
+    assert calls[2].startswith(f"utils.py aggregate {experiment}/fold0/group0/test/7 "
+                               f"{experiment}/fold0/group1/test/7 --out {experiment}/results_table")
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def test_training_run_records_sources_dependencies_and_commit(straight_run):
+    run, _ = straight_run
+    run_dir = run.observers[0].dir
+    experiment = json.load(open(os.path.join(run_dir, "run.json")))["experiment"]
+    sources = {path for path, _ in experiment["sources"]}
+    assert experiment["mainfile"] == "train.py"
+    for expected in ("train.py", "config.py", "models/fafnet.py", "models/modules.py", "models/encoder.py",
+                     "dataloaders/datasets.py", "experiment/snapshots.py", "data/nifti_io.py"):
+        assert expected in sources, expected
+    packages = {dependency.split("==")[0].lower() for dependency in experiment["dependencies"]}
+    assert {"torch", "torchvision", "numpy", "simpleitk", "sacred", "scipy", "tqdm"} <= packages
+    assert all("==" in d and not d.endswith("<unknown>") for d in experiment["dependencies"])
+    repository = experiment["repositories"][0]
+    assert len(repository["commit"]) == 40 and isinstance(repository["dirty"], bool)
+    assert json.load(open(os.path.join(run_dir, "run.json")))["info"]["pid"] == os.getpid()
+
+
+def test_config_json_holds_resolved_values_and_only_the_experiments_options(straight_run, evaluation):
+    run, _ = straight_run
+    training = json.load(open(os.path.join(run.observers[0].dir, "config.json")))
+    assert training["lr_milestones"] == [2] and training["image_size"] == [SIZE, SIZE]
+    assert training["test_classes"] == [1, 6] and training["supervoxel_min_size"] == 1000
+    assert training["num_workers"] == 0 and training["data_dir"]
+    assert "checkpoint" not in training and "supp_idx" not in training
+    _, evaluation_dir = evaluation
+    evaluated = json.load(open(os.path.join(evaluation_dir, "config.json")))
+    assert evaluated["eval_batch_size"] == 2 and evaluated["channels_last"] is True
+    for training_only in ("n_steps", "optimizer", "lr", "lr_milestones", "resume", "use_gt"):
+        assert training_only not in evaluated, training_only
+    derived = config_of(train_script, "CHAOST2", data_root="/data")
+    assert derived["data_dir"] == os.path.join("/data", "chaos_MR_T2_normalized")
+    assert derived["image_size"] == [256, 256] and derived["test_classes"] == [1, 2, 3, 4]
+    assert derived["lr_milestones"] == list(range(3000, 42000, 3000))
+
+
+def test_training_writes_tensorboard_events_and_progress_png(straight_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _ = straight_run
+    run_dir = run.observers[0].dir
+    events = EventAccumulator(os.path.join(run_dir, "tensorboard"))
+    events.Reload()
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert set(events.Tags()["scalars"]) == set(metrics)
+    for name in metrics:
+        logged = [(e.step, e.value) for e in events.Scalars(name)]
+        assert [step for step, _ in logged] == metrics[name]["steps"], name
+        assert [v for _, v in logged] == pytest.approx(metrics[name]["values"], rel=1e-6), name
+    png = open(os.path.join(run_dir, "progress.png"), "rb").read()
+    assert png.startswith(b"\x89PNG")
+
+
+def test_captured_output_holds_no_progress_bars_and_metric_names_are_slugs(straight_run, evaluation):
+    run, _ = straight_run
+    cout = open(os.path.join(run.observers[0].dir, "cout.txt")).read()
+    assert "step/s" not in cout and "it/s" not in cout and "\r" not in cout
+    _, evaluation_dir = evaluation
+    names = json.load(open(os.path.join(evaluation_dir, "metrics.json")))
+    assert set(names) == {"dice_spleen", "dice_liver", "mean_dice"}

@@ -11,19 +11,14 @@ done are skipped unless --overwrite; every file is written atomically.
 import argparse
 import os
 import re
-import sys
 from typing import List, Optional, Sequence, Tuple
 
-if __package__ in (None, ""):
-    # Run by file path: put the repository root on the path so `data` imports.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from data.nifti_io import Geometry, read_volume, write_volume  # noqa: E402
-from data.supervoxels.felzenszwalb_3d import felzenszwalb_3d  # noqa: E402
+from data.nifti_io import Geometry, read_volume, write_volume
+from data.supervoxels.felzenszwalb_3d import felzenszwalb_3d
 
 IMAGE_PATTERN = re.compile(r"^image_(\d+)\.nii\.gz$")
 FOREGROUND_THRESHOLD = 10.0  # on the [0, 255] image

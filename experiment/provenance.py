@@ -1,0 +1,97 @@
+"""What a result records about how it was made: the code version and the protocol.
+
+Sacred's run.json already holds the git commit, the source files and the package versions
+of a run; `protocol_record` adds to each results.json the fields that decide whether two
+numbers may be compared (dataset, setting and its protocol, classes, fold, support indices,
+n_part, the checkpoint with its step and its training run's key options, the pretrained
+weights, the pre-processing route, the code commit).
+"""
+import json
+import os
+import subprocess
+from typing import Dict, Iterable, Mapping, Optional
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Training options that make two checkpoints comparable (the fold is recorded apart).
+TRAINING_KEY_OPTIONS = (
+    "dataset", "setting", "setting2_protocol", "group", "test_classes", "use_gt", "n_shot",
+    "n_steps", "optimizer", "lr", "momentum", "weight_decay", "lr_step_size", "lr_gamma",
+    "grad_clip_norm", "min_size", "augment", "max_iters_per_load", "seed", "supervoxel_min_size",
+    "image_size", "pretrained_weights", "amp_bf16")
+PREPROCESSING_MANIFESTS = ("preprocessing_manifest.json", "synthetic_manifest.json")
+
+
+def code_version(root: str = PROJECT_ROOT) -> Dict[str, Optional[object]]:
+    """{"commit": the git commit of the project, "dirty": uncommitted changes?}; None values
+    when the code is not in a git checkout or git is missing."""
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def weights_name(path: Optional[str]) -> Optional[str]:
+    """A pretrained weights file as recorded: its file name (torchvision's names carry a
+    hash prefix, so the name identifies the weights on any machine); None for none."""
+    if path is None or path == "none":
+        return None
+    return os.path.basename(path)
+
+
+def training_record(training_config: Optional[Mapping]) -> Optional[Dict]:
+    """The key options of the training run a checkpoint came from (None for release
+    checkpoints and the untrained baseline)."""
+    if training_config is None:
+        return None
+    record = {name: training_config.get(name) for name in TRAINING_KEY_OPTIONS}
+    if "setting2_protocol" not in training_config and "exclude_rule" in training_config:
+        # Snapshots of format v1 named the release's AND rule exclude_rule="all".
+        record["setting2_protocol"] = {"all": "release"}.get(training_config["exclude_rule"],
+                                                            training_config["exclude_rule"])
+    record["pretrained_weights"] = weights_name(record["pretrained_weights"])
+    return record
+
+
+def preprocessing_record(data_dir: str) -> Optional[Dict]:
+    """The pre-processing route and parameters from the manifest beside the data, when one
+    exists (written by the pre-processing CLIs and the synthetic generator)."""
+    for name in PREPROCESSING_MANIFESTS:
+        path = os.path.join(data_dir, name)
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    manifest = json.load(f)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{path}: unreadable pre-processing manifest ({err})") from None
+            return {"manifest": name, "route": manifest.get("route"),
+                    "parameters": manifest.get("parameters")}
+    return None
+
+
+def protocol_record(config: Mapping, supp_indices: Iterable[int], checkpoint: str,
+                    checkpoint_step: Optional[int], training_config: Optional[Mapping]) -> Dict:
+    """The protocol fields of a results.json (see the module docstring)."""
+    training = training_record(training_config)
+    pretrained = training["pretrained_weights"] if training else weights_name(config["pretrained_weights"])
+    return {
+        "dataset": config["dataset"],
+        "setting": config["setting"],
+        "setting2_protocol": config["setting2_protocol"] if config["setting"] == 2 else None,
+        "group": config["group"] if config["setting"] == 2 and config["setting2_protocol"] == "groups" else None,
+        "test_classes": list(config["test_classes"]),
+        "eval_fold": config["eval_fold"],
+        "supp_idx": list(supp_indices),
+        "n_part": config["n_part"],
+        "image_size": list(config["image_size"]),
+        "n_volumes": config["n_volumes"],
+        "checkpoint": checkpoint,
+        "checkpoint_step": checkpoint_step,
+        "training": training,
+        "pretrained_weights": pretrained,
+        "preprocessing": preprocessing_record(config["data_dir"]),
+        "code": code_version(),
+    }

@@ -1,0 +1,204 @@
+"""Evaluation results as files and tables: reading `results.json`, the per-run table, and the
+literature's fold table (Dice per organ, one row per fold, mean +- std over folds).
+
+No torch here: tables can be built anywhere the JSON files are.
+
+Every results.json carries a "protocol" record (see `experiment.provenance`). Two folds are
+joined into one table only when their protocols agree on every field of `PROTOCOL_FIELDS`;
+otherwise the aggregation stops and names the field, so that numbers made differently are
+never averaged silently. With the `groups` protocol of setting 2, each fold has one run per
+class group and the table joins the groups' classes into one row.
+"""
+import csv
+import io
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+# Protocol fields that must agree between the runs of one fold table. The fold, the group
+# (joined), the checkpoint's path and the code commit legitimately differ between runs.
+PROTOCOL_FIELDS = ("dataset", "setting", "setting2_protocol", "supp_idx", "n_part", "image_size",
+                   "n_volumes", "checkpoint_step", "training", "pretrained_weights", "preprocessing")
+
+
+def load_results(path: str) -> Dict:
+    """Read an evaluation run's results.json (given the file or its run folder)."""
+    file = os.path.join(path, "results.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{path!r}: no results.json (is it an evaluation run folder?)")
+    with open(file, encoding="utf-8") as f:
+        try:
+            results = json.load(f)
+        except ValueError as err:
+            raise ValueError(f"{file}: not valid JSON ({err})") from None
+    for key in ("protocol", "classes", "mean_dice"):
+        if key not in results:
+            raise ValueError(f"{file}: missing key {key!r}; not a results.json written by this "
+                             f"version of test.py (re-run the evaluation to record its protocol)")
+    results["_path"] = file
+    return results
+
+
+def csv_text(rows: Sequence[Sequence]) -> str:
+    """Rows (header first) as CSV text."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def percent(value: Optional[float]) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.2f}"
+
+
+def protocol_summary(protocol: Dict) -> str:
+    """One line naming how a number was made (the header of the tables)."""
+    setting = f"setting {protocol['setting']}"
+    if protocol["setting"] == 2:
+        setting += f" ({protocol['setting2_protocol']}"
+        if protocol.get("group") is not None:
+            setting += f", group {protocol['group']}"
+        setting += ")"
+    step = protocol.get("checkpoint_step")
+    checkpoint = protocol.get("checkpoint") or "?"
+    checkpoint += f" (step {step})" if step is not None else ""
+    return (f"{protocol['dataset']} fold {protocol['eval_fold']}, {setting}, support index "
+            f"{protocol['supp_idx']}, n_part {protocol['n_part']}, checkpoint {checkpoint}, "
+            f"pretrained {protocol.get('pretrained_weights') or 'none'}")
+
+
+def results_table(results: Dict) -> str:
+    """One evaluation run as a Markdown table: Dice and IoU (%) per class and their mean; a
+    class with skipped work is marked with an asterisk and the skips are listed below."""
+    skipped_classes = {str(s["class_id"]) for s in results.get("skipped", [])}
+    lines = [protocol_summary(results["protocol"]), "",
+             "| class | Dice (%) | IoU (%) | query volumes |", "|---|---|---|---|"]
+    for class_id, entry in results["classes"].items():
+        mark = " *" if class_id in skipped_classes else ""
+        lines.append(f"| {entry['name']}{mark} | {percent(entry['dice_mean'])} | "
+                     f"{percent(entry['iou_mean'])} | {entry['n_query_volumes']} |")
+    lines.append(f"| **mean** | {percent(results['mean_dice'])} | {percent(results['mean_iou'])} | |")
+    for skip in results.get("skipped", []):
+        lines.append(f"\n\\* skipped: class {skip['class_id']} ({skip['class_name']}), "
+                     f"{skip['what']}: {skip['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- fold table
+
+
+# Training options that differ between the two trainings of the groups protocol by design.
+GROUP_TRAINING_OPTIONS = ("group", "test_classes")
+
+
+def _comparable(protocol: Dict, name: str):
+    value = protocol.get(name)
+    if name == "training" and value is not None:
+        value = {k: v for k, v in value.items() if k not in GROUP_TRAINING_OPTIONS}
+    return value
+
+
+def check_same_protocol(runs: Sequence[Dict]) -> None:
+    """Raise ValueError naming the first protocol field on which two runs differ."""
+    reference = runs[0]
+    for other in runs[1:]:
+        for name in PROTOCOL_FIELDS:
+            mine, theirs = _comparable(reference["protocol"], name), _comparable(other["protocol"], name)
+            if mine != theirs:
+                raise ValueError(
+                    f"cannot join {reference['_path']} and {other['_path']}: their protocols "
+                    f"differ in {name!r} ({mine!r} vs {theirs!r}); numbers made differently "
+                    f"must not be averaged")
+
+
+def _runs_by_fold(runs: Sequence[Dict]) -> Dict[int, List[Dict]]:
+    """Runs grouped by fold; with the `groups` protocol a fold needs one run per group."""
+    by_fold: Dict[int, Dict] = {}
+    for results in runs:
+        protocol = results["protocol"]
+        key = (protocol["eval_fold"], protocol.get("group"))
+        fold_runs = by_fold.setdefault(protocol["eval_fold"], {})
+        if key[1] in fold_runs:
+            what = f"fold {key[0]}" + (f" group {key[1]}" if key[1] is not None else "")
+            raise ValueError(f"{what} appears twice: {fold_runs[key[1]]['_path']} and "
+                             f"{results['_path']}; pass one evaluation run per fold")
+        fold_runs[key[1]] = results
+    groups = {frozenset(fold_runs) for fold_runs in by_fold.values()}
+    if len(groups) > 1:
+        raise ValueError(f"the folds hold different class groups ({sorted(map(sorted, groups))}); "
+                         f"each fold needs the same groups")
+    return {fold: [fold_runs[g] for g in sorted(fold_runs, key=lambda g: (g is not None, g))]
+            for fold, fold_runs in by_fold.items()}
+
+
+def _joined_classes(fold_runs: Sequence[Dict]) -> Dict[str, Dict]:
+    """The classes of a fold's runs (one run, or one per group) in one dict."""
+    joined: Dict[str, Dict] = {}
+    for results in fold_runs:
+        for class_id, entry in results["classes"].items():
+            if class_id in joined:
+                raise ValueError(f"{results['_path']}: class {class_id} is also evaluated by "
+                                 f"another group of the same fold")
+            joined[class_id] = entry
+    return joined
+
+
+def aggregate_folds(paths: Sequence[str], metric: str = "dice") -> Tuple[List[str], List[List]]:
+    """Collect evaluation runs (one per fold, or one per fold and group) into the literature's
+    table.
+
+    Returns (header, rows): header = ["fold", <class names...>, "Mean"]; one row per fold
+    (sorted by fold) with the metric in percent, then a "mean" and a "std" row over folds
+    (std is the sample standard deviation, ddof=1; 0 with a single fold). A fold's "Mean" is
+    its mean over classes, as the literature reports it. Raises ValueError when the runs'
+    protocols differ (naming the field), a fold appears twice, or the folds' classes differ.
+    """
+    if metric not in ("dice", "iou"):
+        raise ValueError(f"metric must be 'dice' or 'iou', got {metric!r}")
+    if not paths:
+        raise ValueError("aggregate needs at least one evaluation run")
+    runs = [load_results(path) for path in paths]
+    check_same_protocol(runs)
+    by_fold = {fold: _joined_classes(fold_runs) for fold, fold_runs in _runs_by_fold(runs).items()}
+    class_ids = sorted(next(iter(by_fold.values())), key=int)
+    for fold, classes in by_fold.items():
+        if sorted(classes, key=int) != class_ids:
+            raise ValueError(f"fold {fold} evaluates classes {sorted(classes, key=int)}, the "
+                             f"other folds {class_ids}")
+    first = by_fold[min(by_fold)]
+    header = ["fold"] + [first[c]["name"] for c in class_ids] + ["Mean"]
+    table = []
+    for fold in sorted(by_fold):
+        values = [100.0 * by_fold[fold][c][f"{metric}_mean"] for c in class_ids]
+        table.append([fold] + values + [float(np.mean(values))])
+    values = np.array([row[1:] for row in table], dtype=np.float64)
+    std = values.std(axis=0, ddof=1) if len(table) > 1 else np.zeros(values.shape[1])
+    rows = table + [["mean"] + list(values.mean(axis=0))] + [["std"] + list(std)]
+    return header, rows
+
+
+def fold_table_header(paths: Sequence[str]) -> str:
+    """The protocol line of a fold table (from the first run; the others agree with it)."""
+    protocols = [load_results(path)["protocol"] for path in paths]
+    protocol = dict(protocols[0], group=None, checkpoint="one per fold")
+    protocol["eval_fold"] = "/".join(str(f) for f in sorted({p["eval_fold"] for p in protocols}))
+    return protocol_summary(protocol)
+
+
+def fold_table_markdown(header: List[str], rows: List[List], title: str = "") -> str:
+    """Markdown table: one row per fold, then a 'mean +- std' row (values in percent)."""
+    per_fold = [r for r in rows if r[0] not in ("mean", "std")]
+    mean = next(r for r in rows if r[0] == "mean")
+    std = next(r for r in rows if r[0] == "std")
+    lines = ([title, ""] if title else []) + [
+        "| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
+    for row in per_fold:
+        lines.append("| " + " | ".join([str(row[0])] + [f"{v:.2f}" for v in row[1:]]) + " |")
+    lines.append("| mean ± std | " + " | ".join(
+        f"{m:.2f} ± {s:.2f}" for m, s in zip(mean[1:], std[1:])) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def fold_table_csv(header: List[str], rows: List[List]) -> str:
+    return csv_text([header] + [[r[0]] + [f"{v:.4f}" for v in r[1:]] for r in rows])

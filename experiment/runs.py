@@ -1,0 +1,75 @@
+"""Sacred run folders (`<runs_dir>/<train|test>/<id>/`): their status, including runs that
+died without saying so.
+
+Sacred marks a run RUNNING when it starts and COMPLETED, FAILED or INTERRUPTED when it ends;
+a run killed with SIGKILL (or by a lost node) stays RUNNING in its run.json forever. While a
+run lives, Sacred rewrites its heartbeat every 10 s and this project records the process id
+in the run's info, so a RUNNING run whose process is gone (same host) or whose heartbeat is
+older than `DEAD_AFTER_S` is reported as DIED.
+"""
+import datetime
+import json
+import os
+import socket
+from typing import Dict, List, Optional, Tuple
+
+COMPLETED, RUNNING, DIED = "COMPLETED", "RUNNING", "DIED"
+DEAD_AFTER_S = 300.0
+
+
+def read_run_json(run_dir: str) -> Optional[Dict]:
+    """A run folder's run.json, or None when missing or unreadable (being written)."""
+    try:
+        with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _heartbeat_age_s(entry: Dict, now: Optional[datetime.datetime]) -> Optional[float]:
+    stamp = entry.get("heartbeat") or entry.get("start_time")
+    if not stamp:
+        return None
+    try:
+        beat = datetime.datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    now = now or datetime.datetime.utcnow()  # Sacred writes naive UTC times
+    return (now - beat).total_seconds()
+
+
+def run_status(run_dir: str, now: Optional[datetime.datetime] = None) -> Optional[str]:
+    """The run's status as Sacred recorded it, with RUNNING turned into DIED when the run's
+    process is gone or its heartbeat stopped; None when the folder has no run.json."""
+    entry = read_run_json(run_dir)
+    if entry is None:
+        return None
+    status = entry.get("status")
+    if status != RUNNING:
+        return status
+    pid = (entry.get("info") or {}).get("pid")
+    hostname = (entry.get("host") or {}).get("hostname")
+    if pid is not None and hostname == socket.gethostname() and not _process_alive(int(pid)):
+        return DIED
+    age = _heartbeat_age_s(entry, now)
+    if age is not None and age > DEAD_AFTER_S:
+        return DIED
+    return RUNNING
+
+
+def list_runs(folder: str) -> List[Tuple[int, str]]:
+    """(id, path) of the Sacred run folders directly in `folder`, by id."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted((int(name), os.path.join(folder, name)) for name in os.listdir(folder)
+                  if name.isdigit() and os.path.isdir(os.path.join(folder, name)))

@@ -1,0 +1,269 @@
+"""The training snapshot format: what a snapshot holds, where it is saved, how it is found,
+validated and loaded (for resume and for evaluation).
+
+A training run folder holds, in `snapshots/`:
+
+- `latest.pth`: a full snapshot (model, optimiser, scheduler, RNG states, step, config),
+  rewritten at every snapshot interval while the run trains; everything resume needs;
+- `step_XXXXXXX.pth`: the model weights only (with step, image size and config), one per
+  snapshot interval before the end (`keep_snapshots="weights"`, the default), or none
+  (`keep_snapshots="none"`);
+- `final.pth`: the full snapshot at the last step, written when the run finishes
+  (`latest.pth` is then removed: final.pth is the latest).
+
+A full snapshot of the 257 x 257 model with SGD momentum is about 0.5 GB and weights alone
+about half of it, so a 42000-step run keeps 6 weight files and one full file instead of
+seven full ones. Snapshots of format v1 (every `step_XXXXXXX.pth` full) still load.
+
+Files are read with `torch.load(weights_only=True)`: no code in a file runs on load.
+"""
+import os
+import re
+from collections import Counter
+from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
+
+import torch
+
+from data.atomic import atomic_path, remove_stale_temporaries
+from experiment.rng import capture_rng_state, restore_rng_state
+from experiment.runs import COMPLETED, RUNNING, run_status
+from models.release import convert_release_checkpoint
+
+SNAPSHOT_FORMAT = "fafnet-snapshot-v2"
+LEGACY_FORMATS = ("fafnet-snapshot-v1",)
+FULL, WEIGHTS = "full", "weights"
+KEEP_CHOICES = ("weights", "none")
+FOLDER = "snapshots"
+LATEST_NAME, FINAL_NAME = "latest.pth", "final.pth"
+_STEP_NAME = re.compile(r"^step_(\d+)\.pth$")
+# Options that did not exist in older snapshots, with the value those runs trained with.
+OPTIONS_ADDED_LATER = {"optimizer": "sgd", "group": None}
+
+
+class SnapshotError(ValueError):
+    """A snapshot cannot be used for what it was given for (message names option and file)."""
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def snapshot_folder(run_dir: str) -> str:
+    return os.path.join(run_dir, FOLDER)
+
+
+def step_path(run_dir: str, step: int) -> str:
+    """Where training run `run_dir` keeps the weights of `step`."""
+    return os.path.join(snapshot_folder(run_dir), f"step_{step:07d}.pth")
+
+
+def latest_path(run_dir: str) -> str:
+    return os.path.join(snapshot_folder(run_dir), LATEST_NAME)
+
+
+def final_path(run_dir: str) -> str:
+    return os.path.join(snapshot_folder(run_dir), FINAL_NAME)
+
+
+def list_step_snapshots(run_dir: str) -> List[Tuple[int, str]]:
+    """(step, path) of every step_XXXXXXX.pth of a training run, by ascending step."""
+    folder = snapshot_folder(run_dir)
+    if not os.path.isdir(folder):
+        return []
+    found = [(int(m.group(1)), os.path.join(folder, name))
+             for name in os.listdir(folder) if (m := _STEP_NAME.match(name))]
+    return sorted(found)
+
+
+def newest_snapshot(run_dir: str) -> Optional[str]:
+    """The snapshot a run folder stands for: final.pth, else latest.pth, else the highest
+    step file (v1 runs); None when the run has none."""
+    for path in (final_path(run_dir), latest_path(run_dir)):
+        if os.path.isfile(path):
+            return path
+    steps = list_step_snapshots(run_dir)
+    return steps[-1][1] if steps else None
+
+
+def resolve_checkpoint(path: str, option: str = "checkpoint") -> str:
+    """Turn what a user names as a checkpoint into a file path.
+
+    Accepts a file; a training run folder (its newest snapshot, see `newest_snapshot`); or a
+    folder of Sacred runs such as ``runs/.../train`` (the newest snapshot of its
+    highest-numbered run whose status is COMPLETED).
+    """
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{option}={path!r}: no such file or folder")
+    own = newest_snapshot(path)
+    if own is not None:
+        return own
+    runs = sorted((int(name), os.path.join(path, name)) for name in os.listdir(path)
+                  if name.isdigit() and os.path.isdir(os.path.join(path, name)))
+    for _, run_dir in reversed(runs):
+        if run_status(run_dir) == COMPLETED and newest_snapshot(run_dir):
+            return newest_snapshot(run_dir)
+    raise FileNotFoundError(f"{option}={path!r}: no snapshots/{FINAL_NAME}, {LATEST_NAME} or "
+                            f"step_*.pth in it and no completed training run below it")
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def _config_record(config: Mapping) -> Dict:
+    """A plain-JSON copy of a Sacred config (its read-only containers do not pass
+    weights-only loading)."""
+    import json
+    return json.loads(json.dumps(config))
+
+
+def _save(state: Dict, path: str) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+class SnapshotWriter:
+    """Writes a training run's snapshots in the layout of the module docstring."""
+
+    def __init__(self, run_dir: str, config: Mapping, image_size: Iterable[int],
+                 keep: str = "weights"):
+        if keep not in KEEP_CHOICES:
+            raise ValueError(f"keep_snapshots={keep!r} must be one of {KEEP_CHOICES}")
+        self.run_dir, self.keep = run_dir, keep
+        self.header = {"format": SNAPSHOT_FORMAT, "image_size": list(image_size),
+                       "config": _config_record(config)}
+
+    def save(self, step: int, model, optimizer, scheduler, final: bool = False) -> str:
+        """Save the snapshot of `step`; returns the path of the full snapshot written."""
+        weights = {**self.header, "kind": WEIGHTS, "step": int(step), "model": model.state_dict()}
+        if not final and self.keep == "weights":
+            _save(weights, step_path(self.run_dir, step))
+        scheduler_state = scheduler.state_dict()
+        # A Counter does not pass torch.load(weights_only=True); a plain dict does.
+        scheduler_state["milestones"] = dict(scheduler_state["milestones"])
+        full = {**weights, "kind": FULL, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler_state, "rng": capture_rng_state()}
+        path = final_path(self.run_dir) if final else latest_path(self.run_dir)
+        _save(full, path)
+        if final and os.path.exists(latest_path(self.run_dir)):
+            os.remove(latest_path(self.run_dir))
+        return path
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def read_snapshot_file(path: str, option: str) -> Dict:
+    """torch.load(weights_only=True) with errors that name the option and the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SnapshotError(f"{option}: {path} does not exist") from None
+    except Exception as err:  # corrupt, truncated, foreign or code-carrying files raise many types
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SnapshotError(f"{option}={path}: cannot be read as a torch snapshot "
+                            f"({type(err).__name__}: {reason[:300]})") from None
+
+
+def is_project_snapshot(state) -> bool:
+    return isinstance(state, dict) and state.get("format") in (SNAPSHOT_FORMAT,) + LEGACY_FORMATS
+
+
+def snapshot_kind(state: Dict) -> str:
+    """'full' or 'weights' (v1 snapshots are all full)."""
+    return state.get("kind", FULL)
+
+
+def load_for_resume(resume: str) -> Tuple[str, Dict]:
+    """(path, state) of the full snapshot to resume from: a snapshot file or a training run
+    folder (its final.pth or latest.pth). Refuses a run that is still alive; removes the
+    temporary files a killed snapshot write left behind. Raises SnapshotError naming
+    `resume=` and the file."""
+    option = "resume"
+    if os.path.isdir(resume):
+        if run_status(resume) == RUNNING:
+            raise SnapshotError(f"resume={resume!r}: that run is still running (its run.json has a "
+                                f"recent heartbeat); stop it first")
+        remove_stale_temporaries(snapshot_folder(resume))
+    try:
+        path = resolve_checkpoint(resume, option)
+    except FileNotFoundError as err:
+        raise SnapshotError(str(err)) from None
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))
+    state = read_snapshot_file(path, f"{option}={resume!r}")
+    if not is_project_snapshot(state):
+        raise SnapshotError(f"resume={resume!r}: {path} is not a training snapshot of this project "
+                            f"(no format {SNAPSHOT_FORMAT!r}); to start from other weights use "
+                            f"pretrained_weights")
+    if snapshot_kind(state) != FULL:
+        raise SnapshotError(f"resume={resume!r}: {path} holds the model weights only (an older "
+                            f"snapshot); resume from the run's {LATEST_NAME} or {FINAL_NAME}")
+    missing = [k for k in ("step", "config", "model", "optimizer", "scheduler", "rng", "image_size")
+               if k not in state]
+    if missing:
+        raise SnapshotError(f"resume={resume!r}: {path} lacks {missing}; it is damaged")
+    return path, state
+
+
+def resume_differences(saved: Mapping, config: Mapping, free_options: FrozenSet[str]) -> List[str]:
+    """The options (all but `free_options`) on which a snapshot's config and this run's
+    config differ, as 'name: snapshot X vs now Y' lines. Options missing from older
+    snapshots count with the value those runs used."""
+    saved = {**OPTIONS_ADDED_LATER, **_translate_legacy(saved)}
+    return [f"{name}: snapshot {saved.get(name)!r} vs now {config[name]!r}"
+            for name in sorted(config) if name not in free_options and saved.get(name) != config[name]]
+
+
+def _translate_legacy(saved: Mapping) -> Dict:
+    """v1 configs named the setting-2 rule `exclude_rule` ('any' or 'all' = the release's)."""
+    saved = dict(saved)
+    if "exclude_rule" in saved and "setting2_protocol" not in saved:
+        saved["setting2_protocol"] = {"all": "release"}.get(saved["exclude_rule"], saved["exclude_rule"])
+    saved.pop("exclude_rule", None)
+    return saved
+
+
+def restore_training_state(state: Dict, model, optimizer, scheduler, milestones: Iterable[int]) -> int:
+    """Load model, optimiser and scheduler states; the scheduler's milestones follow this
+    run's config (n_steps may have been raised to continue). Returns the step."""
+    model.load_state_dict(state["model"], strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scheduler.milestones = Counter(milestones)
+    restore_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def load_for_evaluation(model, checkpoint: str, image_size: Iterable[int]) -> Tuple[str, Optional[int], Optional[Dict]]:
+    """Load weights into `model` (strict) from a snapshot of this project (full or weights
+    only), a training run folder, a folder of training runs, or a checkpoint of the authors'
+    release (recognised by its key names and converted).
+
+    Returns (path, training step or None, the training run's config or None).
+    """
+    option = "checkpoint"
+    try:
+        path = resolve_checkpoint(checkpoint, option)
+    except FileNotFoundError as err:
+        raise SnapshotError(str(err)) from None
+    state = read_snapshot_file(path, f"{option}={checkpoint!r}")
+    image_size = list(image_size)
+    if is_project_snapshot(state):
+        if list(state["image_size"]) != image_size:
+            raise SnapshotError(f"checkpoint {path} was trained with image_size={state['image_size']}; "
+                                f"evaluate it with image_size={state['image_size']}")
+        model.load_state_dict(state["model"], strict=True)
+        return path, int(state["step"]), state.get("config")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise SnapshotError(f"checkpoint {path}: expected a state dict, got {type(state).__name__}")
+    if set(state) == set(model.state_dict()):
+        model.load_state_dict(state, strict=True)
+        return path, None, None
+    try:
+        model.load_state_dict(convert_release_checkpoint(state), strict=True)
+    except (ValueError, RuntimeError) as err:
+        raise SnapshotError(f"checkpoint {path}: neither this project's snapshot nor a loadable release "
+                            f"checkpoint for image_size={image_size}: {err}") from None
+    return path, None, None

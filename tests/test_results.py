@@ -1,0 +1,156 @@
+"""Result tables: reading results.json, the fold table, protocol checks, the groups join and
+the `python utils.py` command line (experiment.results, utils.py)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import utils
+from experiment import results as tables
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = {1: "spleen", 2: "right kidney", 3: "left kidney", 6: "liver"}
+
+
+def protocol(fold, **changes):
+    record = {"dataset": "SABS", "setting": 1, "setting2_protocol": None, "group": None,
+              "test_classes": [1, 6], "eval_fold": fold, "supp_idx": [2], "n_part": 3,
+              "image_size": [257, 257], "n_volumes": 30, "checkpoint": f"runs/fold{fold}/final.pth",
+              "checkpoint_step": 42000, "training": {"n_steps": 42000, "optimizer": "sgd", "group": None,
+                                                      "test_classes": [1, 6]},
+              "pretrained_weights": "deeplabv3_resnet101_coco-586e9e4e.pth", "preprocessing": None,
+              "code": {"commit": "abc", "dirty": False}}
+    record.update(changes)
+    return record
+
+
+def write_results(folder, fold, dice, classes=(1, 6), skipped=(), **changes):
+    os.makedirs(folder, exist_ok=True)
+    entries = {str(c): {"name": NAMES[c], "dice_mean": d, "iou_mean": d / 2, "n_query_volumes": 6}
+               for c, d in zip(classes, dice)}
+    record = {"protocol": protocol(fold, test_classes=list(classes), **changes), "skipped": list(skipped),
+              "classes": entries, "mean_dice": float(np.mean(dice)), "mean_iou": float(np.mean(dice)) / 2}
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump(record, f)
+    return str(folder)
+
+
+def test_fold_table_values(tmp_path):
+    runs = [write_results(tmp_path / "b", 1, [0.6, 0.8]), write_results(tmp_path / "a", 0, [0.5, 0.9]),
+            write_results(tmp_path / "c", 2, [0.7, 1.0])]
+    header, rows = tables.aggregate_folds(runs)
+    assert header == ["fold", "spleen", "liver", "Mean"]
+    assert [r[0] for r in rows] == [0, 1, 2, "mean", "std"]
+    assert rows[0][1:] == pytest.approx([50.0, 90.0, 70.0])
+    assert rows[3][1:] == pytest.approx([60.0, 90.0, 75.0])               # means over folds
+    # Fold means 70, 70, 85: sample std (ddof=1) = sqrt((25 + 25 + 100) / 2) = sqrt(75).
+    assert rows[4][1:] == pytest.approx([10.0, 10.0, 75 ** 0.5])
+    markdown = tables.fold_table_markdown(header, rows, title=tables.fold_table_header(runs))
+    assert markdown.startswith("SABS fold 0/1/2, setting 1, support index [2], n_part 3")
+    assert "| mean ± std | 60.00 ± 10.00 | 90.00 ± 10.00 | 75.00 ± 8.66 |" in markdown
+    iou_rows = tables.aggregate_folds(runs, metric="iou")[1]
+    assert iou_rows[3][1:] == pytest.approx([30.0, 45.0, 37.5])
+
+
+@pytest.mark.parametrize("field, value", [
+    ("setting", 2), ("supp_idx", [0]), ("n_part", 4), ("checkpoint_step", 30000),
+    ("pretrained_weights", None), ("training", {"n_steps": 300, "optimizer": "adam", "group": None,
+                                                "test_classes": [1, 6]}),
+    ("preprocessing", {"route": "SABS", "parameters": {"window": [-125, 275]}}),
+])
+def test_folds_made_differently_are_not_joined(tmp_path, field, value):
+    a = write_results(tmp_path / "a", 0, [0.5, 0.9])
+    b = write_results(tmp_path / "b", 1, [0.6, 0.8], **{field: value})
+    with pytest.raises(ValueError, match=f"differ in '{field}'"):
+        tables.aggregate_folds([a, b])
+
+
+def test_groups_protocol_joins_both_groups_of_each_fold(tmp_path):
+    runs = []
+    for fold in (0, 1):
+        for group, classes, dice in ((0, (2, 3), [0.6, 0.7]), (1, (1, 6), [0.5, 0.9])):
+            runs.append(write_results(tmp_path / f"f{fold}g{group}", fold, [d + 0.1 * fold for d in dice],
+                                      classes=classes, setting=2, setting2_protocol="groups", group=group,
+                                      training={"n_steps": 42000, "optimizer": "sgd", "group": group,
+                                                "test_classes": list(classes)}))
+    header, rows = tables.aggregate_folds(runs)
+    assert header == ["fold", "spleen", "right kidney", "left kidney", "liver", "Mean"]
+    assert rows[0][1:] == pytest.approx([50.0, 60.0, 70.0, 90.0, 67.5])
+    assert rows[1][1:] == pytest.approx([60.0, 70.0, 80.0, 100.0, 77.5])
+    with pytest.raises(ValueError, match="fold 0 group 1 appears twice"):
+        tables.aggregate_folds(runs + [runs[1]])
+    with pytest.raises(ValueError, match="different class groups"):
+        tables.aggregate_folds(runs[:3])
+
+
+def test_duplicate_folds_and_foreign_files_are_refused(tmp_path):
+    a, b = write_results(tmp_path / "a", 0, [0.5, 0.9]), write_results(tmp_path / "b", 0, [0.6, 0.8])
+    with pytest.raises(ValueError, match="fold 0 appears twice"):
+        tables.aggregate_folds([a, b])
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text('{"eval_fold": 0, "classes": {}, "mean_dice": 0.5}')
+    with pytest.raises(ValueError, match="missing key 'protocol'"):
+        tables.aggregate_folds([str(tmp_path / "old")])
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        tables.aggregate_folds([str(tmp_path)])
+
+
+def test_run_table_marks_skipped_classes(tmp_path):
+    skip = {"class_id": 6, "class_name": "liver", "supp_idx": 2, "what": "query volume 4",
+            "reason": "the class does not occur in this volume"}
+    results = tables.load_results(write_results(tmp_path / "a", 0, [0.5, 0.9], skipped=[skip]))
+    text = tables.results_table(results)
+    assert "| liver * | 90.00 |" in text and "| spleen | 50.00 |" in text
+    assert "skipped: class 6 (liver), query volume 4: the class does not occur" in text
+
+
+def test_aggregate_command_line_writes_markdown_and_csv(tmp_path, capsys):
+    runs = [write_results(tmp_path / f"f{k}", k, [0.5 + 0.1 * k, 0.9]) for k in range(2)]
+    out = str(tmp_path / "table")
+    assert utils.main(["aggregate", *runs, "--out", out]) == 0
+    assert "| mean ± std | 55.00 ± 7.07 |" in capsys.readouterr().out
+    markdown = open(out + ".md").read()
+    assert markdown.startswith("SABS fold 0/1, setting 1") and "| fold | spleen | liver | Mean |" in markdown
+    csv_lines = open(out + ".csv").read().splitlines()
+    assert csv_lines[0] == "fold,spleen,liver,Mean"
+    assert csv_lines[3] == "mean,55.0000,90.0000,72.5000"
+    assert utils.main(["aggregate", str(tmp_path / "nothing")]) == 2
+    assert "no results.json" in capsys.readouterr().err
+    mixed = write_results(tmp_path / "mixed", 2, [0.5, 0.5], n_part=4)
+    assert utils.main(["aggregate", *runs, mixed]) == 2
+    assert "differ in 'n_part'" in capsys.readouterr().err
+
+
+def test_runs_command_lists_status(tmp_path, capsys):
+    folder = tmp_path / "train" / "1"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"status": "RUNNING", "heartbeat": "2000-01-01T00:00:00",
+                                                 "experiment": {"name": "FAFNet-train"}}))
+    assert utils.main(["runs", str(tmp_path / "train")]) == 0
+    assert "FAFNet-train\tDIED" in capsys.readouterr().out
+
+
+def test_metrics_and_tables_work_without_torch(tmp_path):
+    """The metrics and the results tables must not need torch (a machine that only builds
+    tables, a CI job that only aggregates)."""
+    run = write_results(tmp_path / "a", 0, [0.5, 0.9])
+    script = (
+        "import sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is blocked in this test')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "from experiment import metrics, results\n"
+        "import utils\n"
+        f"header, rows = results.aggregate_folds([{run!r}])\n"
+        "assert rows[0][1:] == [50.0, 90.0, 70.0], rows\n"
+        "assert metrics.dice_score([1, 1, 0], [1, 0, 0]) == 2 / 3\n"
+        "assert 'torch' not in sys.modules\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
