@@ -1,4 +1,4 @@
-"""Episode augmentations (docs/protocol.md section 7.1, step 7): gamma, affine and elastic.
+"""Episode augmentations (docs/protocol.md section 9.2): gamma, affine and elastic.
 
 Images here are single-channel float32 slices (the network's 3 channels are identical
 copies, so transforming one and repeating it later gives the same result for a third of the

@@ -1,4 +1,4 @@
-"""Static facts about each benchmark dataset (docs/protocol.md sections 9 and 10).
+"""Static facts about each benchmark dataset (docs/protocol.md sections 9.3, 10 and 11).
 
 One `DatasetSpec` per dataset key: the pre-processed folder name, how many volumes it has,
 the image size the network sees, class names, the test classes, the supervoxel minimum size,

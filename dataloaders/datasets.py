@@ -1,4 +1,4 @@
-"""Episodic training data and the evaluation protocol (docs/protocol.md sections 1, 7 and 8).
+"""Episodic training data and the evaluation protocol (docs/protocol.md sections 1, 9 and 10).
 
 Folder layout (one pre-processed dataset):
     data_dir/image_<i>.nii.gz, data_dir/label_<i>.nii.gz             i = 0 .. N-1
@@ -20,7 +20,7 @@ from data.nifti_io import Geometry, read_volume
 from dataloaders.augment import augment_episode
 from dataloaders.dataset_specs import DatasetSpec, get_dataset_spec, group_classes  # noqa: F401 (re-exported)
 
-# Setting 2's named protocols (docs/protocol.md section 7.2): which slices training drops.
+# Setting 2's named protocols (docs/protocol.md section 9.3): which slices training drops.
 SETTING2_PROTOCOLS = ("release", "any", "groups")
 # Rejection sampling stops with an error after this many restarts (step 1) instead of
 # spinning forever on data where episodes are possible but astronomically unlikely.
@@ -277,7 +277,7 @@ def _has_feasible_episode(areas: np.ndarray, allowed: np.ndarray, n_shot: int, m
 
 
 class TrainDataset(Dataset):
-    """Episodes for 1-way K-shot training (docs/protocol.md section 7).
+    """Episodes for 1-way K-shot training (docs/protocol.md section 9).
 
     Args:
         data_dir: folder with image_<i>.nii.gz, label_<i>.nii.gz, supervoxels_<N>/.
@@ -463,7 +463,7 @@ class TestVolume:
 
 
 class TestDataset:
-    """The evaluation protocol (docs/protocol.md section 8) for one fold.
+    """The evaluation protocol (docs/protocol.md section 10) for one fold.
 
     Args:
         data_dir, dataset, n_volumes, image_size: as for `TrainDataset`.
