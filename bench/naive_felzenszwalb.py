@@ -14,7 +14,7 @@ from scipy import ndimage
 
 
 def direction_weight(dz: int, dy: int, dx: int, s: float) -> float:
-    """Weight factor w of one neighbour step, straight from SPEC section 13 step 2."""
+    """Weight factor w of one neighbour step, straight from docs/protocol.md section 13 step 2."""
     if dz == 0:
         return 1.0
     in_plane_moves = abs(dy) + abs(dx)

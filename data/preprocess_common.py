@@ -1,4 +1,4 @@
-"""Helpers shared by the four pre-processing CLIs (SPEC section 12).
+"""Helpers shared by the four pre-processing CLIs (docs/protocol.md section 12).
 
 Every step works on a `(array, Geometry)` pair: `array` in (z, y, x) order, `Geometry` in
 SimpleITK's (x, y, z) order. Each geometric step (crop, pad, flip, resample) returns the
@@ -14,7 +14,7 @@ import argparse
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,6 +25,15 @@ from data.nifti_io import Geometry, write_volume
 Source = TypeVar("Source")
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+# The MRI routes' arithmetic (docs/protocol.md section 12). "release": the raw pixel type is
+# kept, so on integer data (int16 DICOM and NIfTI) the clip value and every resampled value
+# are truncated toward zero, as in the notebooks that made the literature's data; "float":
+# float32 throughout.
+MR_ARITHMETIC = ("release", "float")
+DEFAULT_MR_ARITHMETIC = "release"
+MR_CLIP_PERCENTILE = 99.5
+MR_SIZE_YX = (256, 256)
 
 
 @dataclass(frozen=True)
@@ -213,8 +222,8 @@ def extract_inplane_window(array: np.ndarray, geometry: Geometry, start_yx: Sequ
 
 def centre_crop_or_pad(array: np.ndarray, geometry: Geometry, size_yx: Sequence[int],
                        pad_value: float) -> Tuple[np.ndarray, Geometry]:
-    """Crop or pad in-plane to `size_yx` around the centre index n // 2 of each axis (SPEC 12):
-    input index n // 2 lands on output index size // 2."""
+    """Crop or pad in-plane to `size_yx` around the centre index n // 2 of each axis: input
+    index n // 2 lands on output index size // 2."""
     start = [n // 2 - size // 2 for n, size in zip(array.shape[1:], size_yx)]
     return extract_inplane_window(array, geometry, start, size_yx, pad_value)
 
@@ -241,17 +250,21 @@ def resampled_size(size: Sequence[int], spacing: Sequence[float],
 
 def _resample_linear(image: sitk.Image, new_spacing_xyz: Sequence[float]) -> sitk.Image:
     """Linear resampling onto a grid with the same origin and direction, new spacing, and the
-    size rule above; points outside the input get 0."""
+    size rule above; points outside the input get 0. The output keeps the input's pixel type:
+    ITK interpolates in double precision and casts to it, which truncates toward zero for
+    integer types (as the release's SimpleITK resampling of its int16 volumes does)."""
     size = resampled_size(image.GetSize(), image.GetSpacing(), new_spacing_xyz)
     return sitk.Resample(image, [int(s) for s in size], sitk.Transform(), sitk.sitkLinear,
                          image.GetOrigin(), [float(s) for s in new_spacing_xyz],
-                         image.GetDirection(), 0.0, sitk.sitkFloat32)
+                         image.GetDirection(), 0.0, image.GetPixelID())
 
 
 def resample_image(array: np.ndarray, geometry: Geometry,
                    new_spacing_xyz: Sequence[float]) -> Tuple[np.ndarray, Geometry]:
-    """Resample an intensity volume linearly (float32) to `new_spacing_xyz` (x, y, z)."""
-    image = to_sitk(array.astype(np.float32, copy=False), geometry)
+    """Resample an intensity volume linearly to `new_spacing_xyz` (x, y, z), in the array's
+    own pixel type: a float array stays float, an integer array gets each interpolated value
+    truncated toward zero (11.5 -> 11, -11.5 -> -11)."""
+    image = to_sitk(array, geometry)
     out = _resample_linear(image, new_spacing_xyz)
     return sitk.GetArrayFromImage(out), Geometry.of(out)
 
@@ -260,7 +273,7 @@ def resample_label(label: np.ndarray, geometry: Geometry,
                    new_spacing_xyz: Sequence[float]) -> Tuple[np.ndarray, Geometry]:
     """Resample a label map one class at a time: each class's binary map is interpolated
     linearly and rounded, and classes are painted in increasing value order so that a later
-    class overwrites an earlier one where both round to 1 (SPEC section 12). Where two classes
+    class overwrites an earlier one where both round to 1. Where two classes
     touch, both interpolate to 0.5 at the seam, which rounds (half to even) to background."""
     size = resampled_size(label.shape[::-1], geometry.spacing, new_spacing_xyz)
     out = np.zeros(size[::-1], dtype=label.dtype)
@@ -278,23 +291,64 @@ def resample_label(label: np.ndarray, geometry: Geometry,
     return out, new_geometry
 
 
-def clip_top_percentile(array: np.ndarray, percentile: float = 99.5) -> np.ndarray:
+def check_arithmetic(arithmetic: str) -> str:
+    if arithmetic not in MR_ARITHMETIC:
+        raise ValueError(f"arithmetic must be one of {list(MR_ARITHMETIC)}, got {arithmetic!r}")
+    return arithmetic
+
+
+def clip_top_percentile(array: np.ndarray, percentile: float = MR_CLIP_PERCENTILE) -> np.ndarray:
     """Clip intensities above the given percentile of the whole volume (MRI: removes the
-    few very bright voxels of off-resonance artefacts)."""
-    return np.minimum(array, np.percentile(array, percentile)).astype(np.float32)
+    few very bright voxels of off-resonance artefacts), in the array's own pixel type.
+
+    Voxels above the percentile p take the value p cast to the array's type: p itself for a
+    float array; p truncated toward zero for an integer array, as the release's
+    `array[array > p] = p` on its int16 volumes (p = 198.005 clips 199 to 198, 198 stays).
+    """
+    top = np.percentile(array, percentile)
+    out = array.copy()
+    out[array > top] = np.asarray(top).astype(array.dtype)
+    return out
+
+
+def mr_working_array(image: np.ndarray, arithmetic: str = DEFAULT_MR_ARITHMETIC) -> np.ndarray:
+    """The image in the pixel type the MRI route computes in: the raw type ("release") or
+    float32 ("float")."""
+    check_arithmetic(arithmetic)
+    return image if arithmetic == "release" else image.astype(np.float32)
+
+
+def mr_route_record(new_spacing_xyz: Sequence[float], arithmetic: str = DEFAULT_MR_ARITHMETIC,
+                    size_yx: Sequence[int] = MR_SIZE_YX) -> Dict[str, object]:
+    """What the MRI route did, as plain JSON-able values (for a pre-processing manifest)."""
+    check_arithmetic(arithmetic)
+    return {
+        "route": "mri",
+        "arithmetic": arithmetic,
+        "pixel_type": ("raw (integer types truncate the clip value and resampled values "
+                       "toward zero)" if arithmetic == "release" else "float32"),
+        "clip_percentile": MR_CLIP_PERCENTILE,
+        "spacing_xyz_mm": [float(v) for v in new_spacing_xyz],
+        "size_rule": "int(n * old_spacing / new_spacing + 1)",
+        "interpolation": "linear; labels one class at a time, rounded",
+        "in_plane_size": [int(v) for v in size_yx],
+        "pad": "image minimum; labels 0",
+    }
 
 
 def preprocess_mr(image: np.ndarray, label: np.ndarray, geometry: Geometry,
-                  new_spacing_xyz: Sequence[float], size_yx: Sequence[int] = (256, 256)
-                  ) -> ProcessedVolume:
-    """The MRI route of SPEC section 12 (CHAOS T2-SPIR, CMR, prostate): clip the top 0.5 %
-    of intensities, resample to `new_spacing_xyz`, crop or pad in-plane to `size_yx` around
-    the centre (images padded with their minimum, labels with 0).
+                  new_spacing_xyz: Sequence[float], size_yx: Sequence[int] = MR_SIZE_YX,
+                  arithmetic: str = DEFAULT_MR_ARITHMETIC) -> ProcessedVolume:
+    """The MRI route (CHAOS T2-SPIR, CMR, prostate): clip the top 0.5 % of intensities,
+    resample to `new_spacing_xyz`, crop or pad in-plane to `size_yx` around the centre
+    (images padded with their minimum, labels with 0).
 
     Args:
         image, label: (z, y, x) arrays on the same grid, described by `geometry`.
+        arithmetic: "release" (default) computes in the image's raw pixel type, so integer
+            data is truncated as in the literature's data; "float" computes in float32.
     """
-    clipped = clip_top_percentile(image.astype(np.float32))
+    clipped = clip_top_percentile(mr_working_array(image, arithmetic))
     image_rs, image_geometry = resample_image(clipped, geometry, new_spacing_xyz)
     label_rs, _ = resample_label(label, geometry, new_spacing_xyz)
     image_out, out_geometry = centre_crop_or_pad(image_rs, image_geometry, size_yx,
@@ -306,7 +360,7 @@ def preprocess_mr(image: np.ndarray, label: np.ndarray, geometry: Geometry,
 # ----------------------------------------------------------------------------- running
 
 def output_paths(out_dir: str, index: int) -> Tuple[str, str]:
-    """(image path, label path) of volume `index` in the normalised layout (SPEC 11)."""
+    """(image path, label path) of volume `index` in the normalised layout."""
     return (os.path.join(out_dir, f"image_{index}.nii.gz"),
             os.path.join(out_dir, f"label_{index}.nii.gz"))
 
@@ -362,9 +416,11 @@ def validate_nifti_pair(pair: Tuple[str, str], allowed_labels: Iterable[int]) ->
 
 
 def preprocess_nifti_mr_pair(pair: Tuple[str, str], allowed_labels: Iterable[int],
-                             new_spacing_xyz: Sequence[float]) -> ProcessedVolume:
-    """Read an (image, label) NIfTI pair and run the MRI route (`preprocess_mr`). The label
-    is taken on the image's grid (its own header may differ by rounding only)."""
+                             new_spacing_xyz: Sequence[float],
+                             arithmetic: str = DEFAULT_MR_ARITHMETIC) -> ProcessedVolume:
+    """Read an (image, label) NIfTI pair and run the MRI route (`preprocess_mr`) in its raw
+    pixel type or float32 (`arithmetic`). The label is taken on the image's grid (its own
+    header may differ by rounding only)."""
     image_path, label_path = pair
     image = read_image(image_path)
     array = sitk.GetArrayFromImage(image)
@@ -372,7 +428,7 @@ def preprocess_nifti_mr_pair(pair: Tuple[str, str], allowed_labels: Iterable[int
         raise ValueError(f"image {image_path} is not a 3D volume (array shape {array.shape})")
     label, _ = read_label(label_path, allowed_labels)
     check_same_shape(image_path, array.shape, label_path, label.shape)
-    return preprocess_mr(array, label, Geometry.of(image), new_spacing_xyz)
+    return preprocess_mr(array, label, Geometry.of(image), new_spacing_xyz, arithmetic=arithmetic)
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
@@ -385,3 +441,19 @@ def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
     except (FileNotFoundError, ValueError) as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")
     print(f"{len(paths) // 2} {name} volumes in {args.out_dir}")
+
+
+def add_arithmetic_argument(parser: argparse.ArgumentParser) -> None:
+    """The MRI CLIs' --arithmetic option."""
+    parser.add_argument(
+        "--arithmetic", choices=MR_ARITHMETIC, default=DEFAULT_MR_ARITHMETIC,
+        help="'release' (default): keep the raw pixel type, so on integer data the 99.5th-"
+             "percentile clip value and the resampled values are truncated toward zero exactly "
+             "as in the data the published numbers were computed on; 'float': float32 throughout")
+
+
+def parse_arithmetic(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> str:
+    """The --arithmetic value of `argv` (the full parse, errors and --help included, is
+    `run_cli`'s)."""
+    known, _ = parser.parse_known_args(argv)
+    return known.arithmetic

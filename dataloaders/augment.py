@@ -1,4 +1,4 @@
-"""Episode augmentations of SPEC section 9, step 7: gamma, affine and elastic.
+"""Episode augmentations (docs/protocol.md section 9.2): gamma, affine and elastic.
 
 Images here are single-channel float32 slices (the network's 3 channels are identical
 copies, so transforming one and repeating it later gives the same result for a third of the
@@ -57,7 +57,7 @@ def affine_matrix(shape: Tuple[int, int], rotation_deg: float = 0.0,
     """The forward (source -> destination) 2 x 3 affine matrix zoom o shear o shift o rotation.
 
     Rotation and zoom act about the image centre ((W - 1) / 2, (H - 1) / 2); the shift is
-    (x, y) in pixels; the shear by angle a is [[1, -sin a, 0], [0, cos a, 0]] (SPEC section 9).
+    (x, y) in pixels; the shear by angle a is [[1, -sin a, 0], [0, cos a, 0]].
     Points are (x, y) = (column, row), as OpenCV expects.
     """
     height, width = shape
@@ -115,20 +115,23 @@ def warp_elastic(channels: np.ndarray, field: np.ndarray) -> np.ndarray:
 
 def random_geometric(images: np.ndarray, masks: np.ndarray,
                      rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-    """One random affine, then one random elastic deformation, applied jointly to every
-    image and its mask; masks are rounded back to {0, 1}.
+    """A random affine, then a random elastic deformation, applied jointly to each image and
+    its mask; masks are rounded back to {0, 1}.
+
+    Every pair gets its own draw (affine, then elastic field, pair after pair), as the
+    release transforms each support shot separately; one pair (1 shot, or the query) draws
+    exactly one affine and one field.
 
     Args:
-        images: float32 [N, H, W]; masks: float32 [N, H, W] in {0, 1}. All N pairs share the
-            same drawn transform (the supports of an episode move together).
+        images: float32 [N, H, W]; masks: float32 [N, H, W] in {0, 1}.
     Returns:
         (images [N, H, W] float32, masks [N, H, W] float32 in {0, 1}).
     """
     shape = images.shape[1:]
-    matrix = random_affine_matrix(shape, rng)
-    field = random_elastic_field(shape, rng)
     out_images, out_masks = np.empty_like(images), np.empty_like(masks)
     for i, (image, mask) in enumerate(zip(images, masks)):
+        matrix = random_affine_matrix(shape, rng)
+        field = random_elastic_field(shape, rng)
         stacked = np.ascontiguousarray(np.stack([image, mask], axis=-1), dtype=np.float32)
         stacked = warp_elastic(warp_affine(stacked, matrix), field)
         out_images[i] = stacked[..., 0]
@@ -139,8 +142,10 @@ def random_geometric(images: np.ndarray, masks: np.ndarray,
 def augment_episode(support_images: np.ndarray, support_masks: np.ndarray,
                     query_images: np.ndarray, query_masks: np.ndarray,
                     rng: np.random.Generator):
-    """SPEC section 9 step 7: gamma on the query or on the supports (coin flip), then the
-    geometric transform (affine then elastic) on the query or on the supports (another flip).
+    """Step 7 of episode sampling: gamma on the query or on the supports (coin flip; one
+    gamma and one intensity range for all supports together), then the geometric transform
+    (affine then elastic, a fresh draw per support shot) on the query or on the supports
+    (another flip).
 
     Args:
         support_images, support_masks: float32 [K, H, W]; query_images, query_masks: [1, H, W].

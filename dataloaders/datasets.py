@@ -1,4 +1,4 @@
-"""Episodic training data and the evaluation protocol (SPEC sections 1, 9 and 10).
+"""Episodic training data and the evaluation protocol (docs/protocol.md sections 1, 9 and 10).
 
 Folder layout (one pre-processed dataset):
     data_dir/image_<i>.nii.gz, data_dir/label_<i>.nii.gz             i = 0 .. N-1
@@ -18,9 +18,10 @@ from tqdm import tqdm
 
 from data.nifti_io import Geometry, read_volume
 from dataloaders.augment import augment_episode
-from dataloaders.dataset_specs import DatasetSpec, get_dataset_spec, make_folds
+from dataloaders.dataset_specs import DatasetSpec, get_dataset_spec, group_classes  # noqa: F401 (re-exported)
 
-EXCLUDE_RULES = ("any", "all")
+# Setting 2's named protocols (docs/protocol.md section 9.3): which slices training drops.
+SETTING2_PROTOCOLS = ("release", "any", "groups")
 # Rejection sampling stops with an error after this many restarts (step 1) instead of
 # spinning forever on data where episodes are possible but astronomically unlikely.
 MAX_RESTARTS = 100_000
@@ -53,9 +54,15 @@ def find_volume_indices(data_dir: str) -> List[int]:
     return sorted(int(m.group(1)) for m in matches if m)
 
 
-def count_volumes(data_dir: str, n_volumes: Optional[int] = None) -> int:
-    """The number N of volumes: `n_volumes` if given, else the image files present, which
-    must then be exactly image_0 .. image_{N-1}."""
+def count_volumes(data_dir: str, n_volumes: Optional[int] = None,
+                  spec: Optional[DatasetSpec] = None) -> int:
+    """The number N of volumes the folds are made for.
+
+    `n_volumes` if given (the user says how many; the folds are made for that count).
+    Otherwise the image files present, which must be exactly image_0 .. image_{N-1} and, for
+    a dataset with a known count (`spec.n_volumes`), exactly that many: the literature's folds
+    hold for that count only, so a folder with another count is an error.
+    """
     if n_volumes is not None:
         if n_volumes < 1:
             raise ValueError(f"n_volumes must be positive, got {n_volumes}")
@@ -69,13 +76,18 @@ def count_volumes(data_dir: str, n_volumes: Optional[int] = None) -> int:
         raise FileNotFoundError(
             f"volumes are not numbered 0..{indices[-1]} in {data_dir}: missing "
             f"{image_path(data_dir, missing[0])}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    if spec is not None and spec.n_volumes is not None and len(indices) != spec.n_volumes:
+        raise ValueError(
+            f"{data_dir} holds {len(indices)} volumes but {spec.name} has {spec.n_volumes}: the "
+            f"dataset's folds are fixed lists for {spec.n_volumes} volumes. If the folder is "
+            f"meant to hold {len(indices)}, set n_volumes={len(indices)} to make folds for that count")
     return len(indices)
 
 
 # ----------------------------------------------------------------------------- volumes
 
 def zscore(volume: np.ndarray, path: str = "volume") -> np.ndarray:
-    """(x - mean) / std over the whole volume (SPEC section 1), as float32."""
+    """(x - mean) / std over the whole volume, as float32."""
     mean, std = float(volume.mean(dtype=np.float64)), float(volume.std(dtype=np.float64))
     if not np.isfinite(std) or std == 0.0:
         raise ValueError(f"cannot z-score {path}: the volume is constant or not finite (std={std})")
@@ -155,19 +167,49 @@ def slice_class_areas(labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return classes[keep], counts[:, keep]
 
 
-def excluded_slices(ground_truth: np.ndarray, test_classes: Sequence[int], rule: str = "any") -> np.ndarray:
-    """Setting 2: bool [Z], True for slices to drop from training.
+def remaining_slices(ground_truth: np.ndarray, excluded_classes: Sequence[int],
+                     protocol: str = "release") -> np.ndarray:
+    """Setting 2: which slices training keeps, bool [Z] (True = kept).
 
-    rule "any" (the literature's setting 2, Ouyang et al.): a slice containing ANY test class;
-    rule "all" (the authors' release): a slice containing ALL test classes at once.
+    Args:
+        ground_truth: non-negative integer [Z, H, W] (mapped class ids).
+        excluded_classes: the test classes; for `groups`, the group's classes
+            (`excluded_classes_for` resolves them).
+        protocol: "release" removes a slice only when it holds ALL excluded classes at once
+            (the authors' dataloader, ADNet's likewise); "any" and "groups" remove a slice
+            holding ANY of them (the papers' text; Ouyang et al.).
     """
-    if rule not in EXCLUDE_RULES:
-        raise ValueError(f"exclude_rule must be one of {EXCLUDE_RULES}, got {rule!r}")
-    if not len(test_classes):
-        return np.zeros(ground_truth.shape[0], dtype=bool)
-    flat = ground_truth.reshape(ground_truth.shape[0], -1)
-    has_class = np.stack([(flat == c).any(axis=1) for c in test_classes], axis=1)
-    return has_class.any(axis=1) if rule == "any" else has_class.all(axis=1)
+    _check_choice("protocol", protocol, SETTING2_PROTOCOLS)
+    depth = ground_truth.shape[0]
+    if not len(excluded_classes):
+        return np.ones(depth, dtype=bool)
+    flat = ground_truth.reshape(depth, -1)
+    has_class = np.stack([(flat == c).any(axis=1) for c in excluded_classes], axis=1)
+    removed = has_class.all(axis=1) if protocol == "release" else has_class.any(axis=1)
+    return ~removed
+
+
+def excluded_classes_for(dataset: str, protocol: str, test_classes: Optional[Sequence[int]] = None,
+                         group: Optional[int] = None) -> Tuple[int, ...]:
+    """The classes setting 2 excludes from training (and evaluation then tests).
+
+    "release" and "any": the test classes (default: the dataset's). "groups": the classes of
+    `group` (0 or 1, `group_classes`); `test_classes` must then be None or those classes.
+    """
+    spec = get_dataset_spec(dataset)
+    _check_choice("protocol", protocol, SETTING2_PROTOCOLS)
+    if protocol != "groups":
+        if group is not None:
+            raise ValueError(f"group={group!r} applies to the 'groups' protocol only, not {protocol!r}")
+        return _resolve_test_classes(spec, test_classes)
+    if group is None:
+        raise ValueError(f"the 'groups' protocol needs a group (one of "
+                         f"{list(range(len(spec.class_groups or ())))}); each group is one training")
+    classes = spec.group_classes(group)
+    if test_classes is not None and sorted(int(c) for c in test_classes) != sorted(classes):
+        raise ValueError(f"protocol 'groups' group {group} of {spec.name} tests classes {list(classes)}, "
+                         f"but test_classes is {list(test_classes)}; pass the group's classes or none")
+    return classes
 
 
 def consecutive_runs(mask: np.ndarray, min_length: int = 1) -> List[Tuple[int, int]]:
@@ -179,7 +221,7 @@ def consecutive_runs(mask: np.ndarray, min_length: int = 1) -> List[Tuple[int, i
 
 
 def to_network_images(images: np.ndarray) -> torch.Tensor:
-    """[N, H, W] float -> float32 tensor [N, 3, H, W] (grey value repeated, SPEC section 1)."""
+    """[N, H, W] float -> float32 tensor [N, 3, H, W] (the grey value repeated)."""
     return torch.from_numpy(np.repeat(images[:, None].astype(np.float32, copy=False), 3, axis=1))
 
 
@@ -189,7 +231,7 @@ def _check_choice(name: str, value, choices) -> None:
 
 
 def _fold(spec: DatasetSpec, n_volumes: int, eval_fold: int) -> List[int]:
-    folds = make_folds(n_volumes)
+    folds = spec.folds(n_volumes)
     _check_choice("eval_fold", eval_fold, range(len(folds)))
     return folds[eval_fold]
 
@@ -235,27 +277,31 @@ def _has_feasible_episode(areas: np.ndarray, allowed: np.ndarray, n_shot: int, m
 
 
 class TrainDataset(Dataset):
-    """Episodes for 1-way K-shot training (SPEC section 9).
+    """Episodes for 1-way K-shot training (docs/protocol.md section 9).
 
     Args:
         data_dir: folder with image_<i>.nii.gz, label_<i>.nii.gz, supervoxels_<N>/.
         dataset: key of `DATASETS` (classes, test classes, supervoxel size, label map).
         eval_fold: the fold held out; training uses every other volume.
         n_shot: K support slices per episode.
-        use_gt: episode labels from the ground truth with the test classes set to 0;
+        use_gt: episode labels from the ground truth with the excluded classes set to 0;
             False (default, the paper's self-supervised setting) uses supervoxels.
-        setting: 1 keeps every slice; 2 (default) removes slices with test classes, decided
-            from the ground truth in both label modes.
-        exclude_rule: setting 2 rule, "any" (default: the literature's, a slice with any test
-            class is removed) or "all" (the authors' release: only slices with all of them).
-        test_classes: default: the dataset's.
+        setting: 1 (default, the release's scripts) keeps every slice; 2 removes slices with
+            test classes, decided from the ground truth in both label modes.
+        protocol: setting 2's protocol, one of `SETTING2_PROTOCOLS`: "release" (default: a
+            slice is removed only when it holds ALL test classes), "any" (a slice holding any
+            test class is removed) or "groups" (Ouyang et al.: the classes of `group` are
+            excluded with the any rule). Ignored for setting 1.
+        group: for protocol "groups", the group trained without (0 or 1, see `group_classes`).
+        test_classes: default: the dataset's; for "groups", None or the group's classes.
         min_size: the larger foreground of the first two chosen slices must reach this.
         supervoxel_min_size: picks supervoxels_<N>/; default: the dataset's.
         augment: gamma, affine and elastic augmentation (step 7).
         seed: episode `index` uses np.random.default_rng([seed, index]) and nothing else, so
             any index >= 0 (also >= len) is reproducible in any worker or after a resume.
         max_iters_per_load: the epoch length, `len(self)`.
-        n_volumes: default: the number of image files present; folds from make_folds.
+        n_volumes: default: the number of image files present, which must be the dataset's
+            known count; give it to make folds for another count.
         image_size: optional (H, W) every volume must have.
 
     An item is a dict: "support_images" float32 [K, 3, H, W], "support_masks" float32 [K, H, W]
@@ -265,25 +311,28 @@ class TrainDataset(Dataset):
     """
 
     def __init__(self, data_dir: str, dataset: str = "SABS", eval_fold: int = 0, n_shot: int = 1,
-                 use_gt: bool = False, setting: int = 2, exclude_rule: str = "any",
-                 test_classes: Optional[Sequence[int]] = None, min_size: int = 200,
+                 use_gt: bool = False, setting: int = 1, protocol: str = "release",
+                 group: Optional[int] = None, test_classes: Optional[Sequence[int]] = None,
+                 min_size: int = 200,
                  supervoxel_min_size: Optional[int] = None, augment: bool = True, seed: int = 2025,
                  max_iters_per_load: int = 3000, n_volumes: Optional[int] = None,
                  image_size: Optional[Sequence[int]] = None):
         self.spec = get_dataset_spec(dataset)
         _check_choice("setting", setting, (1, 2))
-        _check_choice("exclude_rule", exclude_rule, EXCLUDE_RULES)
         if n_shot < 1:
             raise ValueError(f"n_shot must be at least 1, got {n_shot}")
         if max_iters_per_load < 1:
             raise ValueError(f"max_iters_per_load must be positive, got {max_iters_per_load}")
         self.data_dir, self.n_shot, self.use_gt = data_dir, int(n_shot), bool(use_gt)
-        self.setting, self.exclude_rule, self.min_size = setting, exclude_rule, int(min_size)
-        self.test_classes = _resolve_test_classes(self.spec, test_classes)
+        self.setting, self.protocol, self.group = setting, protocol, group
+        self.min_size = int(min_size)
+        # The classes setting 2 removes; in setting 1 the test classes, which ground-truth
+        # labels still drop (they are the classes evaluation tests).
+        self.test_classes = excluded_classes_for(dataset, protocol, test_classes, group)
         self.supervoxel_min_size = int(self.spec.supervoxel_min_size if supervoxel_min_size is None
                                        else supervoxel_min_size)
         self.augment, self.seed, self.max_iters_per_load = bool(augment), int(seed), int(max_iters_per_load)
-        self.n_volumes = count_volumes(data_dir, n_volumes)
+        self.n_volumes = count_volumes(data_dir, n_volumes, self.spec)
         held_out = set(_fold(self.spec, self.n_volumes, eval_fold))
         self.eval_fold = eval_fold
         self.volume_indices = [i for i in range(self.n_volumes) if i not in held_out]
@@ -299,7 +348,7 @@ class TrainDataset(Dataset):
             raise ValueError(
                 f"no training episode is possible in {data_dir}: no volume has {self.n_shot + 1} "
                 f"consecutive usable slices of one class with >= {self.min_size} pixels "
-                f"(setting {setting}, exclude_rule {exclude_rule!r}, use_gt={use_gt})")
+                f"(setting {setting}, {self.protocol_name}, use_gt={use_gt})")
 
     def _load(self, index: int, image_size: Optional[Sequence[int]]) -> TrainVolume:
         path = image_path(self.data_dir, index)
@@ -309,7 +358,7 @@ class TrainDataset(Dataset):
             if needs_gt else None
         allowed = np.ones(image.shape[0], dtype=bool)
         if self.setting == 2:
-            allowed = ~excluded_slices(gt, self.test_classes, self.exclude_rule)
+            allowed = remaining_slices(gt, self.test_classes, self.protocol)
         if self.use_gt:
             labels = gt
             labels[np.isin(labels, self.test_classes)] = 0
@@ -319,6 +368,14 @@ class TrainDataset(Dataset):
         classes, areas = slice_class_areas(labels)
         feasible = _has_feasible_episode(areas, allowed, self.n_shot, self.min_size)
         return TrainVolume(index, image, labels, classes, areas, allowed, feasible)
+
+    @property
+    def protocol_name(self) -> str:
+        """Setting 2's protocol as recorded with results: "release", "any", "groups/<group>";
+        "none" in setting 1."""
+        if self.setting == 1:
+            return "none"
+        return f"groups/{self.group}" if self.protocol == "groups" else self.protocol
 
     def _check_same_in_plane(self) -> None:
         first = self.volumes[0].image.shape[1:]
@@ -406,7 +463,7 @@ class TestVolume:
 
 
 class TestDataset:
-    """The evaluation protocol of SPEC section 10 for one fold.
+    """The evaluation protocol (docs/protocol.md section 10) for one fold.
 
     Args:
         data_dir, dataset, n_volumes, image_size: as for `TrainDataset`.
@@ -425,7 +482,7 @@ class TestDataset:
             raise ValueError(f"n_part must be at least 1, got {n_part}")
         self.data_dir, self.n_part, self.eval_fold = data_dir, int(n_part), eval_fold
         self.test_classes = list(_resolve_test_classes(self.spec, test_classes))
-        self.n_volumes = count_volumes(data_dir, n_volumes)
+        self.n_volumes = count_volumes(data_dir, n_volumes, self.spec)
         self.fold_volumes = sorted(_fold(self.spec, self.n_volumes, eval_fold))
         self.select_support(supp_idx)
         self._volumes = {i: self._load(i, image_size) for i in

@@ -1,4 +1,4 @@
-"""The ResNet-101 encoder of FAF-Net (SPEC section 2).
+"""The ResNet-101 encoder of FAF-Net (docs/protocol.md section 2).
 
 A torchvision ResNet-101 whose layer2 and layer3 are dilated instead of strided, so layer3's
 output f3 (1024 channels) sits at 1/4 of the input resolution. Two 1x1 heads read f3:

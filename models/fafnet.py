@@ -1,5 +1,5 @@
 """FAF-Net: prototype -> ICM/AFF refinement -> cosine similarity with an adaptive threshold
-(SPEC sections 3 to 7).
+(docs/protocol.md sections 3 to 7).
 
 1-way K-shot: K support slices of one class, Q query slices sharing that support.
 """
@@ -44,7 +44,8 @@ def clamped_nll(probs: torch.Tensor, labels: torch.Tensor,
 
 
 def query_loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """SPEC section 7 query loss: class-weighted NLL, weights 0.1 (background), 1.0 (foreground).
+    """The query loss (docs/protocol.md section 7): class-weighted NLL, weights 0.1 (background),
+    1.0 (foreground).
 
     Args:
         probs: [Q, 2, H, W] output of FAFNet.forward.

@@ -1,5 +1,6 @@
-"""FAF-Net's building blocks: masked average pooling (SPEC section 3), the Intra-class
-Commonality Miner `ICM` (section 4) and the Adaptive Fourier Filter `AFF` (section 5).
+"""FAF-Net's building blocks (docs/protocol.md sections 3 to 5): masked average pooling
+(section 3), the Intra-class Commonality Miner `ICM` (section 4) and the Adaptive Fourier
+Filter `AFF` (section 5).
 
 Notation: B batch, C channels (512), m heads (4), h x w feature size, H x W image size.
 """

@@ -1,4 +1,4 @@
-"""Loading pretrained ResNet-101 backbone weights from a local file (SPEC section 2).
+"""Loading pretrained ResNet-101 backbone weights from a local file (docs/protocol.md section 2).
 
 Two torchvision formats are accepted:
 

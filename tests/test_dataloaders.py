@@ -11,9 +11,10 @@ from torch.utils.data import DataLoader
 
 from data.nifti_io import Geometry, write_volume
 from dataloaders import augment
-from dataloaders.datasets import (TestDataset, TrainDataset, chunk_bounds, consecutive_runs,
-                                  count_volumes, excluded_slices, slice_class_areas,
-                                  support_slice_positions)
+from dataloaders.dataset_specs import DATASETS, get_dataset_spec, group_classes, make_folds
+from dataloaders.datasets import (SETTING2_PROTOCOLS, TestDataset, TrainDataset, chunk_bounds,
+                                  consecutive_runs, count_volumes, excluded_classes_for,
+                                  remaining_slices, slice_class_areas, support_slice_positions)
 
 Z, H, W = 12, 32, 32
 N_VOLUMES = 6            # folds: [0,1] [1,2] [2,3] [3,4] [4,5,0]
@@ -65,7 +66,9 @@ def data(tmp_path_factory):
 
 
 def train_set(root, **kwargs):
-    options = dict(dataset="SABS", eval_fold=0, supervoxel_min_size=SV_SIZE, max_iters_per_load=10)
+    # n_volumes: the tiny folder holds 6 volumes, not SABS's 30.
+    options = dict(dataset="SABS", eval_fold=0, supervoxel_min_size=SV_SIZE, max_iters_per_load=10,
+                   n_volumes=N_VOLUMES)
     options.update(kwargs)
     return TrainDataset(root, **options)
 
@@ -89,16 +92,68 @@ def test_support_positions_and_chunks_by_hand():
     assert chunk_bounds(0) == [(0, 0), (0, 0), (0, 0)]
 
 
-def test_consecutive_runs_and_exclusion_rules():
+def test_consecutive_runs():
     assert consecutive_runs(np.array([1, 1, 0, 1, 0, 1, 1, 1], bool)) == [(0, 2), (3, 4), (5, 8)]
     assert consecutive_runs(np.array([1, 1, 0, 1, 0, 1, 1, 1], bool), 2) == [(0, 2), (5, 8)]
     assert consecutive_runs(np.zeros(3, bool)) == []
-    gt = make_volume(0)[1]
-    assert np.flatnonzero(excluded_slices(gt, (1, 2, 3, 6), "any")).tolist() == list(range(2, 10))
-    assert np.flatnonzero(excluded_slices(gt, (1, 2), "all")).tolist() == [4, 5]
-    assert not excluded_slices(gt, (1, 2, 3, 6), "all").any()   # no slice has all four
-    with pytest.raises(ValueError, match="exclude_rule"):
-        excluded_slices(gt, (1,), "some")
+
+
+# The classes on each slice of a hand-made SABS label volume (4 is a training class).
+PROTOCOL_SLICES = [(), (1,), (2,), (2, 3), (1, 6), (1, 2, 3, 6), (4,), (3, 4), (1, 2, 3, 6, 4)]
+
+
+def protocol_volume():
+    gt = np.zeros((len(PROTOCOL_SLICES), 8, 8), np.uint8)
+    for z, classes in enumerate(PROTOCOL_SLICES):
+        for k, c in enumerate(classes):
+            gt[z, k, :3] = c
+    return gt
+
+
+def kept(dataset, protocol, group=None, test_classes=None):
+    classes = excluded_classes_for(dataset, protocol, test_classes, group)
+    return np.flatnonzero(remaining_slices(protocol_volume(), classes, protocol)).tolist()
+
+
+def test_setting2_protocols_keep_the_slices_worked_out_by_hand():
+    assert SETTING2_PROTOCOLS == ("release", "any", "groups")
+    # release: removed only where all of 1, 2, 3, 6 meet (slices 5 and 8)
+    assert kept("SABS", "release") == [0, 1, 2, 3, 4, 6, 7]
+    # any: removed wherever one of them appears
+    assert kept("SABS", "any") == [0, 6]
+    # groups: kidneys {2, 3} excluded with the any rule, then liver and spleen {1, 6}
+    assert kept("SABS", "groups", 0) == [0, 1, 4, 6]
+    assert kept("SABS", "groups", 1) == [0, 2, 3, 6, 7]
+    # the release rule with two test classes: slices holding both 2 and 3 (3, 5, 8) go
+    assert kept("SABS", "release", test_classes=(2, 3)) == [0, 1, 2, 4, 6, 7]
+    assert remaining_slices(protocol_volume(), (), "any").all()
+
+
+def test_class_groups_per_dataset():
+    assert group_classes("SABS", 0) == (2, 3) and group_classes("SABS", 1) == (1, 6)
+    assert group_classes("CHAOST2", 0) == (2, 3) and group_classes("CHAOST2", 1) == (1, 4)
+    assert [group_classes("SYNTHETIC", g) for g in (0, 1)] == [(2, 3), (1, 6)]   # SABS ids
+    # every group's classes are test classes of its dataset, and the groups do not overlap
+    for spec in DATASETS.values():
+        if spec.class_groups:
+            joined = [c for g in spec.class_groups for c in g]
+            assert len(set(joined)) == len(joined) and set(joined) <= set(spec.test_classes)
+    # CHAOST2's group 1 is liver and spleen: {1, 4} (slice 4 holds 1, slices 6-8 hold 4)
+    assert kept("CHAOST2", "groups", 1) == [0, 2, 3]
+    for name in ("CMR", "Prostate_MRI"):
+        with pytest.raises(ValueError, match=f"defines no class groups for {name}.*'release' or 'any'"):
+            excluded_classes_for(name, "groups", None, 0)
+    with pytest.raises(ValueError, match=r"group must be one of \[0, 1\] for SABS, got 2"):
+        group_classes("SABS", 2)
+    with pytest.raises(ValueError, match="'groups' protocol needs a group"):
+        excluded_classes_for("SABS", "groups")
+    with pytest.raises(ValueError, match="group=1 applies to the 'groups' protocol only"):
+        excluded_classes_for("SABS", "any", None, 1)
+    with pytest.raises(ValueError, match=r"tests classes \[2, 3\], but test_classes is \[1, 2, 3, 6\]"):
+        excluded_classes_for("SABS", "groups", (1, 2, 3, 6), 0)
+    assert excluded_classes_for("SABS", "groups", (3, 2), 0) == (2, 3)
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        remaining_slices(protocol_volume(), (1,), "all")
 
 
 def test_slice_class_areas_counts_pixels_per_slice():
@@ -134,7 +189,7 @@ def test_episode_shapes_dtypes_and_supervoxel_labels(data):
 
 def test_setting2_any_removes_every_slice_with_a_test_class(data):
     root, arrays = data
-    ds = train_set(root, augment=False, setting=2, exclude_rule="any")
+    ds = train_set(root, augment=False, setting=2, protocol="any")
     # volume 2 by hand: test classes on slices 2..9, so only pairs in {0,1} and {10,11} remain
     assert np.flatnonzero(ds.volumes[0].allowed).tolist() == [0, 1, 10, 11]
     for item in episodes(ds, 60):
@@ -144,13 +199,30 @@ def test_setting2_any_removes_every_slice_with_a_test_class(data):
         assert sorted(item["slice_indices"]) in ([0, 1], [10, 11])
 
 
-def test_setting1_keeps_test_class_slices_and_all_rule_is_reachable(data):
+def test_setting1_keeps_test_class_slices_and_release_rule_is_reachable(data):
     root, _ = data
     seen1 = {s for item in episodes(train_set(root, augment=False, setting=1), 60) for s in item["slice_indices"]}
     assert seen1 & set(range(2, 10))
-    ds_all = train_set(root, augment=False, setting=2, exclude_rule="all", test_classes=(1, 2))
+    ds_all = train_set(root, augment=False, setting=2, protocol="release", test_classes=(1, 2))
+    assert ds_all.protocol_name == "release"
     seen_all = {s for item in episodes(ds_all, 60) for s in item["slice_indices"]}
     assert not seen_all & {4, 5} and seen_all & {2, 3, 6, 7}
+
+
+def test_groups_protocol_trains_without_the_group(data):
+    root, arrays = data
+    # group 0 = kidneys {2, 3}: only slices 4 and 5 hold class 2, so they go; spleen stays
+    kidneys = train_set(root, augment=False, setting=2, protocol="groups", group=0, use_gt=True)
+    assert kidneys.test_classes == (2, 3) and kidneys.protocol_name == "groups/0"
+    assert np.flatnonzero(~kidneys.volumes[0].allowed).tolist() == [4, 5]
+    seen = {item["class_id"] for item in episodes(kidneys, 60)}
+    assert seen == {1, 4}                   # spleen (1) is a training class here
+    for item in episodes(kidneys, 30):
+        assert not set(item["slice_indices"]) & {4, 5}
+    spleen = train_set(root, augment=False, setting=2, protocol="groups", group=1)
+    assert np.flatnonzero(spleen.volumes[0].allowed).tolist() == [0, 1, 10, 11]
+    with pytest.raises(ValueError, match="defines no class groups for CMR"):
+        train_set(root, dataset="CMR", setting=2, protocol="groups", group=0)
 
 
 def test_ground_truth_labels_drop_test_classes(data):
@@ -186,7 +258,7 @@ def test_k_shots_consecutive_and_infeasible_setting_is_an_error(data):
     assert item["support_images"].shape == (2, 3, H, W) and item["support_masks"].shape == (2, H, W)
     assert len(item["slice_indices"]) == 3 and abs(np.diff(item["slice_indices"])).tolist() == [1, 1]
     with pytest.raises(ValueError, match="no training episode is possible"):
-        train_set(root, n_shot=2, setting=2)       # the longest allowed run is 2 slices
+        train_set(root, n_shot=2, setting=2, protocol="any")   # the longest allowed run is 2 slices
 
 
 def test_augmented_episodes_keep_binary_masks_and_change_pixels(data):
@@ -228,7 +300,7 @@ def test_seed_determinism_any_index_and_workers(data):
 
 def test_support_slices_and_query_chunks_by_hand(data):
     root, arrays = data
-    ds = TestDataset(root, dataset="SABS", eval_fold=4, supp_idx=0)
+    ds = TestDataset(root, dataset="SABS", eval_fold=4, supp_idx=0, n_volumes=N_VOLUMES)
     assert ds.fold_volumes == [0, 4, 5] and ds.support_volume == 0 and ds.query_volumes == [4, 5]
     assert ds.test_classes == [1, 2, 3, 6]
     support = ds.support(1)
@@ -246,12 +318,13 @@ def test_support_slices_and_query_chunks_by_hand(data):
     assert np.array_equal(q["label_volume"], arrays[4][1]) and q["volume_shape"] == (Z, H, W)
     assert q["geometry"] == GEOMETRY and q["image_path"].endswith("image_4.nii.gz")
     assert [q["chunks"] for q in ds.queries(2)] == [[(0, 0), (0, 1), (1, 2)]] * 2    # slices 4, 5
-    assert TestDataset(root, dataset="SABS", eval_fold=4, supp_idx=1).support(1)["slice_indices"] == [2, 6, 10]
+    assert TestDataset(root, dataset="SABS", eval_fold=4, supp_idx=1,
+                       n_volumes=N_VOLUMES).support(1)["slice_indices"] == [2, 6, 10]
 
 
 def test_absent_class_support_error_and_empty_query(data):
     root, _ = data
-    ds = TestDataset(root, dataset="SABS", eval_fold=0)
+    ds = TestDataset(root, dataset="SABS", eval_fold=0, n_volumes=N_VOLUMES)
     with pytest.raises(ValueError, match="class 3 does not occur.*image_0"):
         ds.support(3)
     (query,) = ds.queries(3)
@@ -265,13 +338,13 @@ def test_cmr_labels_are_mapped(tmp_path):
         raw = np.select([gt == 1, gt == 2, gt == 4], [200, 500, 600], 0).astype(np.int16)
         write_volume(image, GEOMETRY, os.path.join(root, f"image_{v}.nii.gz"))
         write_volume(raw, GEOMETRY, os.path.join(root, f"label_{v}.nii.gz"))
-    ds = TestDataset(root, dataset="CMR", eval_fold=0)
+    ds = TestDataset(root, dataset="CMR", eval_fold=0, n_volumes=5)
     (query,) = ds.queries(3)
     assert set(np.unique(query["label_volume"]).tolist()) == {0, 1, 2, 3}
     assert query["slice_indices"] == list(range(Z)) and ds.support(1)["slice_indices"] == [3, 6, 8]
     write_volume(np.full((Z, H, W), 300, np.int16), GEOMETRY, os.path.join(root, "label_1.nii.gz"))
     with pytest.raises(ValueError, match=r"label_1\.nii\.gz holds label values \[300\]"):
-        TestDataset(root, dataset="CMR", eval_fold=0)
+        TestDataset(root, dataset="CMR", eval_fold=0, n_volumes=5)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -282,7 +355,7 @@ def test_clear_errors_for_bad_folders_files_and_arguments(data, tmp_path):
         TrainDataset(str(tmp_path / "nowhere"))
     with pytest.raises(KeyError, match="unknown dataset 'ABD'"):
         train_set(root, dataset="ABD")
-    for kwargs, message in [({"setting": 3}, "setting"), ({"exclude_rule": "none"}, "exclude_rule"),
+    for kwargs, message in [({"setting": 3}, "setting"), ({"protocol": "all"}, "protocol"),
                             ({"eval_fold": 5}, "eval_fold"), ({"n_shot": 0}, "n_shot"),
                             ({"test_classes": (99,)}, "test_classes")]:
         with pytest.raises(ValueError, match=message):
@@ -292,7 +365,7 @@ def test_clear_errors_for_bad_folders_files_and_arguments(data, tmp_path):
     with pytest.raises(ValueError, match=r"image_2\.nii\.gz has in-plane size \(32, 32\), expected \(64, 64\)"):
         train_set(root, image_size=(64, 64))
     with pytest.raises(ValueError, match="supp_idx"):
-        TestDataset(root, dataset="SABS", eval_fold=0, supp_idx=2)
+        TestDataset(root, dataset="SABS", eval_fold=0, supp_idx=2, n_volumes=N_VOLUMES)
 
     broken = str(tmp_path / "broken")
     shutil.copytree(root, broken)
@@ -355,3 +428,106 @@ def test_random_geometric_moves_image_and_mask_together():
     assert np.mean((images > 1.5) == (masks == 1)) > 0.999
     again = augment.random_geometric(mask * 3.0, mask.copy(), np.random.default_rng(1))
     assert np.array_equal(again[0], images) and np.array_equal(again[1], masks)
+
+
+def test_k_shots_draw_a_fresh_transform_per_support_and_one_shot_keeps_its_draws():
+    shape = (48, 48)
+    mask = np.zeros((3,) + shape, np.float32)
+    mask[:, 12:36, 10:30] = 1
+    _, masks = augment.random_geometric(mask * 2.0, mask.copy(), np.random.default_rng(0))
+    # three identical inputs, three different warps
+    assert all(not np.array_equal(masks[i], masks[j]) for i, j in ((0, 1), (0, 2), (1, 2)))
+    # one pair: exactly one affine, then one elastic field, from the generator in that order
+    image = np.random.default_rng(5).normal(size=(1,) + shape).astype(np.float32)
+    one_image, one_mask = augment.random_geometric(image, mask[:1].copy(), np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    matrix, field = augment.random_affine_matrix(shape, rng), augment.random_elastic_field(shape, rng)
+    stacked = augment.warp_elastic(augment.warp_affine(np.stack([image[0], mask[0]], -1), matrix), field)
+    assert np.array_equal(one_image[0], stacked[..., 0])
+    assert np.array_equal(one_mask[0], np.clip(np.rint(stacked[..., 1]), 0, 1))
+
+
+def test_episode_augmentation_moves_supports_separately_with_one_gamma():
+    supports = np.repeat(np.linspace(0, 1, 40 * 40, dtype=np.float32).reshape(1, 40, 40), 3, axis=0)
+    support_masks = np.zeros((3, 40, 40), np.float32)
+    support_masks[:, 10:30, 8:28] = 1
+    query, query_mask = supports[:1].copy(), support_masks[:1].copy()
+    branches = set()
+    for seed in range(12):
+        coins = np.random.default_rng(seed)
+        gamma_on_supports = coins.random() < 0.5
+        coins.uniform()                                     # the gamma itself
+        geometry_on_supports = coins.random() < 0.5
+        s, sm, q, qm = augment.augment_episode(supports.copy(), support_masks.copy(), query.copy(),
+                                               query_mask.copy(), np.random.default_rng(seed))
+        identical = [np.array_equal(s[0], s[k]) and np.array_equal(sm[0], sm[k]) for k in (1, 2)]
+        # identical supports stay identical under the shared gamma, and differ once warped
+        assert identical == ([False, False] if geometry_on_supports else [True, True])
+        # the query is left alone only when both flips chose the supports
+        assert np.array_equal(q, query) == (gamma_on_supports and geometry_on_supports)
+        branches.add(geometry_on_supports)
+    assert branches == {True, False}
+
+
+def test_one_shot_episodes_follow_the_documented_draw_order(data):
+    root, _ = data
+    ds = train_set(root, augment=True, setting=1)
+    plain = train_set(root, augment=False, setting=1)
+    for index in range(6):
+        item, raw = ds[index], plain[index]
+        rng = np.random.default_rng([ds.seed, index])
+        ds.sample_slices(rng)                              # steps 1-6 use the same generator
+        s, sm = raw["support_images"][:, 0].numpy(), raw["support_masks"].numpy()
+        q, qm = raw["query_images"][:, 0].numpy(), raw["query_labels"].numpy().astype(np.float32)
+        if rng.random() < 0.5:
+            s = augment.gamma_transform(s, rng.uniform(0.5, 1.5))
+        else:
+            q = augment.gamma_transform(q, rng.uniform(0.5, 1.5))
+        on_supports = rng.random() < 0.5
+        image, mask = (s, sm) if on_supports else (q, qm)
+        matrix, field = augment.random_affine_matrix((H, W), rng), augment.random_elastic_field((H, W), rng)
+        stacked = augment.warp_elastic(augment.warp_affine(np.stack([image[0], mask[0]], -1), matrix), field)
+        image, mask = stacked[None, ..., 0], np.clip(np.rint(stacked[None, ..., 1]), 0, 1)
+        s, sm = (image, mask) if on_supports else (s, sm)
+        q, qm = (image, mask) if not on_supports else (q, qm)
+        assert np.array_equal(item["support_images"][:, 0].numpy(), s)
+        assert np.array_equal(item["support_masks"].numpy(), sm)
+        assert np.array_equal(item["query_images"][:, 0].numpy(), q)
+        assert np.array_equal(item["query_labels"].numpy(), qm.astype(np.int64))
+
+
+# ----------------------------------------------------------------------------- folds
+
+def test_folds_are_the_fixed_lists_of_each_dataset():
+    r = lambda a, b: list(range(a, b + 1))  # noqa: E731 (inclusive ranges, as the lists are written)
+    expected = {
+        "SABS": [r(0, 6), r(6, 12), r(12, 18), r(18, 24), r(24, 29) + [0]],
+        "CHAOST2": [r(0, 4), r(4, 8), r(8, 12), r(12, 16), r(16, 19) + [0]],
+        "CMR": [r(0, 7), r(7, 14), r(14, 21), r(21, 28), r(28, 34) + [0]],
+        "Prostate_MRI": [r(0, 8), r(8, 16), r(16, 24), r(24, 32), r(32, 39) + [0]],
+    }
+    for name, folds in expected.items():
+        spec = get_dataset_spec(name)
+        assert spec.folds() == folds == make_folds(spec.n_volumes), name
+        assert set().union(*map(set, folds)) == set(range(spec.n_volumes))
+    synthetic = get_dataset_spec("SYNTHETIC")
+    assert synthetic.n_volumes is None and synthetic.folds(10)[4] == [8, 9, 0]
+    with pytest.raises(ValueError, match="SYNTHETIC has no fixed volume count"):
+        synthetic.folds()
+
+
+def test_a_folder_with_another_volume_count_is_an_error_unless_n_volumes_says_so(data, tmp_path):
+    root, _ = data
+    message = r"holds 6 volumes but SABS has 30.*set n_volumes=6"
+    with pytest.raises(ValueError, match=message):
+        count_volumes(root, spec=get_dataset_spec("SABS"))
+    with pytest.raises(ValueError, match=message):
+        TrainDataset(root, dataset="SABS", supervoxel_min_size=SV_SIZE)
+    with pytest.raises(ValueError, match=r"holds 6 volumes but CHAOST2 has 20"):
+        TestDataset(root, dataset="CHAOST2")
+    assert count_volumes(root, spec=get_dataset_spec("SYNTHETIC")) == N_VOLUMES   # any count
+    assert count_volumes(root, 6, spec=get_dataset_spec("SABS")) == 6
+    # with n_volumes the folds are made for that count: fold 4 of 6 = {4, 5, 0}
+    assert TestDataset(root, dataset="SABS", eval_fold=4, n_volumes=6).fold_volumes == [0, 4, 5]
+    synthetic = TrainDataset(root, dataset="SYNTHETIC", supervoxel_min_size=SV_SIZE, eval_fold=4)
+    assert synthetic.volume_indices == [1, 2, 3]

@@ -76,7 +76,7 @@ def test_three_shots_use_each_images_own_threshold_map(model):
     support, masks, query = episode(3, 1)
     with torch.no_grad():
         probs, align, proto = model(support, masks, query, train=True)
-        # Reference: the SPEC's steps spelled out from the encoder outputs.
+        # Reference: docs/protocol.md sections 3 to 6 spelled out from the encoder outputs.
         features, thresholds = model.encoder(torch.cat([support, query]))
         prototype = masked_average_pooling(features[:3], masks).mean(0, keepdim=True)
         refined = model.icm(prototype, features[3:])

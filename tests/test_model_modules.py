@@ -1,5 +1,6 @@
 """Unit tests of the model's small parts: feature-size arithmetic, masked average pooling, the
-AFF spectrum filter, the ICM against a literal implementation of SPEC section 4, the losses."""
+AFF spectrum filter, the ICM against a literal implementation of docs/protocol.md section 4,
+the losses."""
 import math
 
 import pytest
@@ -110,7 +111,7 @@ def test_aff_runs_in_float32_under_bfloat16_autocast():
 
 # -- ICM ---------------------------------------------------------------------------------------
 def literal_icm(icm: ICM, prototypes: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """SPEC section 4 word for word: project every pixel to keys and values."""
+    """docs/protocol.md section 4 word for word: project every pixel to keys and values."""
     batch, channels, height, width = features.shape
     heads = icm.heads
     pixels = features.flatten(2).transpose(1, 2)                                  # [B, hw, C]

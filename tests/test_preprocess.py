@@ -1,7 +1,8 @@
-"""Pre-processing CLIs (SPEC section 12) on tiny raw inputs written here in each dataset's raw
-format: NIfTI with non-trivial spacing and origin, a DICOM series written with SimpleITK, PNG
-masks. Checks sizes, spacing, label values, intensity range, geometry, that labels stay on the
-anatomy they mark, and that bad input fails before anything is written."""
+"""Pre-processing CLIs (docs/protocol.md section 12) on tiny raw inputs written here in each
+dataset's raw format: NIfTI with non-trivial spacing and origin, a DICOM series written with
+SimpleITK, PNG masks. Checks sizes, spacing, label values, intensity range, geometry, that
+labels stay on the anatomy they mark, that bad input fails before anything is written, and
+the MRI routes' integer (release) and float arithmetic against values computed by hand."""
 import os
 
 import cv2
@@ -12,8 +13,9 @@ import SimpleITK as sitk
 from data.CHAOST2 import preprocess as chaos
 from data.CMR import preprocess as cmr
 from data.nifti_io import Geometry
-from data.preprocess_common import (centre_crop_or_pad, flip_rows, natural_sort_key,
-                                    resample_label, resampled_size)
+from data.preprocess_common import (centre_crop_or_pad, clip_top_percentile, flip_rows,
+                                    mr_route_record, natural_sort_key, preprocess_mr,
+                                    resample_image, resample_label, resampled_size)
 from data.Prostate_MRI import preprocess as prostate
 from data.SABS import preprocess as sabs
 
@@ -272,6 +274,8 @@ def test_chaos_output_size_spacing_values_and_range(chaos_run):
     assert set(np.unique(label)) == {0, 1, 2, 3, 4}
     assert image.max() <= np.percentile(raw_volume, 99.5) + 1e-3   # the outlier is clipped
     assert image.min() == 0  # padding with the minimum; the extra slice resamples to 0
+    # the release's arithmetic (default) keeps the DICOM's integer pixel type
+    assert np.array_equal(image, np.trunc(image))
 
 
 def test_chaos_masks_follow_the_slices_they_were_drawn_on(chaos_run):
@@ -411,3 +415,89 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "raw CMR bSSFP folder not found" in error and str(tmp_path / "nowhere") in error
     assert "Traceback" not in error
+
+
+# ----------------------------------------------------------------------------- MRI arithmetic
+
+def test_clip_value_is_truncated_in_integer_arithmetic():
+    values = np.arange(200, dtype=np.int16)        # 99.5th percentile: 0.995 * 199 = 198.005
+    clipped = clip_top_percentile(values)
+    assert clipped.dtype == np.int16
+    assert clipped[-3:].tolist() == [197, 198, 198]          # 199 -> int(198.005) = 198
+    floats = clip_top_percentile(values.astype(np.float32))
+    assert floats.dtype == np.float32 and floats[-1] == np.float32(198.005) and floats[-2] == 198
+    negative = clip_top_percentile(-values[::-1].copy())     # p = -0.995: 0 -> int(-0.995) = 0
+    assert negative[-1] == 0 and negative.dtype == np.int16
+
+
+def test_integer_resampling_truncates_toward_zero():
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    row = np.array([[[10, 13, 20]]], dtype=np.int16)
+    # halving the x spacing: int(3 * 1 / 0.5 + 1) = 7 samples at x = 0, 0.5, ..., 3; from
+    # x = 2.5 on they lie past the data and get 0
+    out, _ = resample_image(row, geometry, (0.5, 1.0, 1.0))
+    assert out.dtype == np.int16 and out[0, 0].tolist() == [10, 11, 13, 16, 20, 0, 0]   # 11.5, 16.5
+    negative, _ = resample_image(-row, geometry, (0.5, 1.0, 1.0))
+    assert negative[0, 0].tolist() == [-10, -11, -13, -16, -20, 0, 0]                     # toward 0
+    floats, _ = resample_image(row.astype(np.float32), geometry, (0.5, 1.0, 1.0))
+    assert floats.dtype == np.float32 and floats[0, 0].tolist() == [10, 11.5, 13, 16.5, 20, 0, 0]
+
+
+def write_integer_cmr(raw):
+    """int16 image 100 + 7x + 2y + 50z on 2 x 6 x 8 voxels of 2.5 x 1.25 x 10 mm, one outlier."""
+    z, y, x = np.mgrid[0:2, 0:6, 0:8]
+    image = (100 + 7 * x + 2 * y + 50 * z).astype(np.int16)
+    image[0, 5, 7] = 30000
+    label = np.zeros(image.shape, np.int16)
+    label[:, 1:4, 2:5] = 200
+    identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    write_nifti(image, str(raw / "patient1_C0.nii.gz"), (2.5, 1.25, 10.0), direction=identity)
+    write_nifti(label, str(raw / "patient1_C0_manual.nii.gz"), (2.5, 1.25, 10.0), direction=identity)
+
+
+@pytest.mark.parametrize("arithmetic", ["release", "float"])
+def test_mri_route_arithmetic_against_hand_values(tmp_path, arithmetic):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_integer_cmr(raw)
+    flag = [] if arithmetic == "release" else ["--arithmetic", "float"]
+    cmr.main(["--raw-dir", str(raw), "--out-dir", str(out)] + flag)
+    image, _ = read(str(out / "image_0.nii.gz"))
+    # z: int(2 * 10 / 7.99 + 1) = 3; y: 6 -> 7; x: 8 -> 17 (columns at x = k / 2), then padded;
+    # centring puts resampled (y, k) at (y + 125, k + 120). Slice 0 lies on input slice 0.
+    assert image.shape == (3, 256, 256)
+    # Column 3 lies halfway between x = 1 and 2: 100 + 7 * 1.5 + 2 * 2 = 114.5 at y 2.
+    voxel = image[0, 2 + 125, 3 + 120]
+    # Clip: the 96 values sorted end with 209 (x 7, y 5, z 1) and the outlier 30000; the 99.5th
+    # percentile is 209 + (0.995 * 95 - 94) * (30000 - 209) = 15849.275, kept by column 14.
+    clip = image[0, 5 + 125, 14 + 120]
+    if arithmetic == "release":
+        assert voxel == 114 and clip == 15849
+        assert np.array_equal(image, np.trunc(image))
+    else:
+        assert voxel == 114.5 and clip == pytest.approx(15849.275, abs=1e-3)
+    assert image.min() == 0                    # padding with the minimum (past-the-data voxels)
+
+
+def test_arithmetic_is_named_recorded_and_checked(tmp_path):
+    route = cmr.preprocessing_route()
+    assert route["dataset"] == "CMR" and route["arithmetic"] == "release"
+    assert route["spacing_xyz_mm"] == [1.25, 1.25, 7.99] and route["clip_percentile"] == 99.5
+    assert chaos.preprocessing_route("float")["arithmetic"] == "float"
+    assert prostate.preprocessing_route()["spacing_xyz_mm"] == [1.25, 1.25, 7.7]
+    assert sabs.preprocessing_route()["hu_window"] == [-125.0, 275.0]
+    with pytest.raises(ValueError, match=r"arithmetic must be one of \['release', 'float'\], got 'double'"):
+        mr_route_record((1.25, 1.25, 7.7), "double")
+    with pytest.raises(ValueError, match="arithmetic must be one of"):
+        cmr.preprocess_cmr(str(tmp_path), str(tmp_path / "out"), arithmetic="double")
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    with pytest.raises(ValueError, match="arithmetic must be one of"):
+        preprocess_mr(np.zeros((1, 4, 4), np.int16), np.zeros((1, 4, 4), np.uint8), geometry,
+                      (1.0, 1.0, 1.0), arithmetic="int")
+
+
+@pytest.mark.parametrize("module", [chaos, cmr, prostate])
+def test_mri_clis_offer_the_arithmetic_and_point_to_data_processed(module, capsys):
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    text = capsys.readouterr().out
+    assert "--arithmetic {release,float}" in text and "data_processed/" in text

@@ -1,4 +1,5 @@
-"""3D Felzenszwalb supervoxels (SPEC section 13): partition, memory, post-processing, CLI."""
+"""3D Felzenszwalb supervoxels (docs/protocol.md section 13): partition, memory,
+post-processing, CLI."""
 import os
 import sys
 import tracemalloc

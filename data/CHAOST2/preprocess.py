@@ -1,4 +1,5 @@
-"""Pre-process CHAOS T2-SPIR abdominal MRI (CHAOST2) into the normalised layout (SPEC 12).
+"""Pre-process CHAOS T2-SPIR abdominal MRI (CHAOST2) into the normalised layout
+(docs/protocol.md section 12).
 
 Raw layout (the challenge's MR training folder): RAW/<patient id>/T2SPIR/DICOM_anon/*.dcm, one
 DICOM series per patient, and RAW/<patient id>/T2SPIR/Ground/*.png, one mask per slice with
@@ -6,29 +7,38 @@ grey values 0 (background), 63 (liver), 126 (right kidney), 189 (left kidney), 2
 Steps per patient:
   1. read the series with SimpleITK (slices sorted by position; no external converter) and
      stack the masks, the i-th PNG in file order marking the i-th DICOM file in file order;
-     grey values become 0..4;
+     grey values become 0..4 through the fixed table 63 liver, 126 right kidney, 189 left
+     kidney, 252 spleen (ranking the grey values present, the release's way, gives the same
+     labels when all four organs are present and mislabels a volume that lacks one);
   2. reverse the row axis of image and masks alike, with the geometry adjusted so that every
      voxel keeps its physical position: this reproduces the array layout of the literature's
      dcm2nii-converted volumes, whose masks the release flips along axis 1 to match;
   3. the MRI route: clip the top 0.5 % of intensities, resample to (1.25, 1.25, 7.70) mm with
      the size rule int(n * old / new + 1), crop or pad in-plane to 256 x 256 around the centre.
+     By default (--arithmetic release) this runs in the series' integer pixel type, truncating
+     the clip value and the resampled values as the literature's data was made; --arithmetic
+     float computes in float32.
 Patients are re-indexed 0..N-1 in numeric order of their ids: OUT/image_<i>.nii.gz, label_<i>.
+The experiments read <data_root>/chaos_MR_T2_normalized, data_root defaulting to
+./data_processed:
 
     python -m data.CHAOST2.preprocess --raw-dir CHAOS_Train_Sets/Train_Sets/MR \\
-        --out-dir data/CHAOST2/chaos_MR_T2_normalized
+        --out-dir data_processed/chaos_MR_T2_normalized
 """
+import functools
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import SimpleITK as sitk
 
 from data.nifti_io import Geometry
-from data.preprocess_common import (ProcessedVolume, build_parser, flip_rows, itk_error_text,
-                                    natural_sort_key, preprocess_mr, require_dir, run_cli,
-                                    run_preprocessing)
+from data.preprocess_common import (DEFAULT_MR_ARITHMETIC, ProcessedVolume, add_arithmetic_argument,
+                                    build_parser, flip_rows, itk_error_text, mr_route_record,
+                                    natural_sort_key, parse_arithmetic, preprocess_mr, require_dir,
+                                    run_cli, run_preprocessing)
 
 TARGET_SPACING = (1.25, 1.25, 7.70)   # (x, y, z) mm
 GREY_TO_LABEL = {0: 0, 63: 1, 126: 2, 189: 3, 252: 4}
@@ -130,8 +140,8 @@ def validate_chaos_patient(patient: ChaosPatient) -> None:
 
 
 def read_chaos_patient(patient: ChaosPatient) -> Tuple[np.ndarray, np.ndarray, Geometry]:
-    """The T2-SPIR volume (float32), its label map (uint8, 0..4), both (z, y, x) in DICOM row
-    order, and the series geometry."""
+    """The T2-SPIR volume in the series' own pixel type (the integer type of the DICOM data),
+    its label map (uint8, 0..4), both (z, y, x) in DICOM row order, and the series geometry."""
     by_position, by_name = series_files(patient)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(by_position)
@@ -140,29 +150,42 @@ def read_chaos_patient(patient: ChaosPatient) -> Tuple[np.ndarray, np.ndarray, G
     except RuntimeError as err:
         raise ValueError(f"cannot read the DICOM series in {patient.dicom_dir}: "
                          f"{itk_error_text(err)}") from None
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    array = sitk.GetArrayFromImage(image)
     label = read_masks(patient, by_position, by_name, array.shape[1:])
     return array, label, Geometry.of(image)
 
 
-def preprocess_chaos_patient(patient: ChaosPatient) -> ProcessedVolume:
+def preprocess_chaos_patient(patient: ChaosPatient,
+                             arithmetic: str = DEFAULT_MR_ARITHMETIC) -> ProcessedVolume:
     image, label, geometry = read_chaos_patient(patient)
     image, flipped = flip_rows(image, geometry)
     label, _ = flip_rows(label, geometry)
-    return preprocess_mr(image, label, flipped, TARGET_SPACING)
+    return preprocess_mr(image, label, flipped, TARGET_SPACING, arithmetic=arithmetic)
 
 
-def preprocess_chaos(raw_dir: str, out_dir: str, overwrite: bool = False) -> List[str]:
+def preprocessing_route(arithmetic: str = DEFAULT_MR_ARITHMETIC) -> Dict[str, object]:
+    """The route this module applies, for a pre-processing manifest."""
+    return {"dataset": "CHAOST2", **mr_route_record(TARGET_SPACING, arithmetic),
+            "reader": "DICOM series (SimpleITK), image and masks row-flipped",
+            "labels": "fixed grey table 63, 126, 189, 252 -> 1, 2, 3, 4"}
+
+
+def preprocess_chaos(raw_dir: str, out_dir: str, overwrite: bool = False,
+                     arithmetic: str = DEFAULT_MR_ARITHMETIC) -> List[str]:
     """Pre-process every CHAOS T2-SPIR patient under `raw_dir` into `out_dir`."""
+    preprocessing_route(arithmetic)  # rejects an unknown arithmetic before any work
     return run_preprocessing(find_chaos_patients(raw_dir), out_dir, validate_chaos_patient,
-                             preprocess_chaos_patient, overwrite, "CHAOST2")
+                             functools.partial(preprocess_chaos_patient, arithmetic=arithmetic),
+                             overwrite, "CHAOST2")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = build_parser("python -m data.CHAOST2.preprocess", __doc__,
                           "raw CHAOS MR folder holding <patient id>/T2SPIR/DICOM_anon "
                           "and <patient id>/T2SPIR/Ground")
-    run_cli(parser, argv, preprocess_chaos, "CHAOST2")
+    add_arithmetic_argument(parser)
+    arithmetic = parse_arithmetic(parser, argv)
+    run_cli(parser, argv, functools.partial(preprocess_chaos, arithmetic=arithmetic), "CHAOST2")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,29 @@
 """Pre-process the cross-institution male pelvic MRI dataset (Prostate_MRI) into the
-normalised layout (SPEC 12).
+normalised layout (docs/protocol.md section 12).
 
 Raw layout (the Zenodo record's data folder, any folder depth under RAW): images
 <id>_img.nii[.gz] and labels <id>_mask.nii[.gz], paired by <id>. Labels 0..8: bladder, bone,
 obturator internus, transition zone, central gland, rectum, seminal vesicle, neurovascular
 bundle. Steps per volume: clip the top 0.5 % of intensities, resample to spacing
 (1.25, 1.25, 7.70) mm (x, y, z) with the size rule int(n * old / new + 1), crop or pad
-in-plane to 256 x 256 around the centre. Volumes are re-indexed 0..N-1 in natural order of
-the ids: OUT/image_<i>.nii.gz, OUT/label_<i>.nii.gz.
+in-plane to 256 x 256 around the centre. By default (--arithmetic release) this runs in the
+images' integer pixel type, truncating the clip value and the resampled values as on the
+other MRI datasets; --arithmetic float computes in float32. The authors' release ships no
+prostate pre-processing of its own; this is the literature's MRI route. Volumes are
+re-indexed 0..N-1 in natural order of the ids: OUT/image_<i>.nii.gz, OUT/label_<i>.nii.gz.
+The experiments read <data_root>/prostate_MR_normalized, data_root defaulting to
+./data_processed:
 
     python -m data.Prostate_MRI.preprocess --raw-dir RAW \\
-        --out-dir data/Prostate_MRI/prostate_MR_normalized
+        --out-dir data_processed/prostate_MR_normalized
 """
-from typing import List, Optional, Sequence, Tuple
+import functools
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from data.preprocess_common import (ProcessedVolume, build_parser, find_suffix_pairs,
-                                    preprocess_nifti_mr_pair, run_cli, run_preprocessing,
-                                    validate_nifti_pair)
+from data.preprocess_common import (DEFAULT_MR_ARITHMETIC, ProcessedVolume, add_arithmetic_argument,
+                                    build_parser, find_suffix_pairs, mr_route_record,
+                                    parse_arithmetic, preprocess_nifti_mr_pair, run_cli,
+                                    run_preprocessing, validate_nifti_pair)
 
 TARGET_SPACING = (1.25, 1.25, 7.70)   # (x, y, z) mm
 LABEL_VALUES = range(0, 9)
@@ -28,23 +35,35 @@ def find_prostate_pairs(raw_dir: str) -> List[Tuple[str, str]]:
     return find_suffix_pairs(raw_dir, IMAGE_SUFFIX, LABEL_SUFFIX, "prostate MRI")
 
 
-def preprocess_prostate_volume(image_path: str, label_path: str) -> ProcessedVolume:
-    return preprocess_nifti_mr_pair((image_path, label_path), LABEL_VALUES, TARGET_SPACING)
+def preprocess_prostate_volume(image_path: str, label_path: str,
+                               arithmetic: str = DEFAULT_MR_ARITHMETIC) -> ProcessedVolume:
+    return preprocess_nifti_mr_pair((image_path, label_path), LABEL_VALUES, TARGET_SPACING,
+                                    arithmetic)
 
 
-def preprocess_prostate(raw_dir: str, out_dir: str, overwrite: bool = False) -> List[str]:
+def preprocessing_route(arithmetic: str = DEFAULT_MR_ARITHMETIC) -> Dict[str, object]:
+    """The route this module applies, for a pre-processing manifest."""
+    return {"dataset": "Prostate_MRI", **mr_route_record(TARGET_SPACING, arithmetic),
+            "labels": "0..8 kept"}
+
+
+def preprocess_prostate(raw_dir: str, out_dir: str, overwrite: bool = False,
+                        arithmetic: str = DEFAULT_MR_ARITHMETIC) -> List[str]:
     """Pre-process every prostate volume under `raw_dir` into `out_dir`; returns the paths."""
+    preprocessing_route(arithmetic)  # rejects an unknown arithmetic before any work
     return run_preprocessing(find_prostate_pairs(raw_dir), out_dir,
                              lambda pair: validate_nifti_pair(pair, LABEL_VALUES),
-                             lambda pair: preprocess_prostate_volume(*pair), overwrite,
-                             "Prostate_MRI")
+                             lambda pair: preprocess_prostate_volume(*pair, arithmetic=arithmetic),
+                             overwrite, "Prostate_MRI")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = build_parser("python -m data.Prostate_MRI.preprocess", __doc__,
                           "raw folder holding <id>_img.nii[.gz] images and "
                           "<id>_mask.nii[.gz] labels (any sub-folder)")
-    run_cli(parser, argv, preprocess_prostate, "prostate")
+    add_arithmetic_argument(parser)
+    arithmetic = parse_arithmetic(parser, argv)
+    run_cli(parser, argv, functools.partial(preprocess_prostate, arithmetic=arithmetic), "prostate")
 
 
 if __name__ == "__main__":

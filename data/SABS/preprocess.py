@@ -1,4 +1,5 @@
-"""Pre-process Synapse multi-atlas abdominal CT (SABS) into the normalised layout (SPEC 12).
+"""Pre-process Synapse multi-atlas abdominal CT (SABS) into the normalised layout
+(docs/protocol.md section 12).
 
 Raw layout (the challenge download): RAW/img/img00XX.nii.gz and RAW/label/label00XX.nii.gz,
 paired by the number XX. Steps per volume:
@@ -8,12 +9,13 @@ paired by the number XX. Steps per volume:
      size rule int(n * old / new + 1): 257 x 257 in-plane and one extra (zero) slice;
      images linearly, labels one class at a time.
 Volumes are re-indexed 0..N-1 in sorted raw order: OUT/image_<i>.nii.gz, OUT/label_<i>.nii.gz.
+The experiments read <data_root>/sabs_CT_normalized, data_root defaulting to ./data_processed:
 
-    python -m data.SABS.preprocess --raw-dir RAW --out-dir data/SABS/sabs_CT_normalized
+    python -m data.SABS.preprocess --raw-dir RAW --out-dir data_processed/sabs_CT_normalized
 """
 import os
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,7 +28,7 @@ from data.preprocess_common import (ProcessedVolume, build_parser, check_same_sh
 HU_WINDOW = (-125.0, 275.0)
 BORDER = 32                      # pixels cropped from each in-plane border
 SPACING_FACTOR = (512 - 2 * BORDER) / 256   # 448 / 256 = 1.75
-LABEL_VALUES = range(0, 14)      # 0 background, 1..13 the SABS organs (SPEC 11)
+LABEL_VALUES = range(0, 14)      # 0 background, 1..13 the SABS organs
 
 _NUMBERED = re.compile(r"^(img|label)(\d+)$")
 
@@ -84,6 +86,15 @@ def preprocess_sabs_volume(image_path: str, label_path: str) -> ProcessedVolume:
     image, out_geometry = resample_image(image, cropped, new_spacing)
     label, _ = resample_label(label, cropped, new_spacing)
     return ProcessedVolume(image, label, out_geometry)
+
+
+def preprocessing_route() -> Dict[str, object]:
+    """The route this module applies, for a pre-processing manifest."""
+    return {"dataset": "SABS", "route": "ct", "hu_window": list(HU_WINDOW),
+            "intensity": "window mapped linearly onto [0, 255], float32",
+            "border_crop_px": BORDER, "in_plane_spacing_factor": SPACING_FACTOR,
+            "size_rule": "int(n * old_spacing / new_spacing + 1)",
+            "interpolation": "linear; labels one class at a time, rounded"}
 
 
 def preprocess_sabs(raw_dir: str, out_dir: str, overwrite: bool = False) -> List[str]:

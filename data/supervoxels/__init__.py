@@ -1,4 +1,4 @@
-"""3D supervoxels (SPEC section 13).
+"""3D supervoxels (docs/protocol.md section 13).
 
 - `data.supervoxels.felzenszwalb_3d.felzenszwalb_3d`: the segmentation (compiled core, built by
   `make setup`).

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Compiled core of the 3D Felzenszwalb segmentation (SPEC section 13, steps 2 to 5).
+"""Compiled core of the 3D Felzenszwalb segmentation (docs/protocol.md section 13, steps 2 to 5).
 
 Memory layout, and why. A straightforward port stores every edge as two int64 voxel indices
 plus a float64 weight, argsorts the weights (another int64 per edge) and gathers reordered
@@ -255,7 +255,7 @@ cdef void _relabel_in_place(int32_t *forest, int32_t *scratch, Py_ssize_t num_no
 def segment_volume(const double[:, :, ::1] image, const int64_t[:, ::1] offsets,
                    const double[::1] factors, double k, Py_ssize_t min_size,
                    bint return_keys=False):
-    """Felzenszwalb segmentation of a volume (SPEC 13 steps 2 to 5).
+    """Felzenszwalb segmentation of a volume (docs/protocol.md section 13, steps 2 to 5).
 
     image: (D, H, W) float64, C-contiguous. offsets: (13, 3) int64 forward 26-neighbourhood
     steps. factors: (13,) float64 weight factor w per step. k = scale / 255.

@@ -1,4 +1,4 @@
-"""3D Felzenszwalb graph segmentation (SPEC section 13, steps 1 to 5).
+"""3D Felzenszwalb graph segmentation (docs/protocol.md section 13, steps 1 to 5).
 
 `felzenszwalb_3d` validates its input, smooths, and hands the volume to the compiled module
 `data.supervoxels._felzenszwalb_3d`, which keeps one 8-byte sort key per edge instead of the

@@ -1,4 +1,4 @@
-"""Supervoxel pseudo-labels for a pre-processed dataset folder (SPEC section 13).
+"""Supervoxel pseudo-labels for a pre-processed dataset folder (docs/protocol.md section 13).
 
 For every `image_<i>.nii.gz` in --data-dir this writes
 `supervoxels_<min size>/superpix-MIDDLE_<i>.nii.gz` with the image's geometry: 3D Felzenszwalb
@@ -6,7 +6,10 @@ supervoxels of the [0, 255]-rescaled volume, restricted to the body (step 6). Vo
 done are skipped unless --overwrite; every file is written atomically.
 
     python -m data.supervoxels.generate_supervoxels \
-        --data-dir data/SABS/sabs_CT_normalized --min-size 5000
+        --data-dir data_processed/sabs_CT_normalized --min-size 5000
+
+The experiments read <data_root>/<folder>/supervoxels_<min size>/, data_root defaulting to
+./data_processed, so run this on the folder the pre-processing CLI wrote.
 """
 import argparse
 import os
@@ -46,7 +49,7 @@ def foreground_mask_2d(slice_255: np.ndarray,
 
 
 def foreground_mask(volume_255: np.ndarray, threshold: float = FOREGROUND_THRESHOLD) -> np.ndarray:
-    """(D, H, W) bool body mask, built slice by slice (SPEC 13 step 6)."""
+    """(D, H, W) bool body mask, built slice by slice (step 6 of the supervoxel recipe)."""
     return np.stack([foreground_mask_2d(s, threshold) for s in volume_255])
 
 
@@ -61,7 +64,8 @@ def mask_supervoxels(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def supervoxels_for_volume(image: np.ndarray, spacing: Sequence[float], min_size: int,
                            scale: float = 1.0, sigma: float = 0.0) -> np.ndarray:
-    """Supervoxel pseudo-label volume of one (D, H, W) image (SPEC 13 steps 1 to 6).
+    """Supervoxel pseudo-label volume of one (D, H, W) image (docs/protocol.md section 13,
+    steps 1 to 6).
 
     spacing is per array axis as felzenszwalb_3d takes it. Returns (D, H, W) int32: 0 outside
     the body, supervoxel ids >= 1 inside (not necessarily consecutive after masking).
@@ -73,8 +77,9 @@ def supervoxels_for_volume(image: np.ndarray, spacing: Sequence[float], min_size
 
 
 def header_spacing_release_order(geometry: Geometry) -> Tuple[float, float, float]:
-    """Spacing in the release's (z, x, y) order (SPEC 13 step 1). After pre-processing the
-    in-plane spacing is isotropic, so this equals the array's (z, y, x) spacing there."""
+    """Spacing in the release's (z, x, y) order (docs/protocol.md section 13, step 1). After
+    pre-processing the in-plane spacing is isotropic, so this equals the array's (z, y, x)
+    spacing there."""
     x, y, z = geometry.spacing[:3]
     return (z, x, y)
 
@@ -117,11 +122,14 @@ def generate_supervoxels(data_dir: str, min_size: int, overwrite: bool = False,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Write 3D Felzenszwalb supervoxels (SPEC section 13) for every "
+        description="Write 3D Felzenszwalb supervoxels (docs/protocol.md section 13) for every "
                     "image_<i>.nii.gz of a pre-processed dataset folder.")
     parser.add_argument("--data-dir", required=True,
-                        help="folder holding image_<i>.nii.gz; output goes to "
-                             "<data-dir>/supervoxels_<min-size>/superpix-MIDDLE_<i>.nii.gz")
+                        help="pre-processed folder holding image_<i>.nii.gz, e.g. "
+                             "data_processed/sabs_CT_normalized (the experiments read "
+                             "<data_root>/<folder>, data_root defaulting to ./data_processed); "
+                             "output goes to <data-dir>/supervoxels_<min-size>/"
+                             "superpix-MIDDLE_<i>.nii.gz")
     parser.add_argument("--min-size", required=True, type=int,
                         help="minimum supervoxel size in voxels (5000 abdominal, 1000 CMR)")
     parser.add_argument("--overwrite", action="store_true",

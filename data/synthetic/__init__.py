@@ -1,4 +1,4 @@
 """The project's embedded synthetic abdominal dataset (SABS layout); see `generate`.
 
-    python -m data.synthetic --out data/synthetic/synthetic_CT_normalized --supervoxels
+    python -m data.synthetic --out data_processed/synthetic_CT_normalized --supervoxels
 """

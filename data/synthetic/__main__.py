@@ -14,7 +14,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m data.synthetic",
         description="Generate the synthetic abdominal-CT-like dataset (SABS layout and label "
                     "ids: spleen 1, kidneys 2 and 3, liver 6, stomach 7, aorta 8, IVC 9).")
-    parser.add_argument("--out", required=True, help="output folder (created if missing)")
+    parser.add_argument("--out", required=True,
+                        help="output folder (created if missing), e.g. "
+                             "data_processed/synthetic_CT_normalized, where the experiments "
+                             "look (<data_root>/<folder>, data_root defaulting to ./data_processed)")
     parser.add_argument("--subjects", type=int, default=30, help="number of subjects (default 30)")
     parser.add_argument("--size", type=int, default=129,
                         help="in-plane size in pixels (default 129)")
