@@ -34,7 +34,9 @@ from sacred.observers import FileStorageObserver  # noqa: E402
 from sacred.utils import apply_backspaces_and_linefeeds  # noqa: E402
 
 from dataloaders.dataset_specs import DATASETS  # noqa: E402
+from dataloaders.datasets import SETTING2_PROTOCOLS  # noqa: E402
 from experiment.devices import DEVICE_CHOICES, default_num_workers, device_type  # noqa: E402
+from experiment.provenance import record_dependencies  # noqa: E402
 from experiment.snapshots import KEEP_CHOICES  # noqa: E402
 from models.pretrained import default_pretrained_weights  # noqa: E402
 
@@ -46,7 +48,6 @@ SETTINGS.CAPTURE_MODE = "sys"
 SETTINGS.DISCOVER_SOURCES = "sys"
 SETTINGS.DISCOVER_DEPENDENCIES = "sys"
 
-SETTING2_PROTOCOLS = ("release", "any", "groups")
 OPTIMIZERS = ("sgd", "adam")
 NO_PRETRAINED = "none"   # pretrained_weights=none: train from the random initialisation on purpose
 # Training options that may differ between a snapshot and the run resuming it; every other
@@ -67,7 +68,7 @@ def spec(dataset: str):
 def class_groups(dataset: str):
     """The two class groups of the `groups` protocol of setting 2 (empty when the dataset
     defines none)."""
-    return tuple(tuple(g) for g in getattr(spec(dataset), "class_groups", ()) or ())
+    return tuple(tuple(g) for g in spec(dataset).class_groups or ())
 
 
 def shared_options():
@@ -76,7 +77,8 @@ def shared_options():
     data_root = "./data_processed"  # pre-processed datasets live in <data_root>/<dataset folder>
     data_dir = os.path.join(data_root, spec(dataset).folder)  # this dataset's folder
     image_size = list(spec(dataset).image_size)               # [H, W] the network sees
-    n_volumes = None                # None: count the image_*.nii.gz files present
+    n_volumes = None                # None: the dataset's known count (30/20/35/40; SYNTHETIC: any), checked;
+                                    # a number: the folds are made for that many volumes
     eval_fold = 0                   # 0..4: the fold held out for evaluation
     setting = 1                     # 1: test organs may appear in training; 2: their slices removed
     setting2_protocol = "release"   # setting 2: release (AND rule) | any | groups (Ouyang et al.)
@@ -230,6 +232,7 @@ def configure_experiment(ex: Experiment, runs_subdir: str, own_options: Callable
     main file) the shared and its own config scopes, one named config per dataset, option
     validation before the run starts, and a FileStorageObserver under
     <runs_dir>/<runs_subdir>."""
+    record_dependencies(ex)
     ex.config(shared_options)
     ex.config(own_options)
     for name in DATASETS:

@@ -119,17 +119,11 @@ def build_optimizer(model: torch.nn.Module, config: Dict) -> torch.optim.Optimiz
     raise ValueError(f"config option optimizer={name!r} must be 'sgd' (release) or 'adam'")
 
 
-def exclude_rule(config: Dict) -> str:
-    """The slice-exclusion rule of setting 2's protocol: the release's AND rule, or the
-    literature's ANY rule (also used by each group of the groups protocol)."""
-    return "all" if config["setting2_protocol"] == "release" else "any"
-
-
 def make_train_dataset(config: Dict) -> TrainDataset:
     return TrainDataset(
         config["data_dir"], dataset=config["dataset"], eval_fold=config["eval_fold"],
         n_shot=config["n_shot"], use_gt=config["use_gt"], setting=config["setting"],
-        exclude_rule=exclude_rule(config), test_classes=list(config["test_classes"]),
+        protocol=config["setting2_protocol"], group=config["group"], test_classes=list(config["test_classes"]),
         min_size=config["min_size"], supervoxel_min_size=config["supervoxel_min_size"],
         augment=config["augment"], seed=config["seed"],
         max_iters_per_load=config["max_iters_per_load"], n_volumes=config["n_volumes"],

@@ -6,6 +6,7 @@ numbers may be compared (dataset, setting and its protocol, classes, fold, suppo
 n_part, the checkpoint with its step and its training run's key options, the pretrained
 weights, the pre-processing route, the code commit).
 """
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -19,6 +20,25 @@ TRAINING_KEY_OPTIONS = (
     "grad_clip_norm", "min_size", "augment", "max_iters_per_load", "seed", "supervoxel_min_size",
     "image_size", "pretrained_weights", "amp_bf16")
 PREPROCESSING_MANIFESTS = ("preprocessing_manifest.json", "synthetic_manifest.json")
+# The distributions a run computes with (requirements.txt). Sacred finds imported packages by
+# their top_level.txt, which some wheels (torch, scipy) no longer ship, so they are named here.
+RUNTIME_DISTRIBUTIONS = ("torch", "torchvision", "numpy", "scipy", "sacred", "SimpleITK", "nibabel",
+                         "opencv-python-headless", "tqdm", "tensorboard", "matplotlib")
+
+
+def record_dependencies(experiment) -> None:
+    """Add the installed version of every runtime distribution to a Sacred experiment's
+    dependencies (run.json lists them)."""
+    from sacred.dependencies import PackageDependency
+
+    present = {dependency.name.lower() for dependency in experiment.dependencies}
+    for name in RUNTIME_DISTRIBUTIONS:
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if name.lower() not in present:
+            experiment.dependencies.add(PackageDependency(name, version))
 
 
 def code_version(root: str = PROJECT_ROOT) -> Dict[str, Optional[object]]:
