@@ -25,10 +25,11 @@ import cv2
 import numpy as np
 import SimpleITK as sitk
 
-from data.nifti_io import Geometry
+from data.nifti_io import Geometry, check_finite
 from data.preprocess_common import (ProcessedVolume, build_parser, flip_rows, itk_error_text,
-                                    natural_sort_key, preprocess_mr, require_dir, run_cli,
-                                    run_preprocessing)
+                                    mr_route, natural_sort_key, preprocess_mr, require_dir,
+                                    run_cli, run_preprocessing)
+from data.preprocess_manifest import RawCase, Route
 
 TARGET_SPACING = (1.25, 1.25, 7.70)   # (x, y, z) mm
 GREY_TO_LABEL = {0: 0, 63: 1, 126: 2, 189: 3, 252: 4}
@@ -72,9 +73,16 @@ def series_files(patient: ChaosPatient) -> Tuple[List[str], List[str]]:
                          f"{len(series_ids)}")
     by_position = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(patient.dicom_dir,
                                                                       series_ids[0]))
-    if sorted(map(os.path.abspath, by_position)) != sorted(map(os.path.abspath, by_name)):
+    left_out = sorted(set(map(os.path.abspath, by_name)) - set(map(os.path.abspath, by_position)),
+                      key=natural_sort_key)
+    if left_out or len(by_position) != len(by_name):
+        # GDCM leaves unreadable (for example truncated) files out of the series.
         raise ValueError(f"{patient.dicom_dir}: the series has {len(by_position)} files but the "
-                         f"folder holds {len(by_name)} .dcm files")
+                         f"folder holds {len(by_name)} .dcm files"
+                         + (f"; not in the series (unreadable, truncated or from another "
+                            f"series): {', '.join(os.path.basename(p) for p in left_out[:5])}"
+                            + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+                            if left_out else ""))
     return by_position, by_name
 
 
@@ -141,8 +149,22 @@ def read_chaos_patient(patient: ChaosPatient) -> Tuple[np.ndarray, np.ndarray, G
         raise ValueError(f"cannot read the DICOM series in {patient.dicom_dir}: "
                          f"{itk_error_text(err)}") from None
     array = sitk.GetArrayFromImage(image).astype(np.float32)
+    check_finite(array, f"DICOM series {patient.dicom_dir}")
     label = read_masks(patient, by_position, by_name, array.shape[1:])
     return array, label, Geometry.of(image)
+
+
+def chaos_case(patient: ChaosPatient) -> RawCase:
+    """The raw files of one patient for the manifest: every DICOM slice and PNG mask."""
+    return RawCase(patient.patient_id,
+                   {"image": _files_with_suffix(patient.dicom_dir, ".dcm"),
+                    "label": _files_with_suffix(patient.ground_dir, ".png")})
+
+
+def chaos_route() -> Route:
+    """The route and parameters recorded in the output folder's manifest."""
+    return mr_route("CHAOST2", TARGET_SPACING, GREY_TO_LABEL.values(), row_flip=True,
+                    grey_to_label={str(k): v for k, v in GREY_TO_LABEL.items()})
 
 
 def preprocess_chaos_patient(patient: ChaosPatient) -> ProcessedVolume:
@@ -155,7 +177,8 @@ def preprocess_chaos_patient(patient: ChaosPatient) -> ProcessedVolume:
 def preprocess_chaos(raw_dir: str, out_dir: str, overwrite: bool = False) -> List[str]:
     """Pre-process every CHAOS T2-SPIR patient under `raw_dir` into `out_dir`."""
     return run_preprocessing(find_chaos_patients(raw_dir), out_dir, validate_chaos_patient,
-                             preprocess_chaos_patient, overwrite, "CHAOST2")
+                             preprocess_chaos_patient, overwrite, "CHAOST2", raw_dir=raw_dir,
+                             route=chaos_route(), describe=chaos_case)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

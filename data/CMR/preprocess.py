@@ -14,9 +14,10 @@ Every image needs its label: move unlabelled volumes out of RAW first.
 """
 from typing import List, Optional, Sequence, Tuple
 
-from data.preprocess_common import (ProcessedVolume, build_parser, find_suffix_pairs,
-                                    preprocess_nifti_mr_pair, run_cli, run_preprocessing,
-                                    validate_nifti_pair)
+from data.preprocess_common import (ProcessedVolume, build_parser, find_suffix_pairs, mr_route,
+                                    nifti_pair_case, preprocess_nifti_mr_pair, run_cli,
+                                    run_preprocessing, validate_nifti_pair)
+from data.preprocess_manifest import Route
 
 TARGET_SPACING = (1.25, 1.25, 7.99)   # (x, y, z) mm
 LABEL_VALUES = (0, 200, 500, 600)
@@ -28,6 +29,11 @@ def find_cmr_pairs(raw_dir: str) -> List[Tuple[str, str]]:
     return find_suffix_pairs(raw_dir, IMAGE_SUFFIX, LABEL_SUFFIX, "CMR bSSFP")
 
 
+def cmr_route() -> Route:
+    """The route and parameters recorded in the output folder's manifest."""
+    return mr_route("CMR", TARGET_SPACING, LABEL_VALUES)
+
+
 def preprocess_cmr_volume(image_path: str, label_path: str) -> ProcessedVolume:
     return preprocess_nifti_mr_pair((image_path, label_path), LABEL_VALUES, TARGET_SPACING)
 
@@ -36,7 +42,8 @@ def preprocess_cmr(raw_dir: str, out_dir: str, overwrite: bool = False) -> List[
     """Pre-process every CMR volume under `raw_dir` into `out_dir`; returns the output paths."""
     return run_preprocessing(find_cmr_pairs(raw_dir), out_dir,
                              lambda pair: validate_nifti_pair(pair, LABEL_VALUES),
-                             lambda pair: preprocess_cmr_volume(*pair), overwrite, "CMR")
+                             lambda pair: preprocess_cmr_volume(*pair), overwrite, "CMR",
+                             raw_dir=raw_dir, route=cmr_route(), describe=nifti_pair_case)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

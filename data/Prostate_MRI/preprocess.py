@@ -14,9 +14,10 @@ the ids: OUT/image_<i>.nii.gz, OUT/label_<i>.nii.gz.
 """
 from typing import List, Optional, Sequence, Tuple
 
-from data.preprocess_common import (ProcessedVolume, build_parser, find_suffix_pairs,
-                                    preprocess_nifti_mr_pair, run_cli, run_preprocessing,
-                                    validate_nifti_pair)
+from data.preprocess_common import (ProcessedVolume, build_parser, find_suffix_pairs, mr_route,
+                                    nifti_pair_case, preprocess_nifti_mr_pair, run_cli,
+                                    run_preprocessing, validate_nifti_pair)
+from data.preprocess_manifest import Route
 
 TARGET_SPACING = (1.25, 1.25, 7.70)   # (x, y, z) mm
 LABEL_VALUES = range(0, 9)
@@ -28,6 +29,11 @@ def find_prostate_pairs(raw_dir: str) -> List[Tuple[str, str]]:
     return find_suffix_pairs(raw_dir, IMAGE_SUFFIX, LABEL_SUFFIX, "prostate MRI")
 
 
+def prostate_route() -> Route:
+    """The route and parameters recorded in the output folder's manifest."""
+    return mr_route("Prostate_MRI", TARGET_SPACING, LABEL_VALUES)
+
+
 def preprocess_prostate_volume(image_path: str, label_path: str) -> ProcessedVolume:
     return preprocess_nifti_mr_pair((image_path, label_path), LABEL_VALUES, TARGET_SPACING)
 
@@ -37,7 +43,8 @@ def preprocess_prostate(raw_dir: str, out_dir: str, overwrite: bool = False) -> 
     return run_preprocessing(find_prostate_pairs(raw_dir), out_dir,
                              lambda pair: validate_nifti_pair(pair, LABEL_VALUES),
                              lambda pair: preprocess_prostate_volume(*pair), overwrite,
-                             "Prostate_MRI")
+                             "Prostate_MRI", raw_dir=raw_dir, route=prostate_route(),
+                             describe=nifti_pair_case)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
