@@ -14,6 +14,7 @@ a finite image is required, rejected with the file and the count.
 SimpleITK is not imported here: a machine without it can still read and write volumes.
 """
 import gzip
+import logging
 import os
 import uuid
 import zlib
@@ -144,12 +145,36 @@ def _nifti_class(header_bytes: bytes, path: str):
                      f"({len(header_bytes)} bytes after decompression)")
 
 
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def _nifti_image(data: bytes, path: str):
+    """A nibabel image parsed from a NIfTI file's (decompressed) bytes, its header checked."""
+    nifti_class = _nifti_class(data, path)
+    # nibabel also logs header problems to stderr; the error below says it in one line, so
+    # its logger is muted while the header is parsed.
+    header_logger = logging.getLogger("nibabel.global")
+    was_disabled, header_logger.disabled = header_logger.disabled, True
+    try:
+        image = nifti_class.from_bytes(data)
+    except Exception as err:  # nibabel raises several types for a malformed header
+        raise ValueError(f"cannot read volume {path}: {_one_line(err)}") from None
+    finally:
+        header_logger.disabled = was_disabled
+    shape = tuple(int(n) for n in image.header.get_data_shape())
+    if not shape or min(shape) < 1:
+        raise ValueError(f"cannot read volume {path}: its header gives the array shape {shape} "
+                         "(x, y, z)")
+    return image
+
+
 def _xyz_data(image, path: str) -> np.ndarray:
     """Every voxel of a nibabel image, (x, y, z) order, with its scaling applied."""
     try:
         data = np.asanyarray(image.dataobj)
     except (OSError, ValueError, EOFError) as err:  # fewer voxel bytes than the header says
-        raise ValueError(f"cannot read volume {path}: {err}") from None
+        raise ValueError(f"cannot read volume {path}: {_one_line(err)}") from None
     while data.ndim > 3 and data.shape[-1] == 1:    # a 4D header with a single time point
         data = data[..., 0]
     if data.dtype.kind not in "biuf":
@@ -180,12 +205,7 @@ def read_volume(path: str, dtype: Optional[np.dtype] = np.float32,
             `require_finite`) non-finite voxels with their count.
     """
     path = os.fspath(path)
-    data = _read_bytes(path)
-    nifti_class = _nifti_class(data, path)
-    try:
-        image = nifti_class.from_bytes(data)
-    except Exception as err:  # nibabel raises several types for a malformed header
-        raise ValueError(f"cannot read volume {path}: {err}") from None
+    image = _nifti_image(_read_bytes(path), path)
     # nibabel returns (x, y, z) in Fortran order, so the transpose is C-contiguous: no copy.
     array = np.ascontiguousarray(_xyz_data(image, path).T)
     if require_finite:

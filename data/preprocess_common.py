@@ -29,7 +29,6 @@ from data.preprocess_manifest import (RawCase, Route, build_manifest, check_mani
 Source = TypeVar("Source")
 
 
-
 @dataclass(frozen=True)
 class ProcessedVolume:
     """A pre-processed image, its label map (both (z, y, x)) and their common geometry."""

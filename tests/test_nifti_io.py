@@ -4,6 +4,7 @@ damaged input (truncated gzip streams, NaN and infinite voxels) that must never 
 plausible volume."""
 import gzip
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from data.nifti_io import Geometry, check_finite, count_non_finite, read_volume, write_volume
+from data.nifti_io import (Geometry, check_finite, count_non_finite, nifti_bytes, read_volume,
+                           write_volume)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -187,3 +189,37 @@ def test_nan_and_inf_voxels_are_kept_and_refused_where_finite_is_required(tmp_pa
                                          r"2880 \(1 NaN, 2 infinite\)"):
         read_volume(str(path), require_finite=True)
     check_finite(np.arange(4), "integers are always finite")
+
+
+def _edit(data: bytes, offset: int, value: bytes) -> bytes:
+    return data[:offset] + value + data[offset + len(value):]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("flipped byte", r"damaged or truncated gzip stream \(CRC check failed\)"),
+    ("unknown data type", r"data code 77 not recognized"),
+    ("negative size", r"its header gives the array shape \(-5, 20, 6\)"),
+    ("size beyond the data", r"Expected 57600 bytes, got 11520 bytes"),
+    ("empty file", r"the name ends in \.gz but the file is not gzip-compressed"),
+])
+def test_damaged_files_give_one_line_errors_and_nothing_else(tmp_path, capfd, damage, message):
+    plain = nifti_bytes(noise_volume(), rotation_geometry(), compress=False)
+    dim, datatype = 40, 70   # byte offsets of dim[0..7] and datatype in a NIfTI-1 header
+    data = {
+        "flipped byte": None,
+        "unknown data type": _edit(plain, datatype, (77).to_bytes(2, "little")),
+        "negative size": _edit(plain, dim + 2, (-5).to_bytes(2, "little", signed=True)),
+        "size beyond the data": _edit(plain, dim + 2, (120).to_bytes(2, "little")),
+        "empty file": b"",
+    }[damage]
+    if data is None:
+        data = bytearray(gzip.compress(plain))
+        data[len(data) // 2] ^= 0xFF
+    elif data:
+        data = gzip.compress(data)
+    path = tmp_path / "image_0.nii.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"cannot read volume {re.escape(str(path))}: {message}") as error:
+        read_volume(str(path))
+    assert "\n" not in str(error.value)
+    assert capfd.readouterr().err == ""   # nibabel's own header log stays quiet

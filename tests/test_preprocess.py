@@ -624,3 +624,18 @@ def test_reordering_is_reported_as_such():
         "volume 0 came from ['a.nii'], now from ['b.nii']",
         "volume 1 came from ['b.nii'], now from ['a.nii']"]
     assert raw_differences(old, old) == []
+
+
+def test_truncated_png_mask_is_named_in_one_line(tmp_path, capfd):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_chaos_patient(raw, 1)
+    mask = raw / "1" / "T2SPIR" / "Ground" / "IMG-0002-00004.png"
+    truncate(str(mask), os.path.getsize(mask) // 2)
+    with pytest.raises(SystemExit) as exit_info:
+        chaos.main(["--raw-dir", str(raw), "--out-dir", str(out)])
+    assert exit_info.value.code == 1
+    error = capfd.readouterr().err
+    assert error.endswith(f"error: mask {mask} is truncated or not a PNG file (it does not end "
+                          "with the IEND chunk)\n")
+    assert error.count("\n") == 1      # nothing from libpng
+    assert files_in(out) == []

@@ -86,9 +86,20 @@ def series_files(patient: ChaosPatient) -> Tuple[List[str], List[str]]:
     return by_position, by_name
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"   # the empty IEND chunk every PNG ends with
+
+
 def read_mask(path: str, shape: Tuple[int, int]) -> np.ndarray:
     """One ground-truth PNG as a (rows, columns) uint8 map of labels 0..4."""
-    grey = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    with open(path, "rb") as f:
+        data = f.read()
+    # A truncated PNG is caught here, in one line, before libpng complains on stderr.
+    if not data.startswith(PNG_SIGNATURE) or not data.endswith(PNG_END):
+        raise ValueError(f"mask {path} is truncated or not a PNG file ("
+                         + ("no PNG signature" if not data.startswith(PNG_SIGNATURE)
+                            else "it does not end with the IEND chunk") + ")")
+    grey = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if grey is None:
         raise ValueError(f"cannot read mask {path}")
     if grey.ndim == 3:  # an RGB(A) save of a grey mask: every colour channel must agree
