@@ -54,7 +54,9 @@ NO_PRETRAINED = "none"   # pretrained_weights=none: train from the random initia
 # training option shapes the trajectory and must agree (a new option is checked by default).
 FREE_ON_RESUME = frozenset({
     "resume", "n_steps", "snapshot_interval", "keep_snapshots", "print_interval", "device",
-    "num_workers", "runs_dir", "data_root", "data_dir", "lr_milestones", "channels_last"})
+    "num_workers", "runs_dir", "data_root", "data_dir", "lr_milestones", "channels_last",
+    # Resumed weights come from the snapshot, whatever pretrained file started the run.
+    "pretrained_weights", "pretrained_allow_partial"})
 
 
 def spec(dataset: str):
@@ -91,6 +93,9 @@ def shared_options():
     # A torchvision ResNet-101 or DeepLabV3-ResNet-101 file; by default the one found in
     # torchvision's cache. "none": random initialisation (allowed on real datasets only so).
     pretrained_weights = default_pretrained_weights()
+    # Accept a pretrained file that lacks some backbone tensors the encoder runs (conv1, bn1,
+    # layer1-3; they keep their initialisation and a warning lists them). False: an error.
+    pretrained_allow_partial = False
     amp_bf16 = False                # bf16 autocast (FFT, probabilities and losses stay float32)
     runs_dir = "runs"               # Sacred run folders go to <runs_dir>/<train|test>/<id>
 
@@ -115,7 +120,6 @@ def training_options(dataset, image_size):
     lr_gamma = 0.98
     lr_milestones = list(range(lr_step_size, n_steps, lr_step_size))  # ... at these steps
     grad_clip_norm = None           # clip the total gradient norm to this (None: release, off)
-    allow_partial_pretrained = False  # accept pretrained weights that miss backbone tensors
     channels_last = False           # channels-last weights and inputs
     num_workers = default_num_workers()  # data-loading processes (0: in the main process)
     resume = None                   # a training run folder or snapshot to continue
@@ -203,7 +207,7 @@ def _checks(config: Dict) -> Dict[str, tuple]:
                           "must be a list of positive step numbers"),
     }
     for name in ("use_gt", "augment", "amp_bf16", "save_predictions", "save_figures", "channels_last",
-                 "allow_partial_pretrained"):
+                 "pretrained_allow_partial"):
         checks[name] = (lambda v: isinstance(v, bool), "must be True or False")
     return checks
 

@@ -179,7 +179,8 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
         # Pretrained backbone weights matter only for the untrained baseline; a checkpoint
         # overwrites every tensor anyway.
         pretrained = config["pretrained_weights"] if config["checkpoint"] == UNTRAINED else None
-        model = build_model(config["image_size"], device, pretrained, config["channels_last"])
+        model = build_model(config["image_size"], device, pretrained, config["channels_last"],
+                            config["pretrained_allow_partial"])
         source, step, training_config = load_weights(model, config["checkpoint"], config["image_size"])
         model.eval()
         logger.info("evaluating %s (step %s) on %s fold %d, support index(es) %s, on %s", source, step,

@@ -75,7 +75,8 @@ def train(config: Dict, run_dir: str, logger, log_scalar: Optional[Callable] = N
                     config["eval_fold"], config["setting"],
                     f", {config['setting2_protocol']}" if config["setting"] == 2 else "", device, run_dir)
         seed_everything(config["seed"])
-        model = build_model(config["image_size"], device, config["pretrained_weights"], config["channels_last"])
+        model = build_model(config["image_size"], device, config["pretrained_weights"], config["channels_last"],
+                            config["pretrained_allow_partial"])
         if model.encoder.pretrained_tensors_loaded:
             logger.info("loaded %d pretrained backbone tensors from %s",
                         model.encoder.pretrained_tensors_loaded, config["pretrained_weights"])

@@ -43,6 +43,8 @@ def atomic_path(path: str) -> Iterator[str]:
     os.close(handle)
     try:
         yield tmp
+        with open(tmp, "rb") as written:  # on disk before the rename, so a crash cannot
+            os.fsync(written.fileno())    # leave the final name on an empty file
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:

@@ -1,28 +1,55 @@
-"""Reading and writing volumes with their geometry.
+"""The project's one NIfTI reader and writer, and its atomic file writes.
 
-Arrays are in SimpleITK's (slice, row, column) = (z, y, x) order, as everywhere in this
-project. `Geometry` carries spacing, origin and direction in SimpleITK's (x, y, z) order so
-that a written volume overlays its source in any viewer.
+Arrays are in (slice, row, column) = (z, y, x) order, as everywhere in this project.
+`Geometry` carries spacing, origin and direction in SimpleITK's (x, y, z) order and LPS world
+convention, so a written volume overlays its source in any viewer and the pre-processing
+steps can hand it to SimpleITK's resampler unchanged.
+
+Reading is strict: NIfTI files are read with nibabel, which keeps NaN and infinite voxels as
+they are (SimpleITK's reader returns them as 0), and the whole gzip stream is decompressed
+and checked (length and CRC) before the header is parsed, so a truncated or damaged file is an
+error naming it instead of a volume padded with zeros. Non-finite voxels are counted and, where
+a finite image is required, rejected with the file and the count.
+
+SimpleITK is not imported here: a machine without it can still read and write volumes.
 """
+import gzip
+import logging
 import os
+import zlib
 from dataclasses import dataclass
-from typing import Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
-import SimpleITK as sitk
+
+from data.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:  # only for annotations; SimpleITK images are used through their methods
+    import SimpleITK as sitk
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_GZIP_MAGIC = b"\x1f\x8b"
+# NIfTI stores a RAS world (x to the Right, y Anterior); SimpleITK and DICOM use LPS. The two
+# differ by the sign of x and y.
+_RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
+# NIfTI xform code 1 (scanner-based anatomical coordinates), written in both qform and sform,
+# as SimpleITK writes it, so that every reader picks the same transform.
+_XFORM_SCANNER = 1
 
 
 @dataclass(frozen=True)
 class Geometry:
     spacing: Tuple[float, ...]    # (x, y, z), millimetres
-    origin: Tuple[float, ...]     # (x, y, z)
-    direction: Tuple[float, ...]  # row-major 3 x 3 direction cosines
+    origin: Tuple[float, ...]     # (x, y, z), LPS millimetres
+    direction: Tuple[float, ...]  # row-major 3 x 3 LPS direction cosines
 
     @classmethod
-    def of(cls, image: sitk.Image) -> "Geometry":
+    def of(cls, image: "sitk.Image") -> "Geometry":
+        """The geometry of a SimpleITK image."""
         return cls(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
 
-    def apply(self, image: sitk.Image) -> sitk.Image:
+    def apply(self, image: "sitk.Image") -> "sitk.Image":
+        """Set this geometry on a SimpleITK image (in place) and return it."""
         image.SetSpacing(self.spacing)
         image.SetOrigin(self.origin)
         image.SetDirection(self.direction)
@@ -33,36 +60,187 @@ class Geometry:
         """Spacing in array axis order (z, y, x)."""
         return tuple(reversed(self.spacing))
 
+    def affine(self) -> np.ndarray:
+        """The NIfTI (RAS) 4 x 4 affine mapping a voxel index (x, y, z, 1) to the world."""
+        direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        affine = np.eye(4)
+        affine[:3, :3] = _RAS_FROM_LPS @ direction @ np.diag(np.asarray(self.spacing, np.float64))
+        affine[:3, 3] = _RAS_FROM_LPS @ np.asarray(self.origin, dtype=np.float64)
+        return affine
 
-def read_volume(path: str, dtype=np.float32) -> Tuple[np.ndarray, Geometry]:
-    """Read a NIfTI (or any SimpleITK-readable) volume as a (z, y, x) array and its geometry."""
+    @classmethod
+    def from_affine(cls, affine: np.ndarray, path: str = "volume") -> "Geometry":
+        """The geometry of a NIfTI (RAS) 4 x 4 affine: spacing from its column lengths,
+        direction from its normalised columns, both turned into LPS."""
+        lps = _RAS_FROM_LPS @ np.asarray(affine, dtype=np.float64)[:3, :3]
+        spacing = np.linalg.norm(lps, axis=0)
+        if not np.all(np.isfinite(lps)) or np.any(spacing == 0):
+            raise ValueError(f"{path} has a degenerate voxel-to-world transform {lps.tolist()}")
+        direction = _nearest_rotation(lps / spacing)
+        origin = _RAS_FROM_LPS @ np.asarray(affine, dtype=np.float64)[:3, 3]
+        return cls(tuple(float(v) for v in spacing), tuple(float(v) for v in origin),
+                   tuple(float(v) for v in direction.ravel()))
+
+
+def _nearest_rotation(direction: np.ndarray) -> np.ndarray:
+    """The orthonormal matrix nearest to `direction` when it is orthonormal up to the float32
+    rounding of the NIfTI header (a sheared transform is kept as it is)."""
+    if np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        u, _, vt = np.linalg.svd(direction)
+        nearest = u @ vt
+        # Snap the exact zeros and ones of axis-aligned directions back after the SVD.
+        return np.where(np.abs(nearest - np.rint(nearest)) < 1e-12, np.rint(nearest), nearest)
+    return direction
+
+
+# ----------------------------------------------------------------------------- reading
+
+def count_non_finite(array: np.ndarray) -> Tuple[int, int]:
+    """(NaN count, infinite count) of an array; (0, 0) for integer arrays."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return 0, 0
+    nan = int(np.count_nonzero(np.isnan(array)))
+    return nan, int(np.count_nonzero(np.isinf(array)))
+
+
+def check_finite(array: np.ndarray, name: str) -> None:
+    """Raise ValueError naming the array (`name`, e.g. "volume /data/image_3.nii.gz") and
+    the counts if any voxel is NaN or infinite."""
+    nan, inf = count_non_finite(array)
+    if nan or inf:
+        raise ValueError(f"{name} has {nan + inf} non-finite voxel(s) of {array.size} "
+                         f"({nan} NaN, {inf} infinite); finite values are required")
+
+
+def _read_bytes(path: str) -> bytes:
+    """The file's NIfTI bytes, decompressing a gzip stream completely (length and CRC are
+    checked only at the end of the stream, so reading just the voxels would miss damage)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"volume file not found: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == _GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as err:
+            raise ValueError(f"cannot read volume {path}: damaged or truncated gzip stream "
+                             f"({err})") from None
+    elif path.endswith(".gz"):
+        raise ValueError(f"cannot read volume {path}: the name ends in .gz but the file is not "
+                         "gzip-compressed")
+    return data
+
+
+def _nifti_class(header_bytes: bytes, path: str):
+    """Nifti1Image or Nifti2Image, from the header size field (either byte order)."""
+    import nibabel as nib  # imported on first use: importing nibabel takes a moment
+
+    if len(header_bytes) >= 4:
+        for order in ("little", "big"):
+            size = int.from_bytes(header_bytes[:4], order)
+            if size == 348:
+                return nib.Nifti1Image
+            if size == 540:
+                return nib.Nifti2Image
+    raise ValueError(f"cannot read volume {path}: not a NIfTI-1 or NIfTI-2 file "
+                     f"({len(header_bytes)} bytes after decompression)")
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def _nifti_image(data: bytes, path: str):
+    """A nibabel image parsed from a NIfTI file's (decompressed) bytes, its header checked."""
+    nifti_class = _nifti_class(data, path)
+    # nibabel also logs header problems to stderr; the error below says it in one line, so
+    # its logger is muted while the header is parsed.
+    header_logger = logging.getLogger("nibabel.global")
+    was_disabled, header_logger.disabled = header_logger.disabled, True
     try:
-        image = sitk.ReadImage(path)
-    except RuntimeError as err:
-        raise ValueError(f"cannot read volume {path}: {err}") from None
-    return sitk.GetArrayFromImage(image).astype(dtype, copy=False), Geometry.of(image)
+        image = nifti_class.from_bytes(data)
+    except Exception as err:  # nibabel raises several types for a malformed header
+        raise ValueError(f"cannot read volume {path}: {_one_line(err)}") from None
+    finally:
+        header_logger.disabled = was_disabled
+    shape = tuple(int(n) for n in image.header.get_data_shape())
+    if not shape or min(shape) < 1:
+        raise ValueError(f"cannot read volume {path}: its header gives the array shape {shape} "
+                         "(x, y, z)")
+    return image
 
 
-def atomic_output_path(path: str) -> str:
-    """A temporary name beside `path` that keeps its extension (SimpleITK picks the writer
-    from it); rename it onto `path` once written."""
-    directory, name = os.path.split(os.path.abspath(path))
-    return os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+def _xyz_data(image, path: str) -> np.ndarray:
+    """Every voxel of a nibabel image, (x, y, z) order, with its scaling applied."""
+    try:
+        data = np.asanyarray(image.dataobj)
+    except (OSError, ValueError, EOFError) as err:  # fewer voxel bytes than the header says
+        raise ValueError(f"cannot read volume {path}: {_one_line(err)}") from None
+    while data.ndim > 3 and data.shape[-1] == 1:    # a 4D header with a single time point
+        data = data[..., 0]
+    if data.dtype.kind not in "biuf":
+        raise ValueError(f"volume {path} holds {data.dtype} voxels; expected one scalar per voxel")
+    return data
+
+
+def _geometry(image, path: str) -> Geometry:
+    """The geometry of a nibabel NIfTI image. With neither a qform nor an sform, the NIfTI
+    standard's fallback (and SimpleITK's): spacing from pixdim, origin 0, axes along RAS."""
+    header = image.header
+    if int(header["sform_code"]) > 0 or int(header["qform_code"]) > 0:
+        return Geometry.from_affine(image.affine, path)
+    zooms = [float(z) for z in header.get_zooms()[:3]] + [1.0] * (3 - len(header.get_zooms()[:3]))
+    return Geometry.from_affine(np.diag(zooms + [1.0]), path)
+
+
+def read_volume(path: str, dtype: Optional[np.dtype] = np.float32,
+                require_finite: bool = False) -> Tuple[np.ndarray, Geometry]:
+    """Read a NIfTI volume completely as a (z, y, x) array and its geometry.
+
+    Args:
+        dtype: the returned array's dtype; None keeps the file's (after its scaling).
+        require_finite: reject NaN or infinite voxels (checked before any cast to `dtype`).
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: naming `path`: a truncated or damaged file, not a NIfTI volume, or (with
+            `require_finite`) non-finite voxels with their count.
+    """
+    path = os.fspath(path)
+    image = _nifti_image(_read_bytes(path), path)
+    # nibabel returns (x, y, z) in Fortran order, so the transpose is C-contiguous: no copy.
+    array = np.ascontiguousarray(_xyz_data(image, path).T)
+    if require_finite:
+        check_finite(array, f"volume {path}")
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    return array, _geometry(image, path)
+
+
+# ----------------------------------------------------------------------------- writing
+
+def nifti_bytes(array: np.ndarray, geometry: Geometry, compress: bool = True) -> bytes:
+    """A (z, y, x) array and its geometry as the bytes of a NIfTI-1 file (gzip-compressed,
+    with a zero timestamp so equal volumes give equal files, when `compress`)."""
+    import nibabel as nib
+
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    affine = geometry.affine()
+    image = nib.Nifti1Image(array.T, affine, dtype=array.dtype)
+    image.header.set_qform(affine, code=_XFORM_SCANNER)
+    image.header.set_sform(affine, code=_XFORM_SCANNER)
+    image.header.set_xyzt_units("mm", "sec")
+    data = image.to_bytes()
+    return gzip.compress(data, compresslevel=6, mtime=0) if compress else data
 
 
 def write_volume(array: np.ndarray, geometry: Geometry, path: str) -> None:
-    """Write a (z, y, x) array with the given geometry, atomically (temporary file, then
-    rename), so an interrupted run never leaves a truncated volume behind."""
-    if array.ndim != 3:
-        raise ValueError(f"expected a 3D (z, y, x) array for {path}, got shape {array.shape}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
-    tmp = atomic_output_path(path)
-    try:
-        sitk.WriteImage(image, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write a (z, y, x) array with the given geometry as NIfTI (`.nii.gz` or `.nii`),
+    atomically, so an interrupted run never leaves a truncated volume behind."""
+    path = os.fspath(path)
+    if np.ndim(array) != 3:
+        raise ValueError(f"expected a 3D (z, y, x) array for {path}, got shape {np.shape(array)}")
+    if not path.endswith(NIFTI_SUFFIXES):
+        raise ValueError(f"cannot write {path}: volumes are written as .nii.gz or .nii")
+    atomic_write_bytes(nifti_bytes(array, geometry, compress=path.endswith(".gz")), path)

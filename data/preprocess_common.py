@@ -6,25 +6,27 @@ geometry that keeps the result at its true physical position, so a written volum
 its raw source in any viewer.
 
 The runner `run_preprocessing` implements the CLI contract common to all datasets: sources
-are indexed 0..N-1 in their sorted raw order, every source to be written is validated before
-anything is written, each file is written atomically, and finished volumes are skipped unless
-`overwrite` is set.
+are indexed 0..N-1 in their sorted raw order, every source to be written is read completely
+and validated before anything is written, a manifest in the output folder records which raw
+files (with sizes and sha256) and which route made every output, each file is written
+atomically, and finished volumes are skipped unless `overwrite` is set. A re-run whose raw
+folder or route no longer matches the manifest refuses, naming the difference.
 """
 import argparse
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from data.nifti_io import Geometry, write_volume
+from data.nifti_io import NIFTI_SUFFIXES, Geometry, check_finite, read_volume, write_volume
+from data.preprocess_manifest import (RawCase, Route, build_manifest, check_manifest,
+                                      write_manifest)
 
 Source = TypeVar("Source")
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 # The MRI routes' arithmetic (docs/protocol.md section 12). "release": the raw pixel type is
 # kept, so on integer data (int16 DICOM and NIfTI) the clip value and every resampled value
@@ -124,30 +126,13 @@ def itk_error_text(err: RuntimeError) -> str:
     return lines[-1] if lines else "unknown ITK error"
 
 
-def read_image(path: str) -> sitk.Image:
-    """Read a volume with SimpleITK, with an error that names the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"volume file not found: {path}")
-    try:
-        return sitk.ReadImage(path)
-    except RuntimeError as err:
-        raise ValueError(f"cannot read volume {path}: {itk_error_text(err)}") from None
-
-
-def read_array_shape(path: str) -> Tuple[int, ...]:
-    """Array shape (z, y, x) of a volume from its header only (no pixel data is read)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"volume file not found: {path}")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        raise ValueError(f"cannot read the header of {path}: {itk_error_text(err)}") from None
-    shape = tuple(reversed(reader.GetSize()))
-    if len(shape) != 3:
-        raise ValueError(f"{path} is not a 3D volume (array shape {shape})")
-    return shape
+def read_raw_image(path: str) -> Tuple[np.ndarray, Geometry]:
+    """A raw NIfTI image read completely (a truncated or damaged file is an error) as a
+    (z, y, x) array in the file's own dtype, with only finite voxels, and its geometry."""
+    array, geometry = read_volume(path, dtype=None, require_finite=True)
+    if array.ndim != 3:
+        raise ValueError(f"image {path} is not a 3D volume (array shape {array.shape})")
+    return array, geometry
 
 
 def check_same_shape(image_path: str, image_shape: Sequence[int],
@@ -161,6 +146,7 @@ def checked_label_values(label: np.ndarray, path: str, allowed: Iterable[int]) -
     """Return the label map in the smallest unsigned dtype that holds `allowed`, after
     checking that every value is one the dataset defines (raises naming `path`)."""
     allowed = sorted(set(int(v) for v in allowed))
+    check_finite(label, f"label {path}")
     values = np.unique(label)
     if np.issubdtype(values.dtype, np.floating) and not np.all(np.mod(values, 1) == 0):
         fractional = values[np.mod(values, 1) != 0][:5]
@@ -173,12 +159,12 @@ def checked_label_values(label: np.ndarray, path: str, allowed: Iterable[int]) -
 
 
 def read_label(path: str, allowed: Iterable[int]) -> Tuple[np.ndarray, Geometry]:
-    """Read a label volume, check its values against `allowed`, return it as uint8/uint16."""
-    image = read_image(path)
-    array = sitk.GetArrayFromImage(image)
+    """Read a label volume completely, check its values against `allowed`, return it as
+    uint8/uint16 with its geometry."""
+    array, geometry = read_volume(path, dtype=None)
     if array.ndim != 3:
         raise ValueError(f"label {path} is not a 3D volume (array shape {array.shape})")
-    return checked_label_values(array, path, allowed), Geometry.of(image)
+    return checked_label_values(array, path, allowed), geometry
 
 
 def smallest_label_dtype(max_value: int) -> np.dtype:
@@ -318,24 +304,6 @@ def mr_working_array(image: np.ndarray, arithmetic: str = DEFAULT_MR_ARITHMETIC)
     return image if arithmetic == "release" else image.astype(np.float32)
 
 
-def mr_route_record(new_spacing_xyz: Sequence[float], arithmetic: str = DEFAULT_MR_ARITHMETIC,
-                    size_yx: Sequence[int] = MR_SIZE_YX) -> Dict[str, object]:
-    """What the MRI route did, as plain JSON-able values (for a pre-processing manifest)."""
-    check_arithmetic(arithmetic)
-    return {
-        "route": "mri",
-        "arithmetic": arithmetic,
-        "pixel_type": ("raw (integer types truncate the clip value and resampled values "
-                       "toward zero)" if arithmetic == "release" else "float32"),
-        "clip_percentile": MR_CLIP_PERCENTILE,
-        "spacing_xyz_mm": [float(v) for v in new_spacing_xyz],
-        "size_rule": "int(n * old_spacing / new_spacing + 1)",
-        "interpolation": "linear; labels one class at a time, rounded",
-        "in_plane_size": [int(v) for v in size_yx],
-        "pad": "image minimum; labels 0",
-    }
-
-
 def preprocess_mr(image: np.ndarray, label: np.ndarray, geometry: Geometry,
                   new_spacing_xyz: Sequence[float], size_yx: Sequence[int] = MR_SIZE_YX,
                   arithmetic: str = DEFAULT_MR_ARITHMETIC) -> ProcessedVolume:
@@ -359,10 +327,21 @@ def preprocess_mr(image: np.ndarray, label: np.ndarray, geometry: Geometry,
 
 # ----------------------------------------------------------------------------- running
 
+OUTPUT_NAME = re.compile(r"^(image|label)_(\d+)\.nii\.gz$")
+
+
 def output_paths(out_dir: str, index: int) -> Tuple[str, str]:
     """(image path, label path) of volume `index` in the normalised layout."""
     return (os.path.join(out_dir, f"image_{index}.nii.gz"),
             os.path.join(out_dir, f"label_{index}.nii.gz"))
+
+
+def existing_outputs(out_dir: str) -> List[str]:
+    """Every image_<i>.nii.gz / label_<i>.nii.gz in `out_dir`, in natural order."""
+    if not os.path.isdir(out_dir):
+        return []
+    names = [n for n in os.listdir(out_dir) if OUTPUT_NAME.match(n)]
+    return [os.path.join(out_dir, n) for n in sorted(names, key=natural_sort_key)]
 
 
 def write_processed(volume: ProcessedVolume, out_dir: str, index: int) -> Tuple[str, str]:
@@ -377,42 +356,106 @@ def write_processed(volume: ProcessedVolume, out_dir: str, index: int) -> Tuple[
 def run_preprocessing(sources: Sequence[Source], out_dir: str,
                       validate: Callable[[Source], None],
                       process: Callable[[Source], ProcessedVolume],
-                      overwrite: bool = False, name: str = "volumes") -> List[str]:
+                      overwrite: bool = False, name: str = "volumes", *,
+                      raw_dir: str, route: Route,
+                      describe: Callable[[Source], RawCase]) -> List[str]:
     """Validate, then process and write, every source whose outputs are missing.
 
-    Source i (in the given order) becomes image_i / label_i. All sources to be written are
-    validated first, so bad input fails before any file is written.
+    Source i (in the given order) becomes image_i / label_i. The manifest of this run (raw
+    files of every source by `describe`, with size and sha256, and `route`) must match the
+    one in `out_dir` whenever outputs exist there, otherwise nothing is done (ValueError
+    naming the differences) unless `overwrite`, which removes every existing output and
+    redoes all volumes. All sources to be written are validated first, so bad input fails
+    before any file is written or removed.
+
+    Args:
+        name: the dataset's name, for the manifest and progress bars.
+        raw_dir: the raw folder; manifest paths are relative to it.
+        route: the pre-processing route and its parameters, recorded in the manifest.
+        describe: source -> its raw case name and raw files.
     Returns:
         the image and label paths of every volume (written now or found complete).
     """
+    manifest = build_manifest(name, route, raw_dir, [describe(source) for source in sources],
+                              [[os.path.basename(p) for p in output_paths(out_dir, i)]
+                               for i in range(len(sources))])
+    found = existing_outputs(out_dir)
+    if not overwrite:
+        check_manifest(out_dir, manifest, found)
     pending = [i for i in range(len(sources))
                if overwrite or not all(map(os.path.isfile, output_paths(out_dir, i)))]
-    for i in tqdm(pending, desc=f"checking {name}", unit="vol", disable=not pending):
-        validate(sources[i])
+    # Progress bars only on a terminal (None), and closed on errors so the error's line
+    # starts on a line of its own.
+    with tqdm(pending, desc=f"checking {name}", unit="vol",
+              disable=None if pending else True) as bar:
+        for i in bar:
+            validate(sources[i])
     os.makedirs(out_dir, exist_ok=True)
-    for i in tqdm(pending, desc=f"pre-processing {name}", unit="vol", disable=not pending):
-        write_processed(process(sources[i]), out_dir, i)
+    if overwrite:  # no output of an earlier run may survive next to the new manifest
+        for path in found:
+            os.remove(path)
+    write_manifest(out_dir, manifest)
+    with tqdm(pending, desc=f"pre-processing {name}", unit="vol",
+              disable=None if pending else True) as bar:
+        for i in bar:
+            write_processed(process(sources[i]), out_dir, i)
     return [path for i in range(len(sources)) for path in output_paths(out_dir, i)]
+
+
+CLI_EPILOG = """\
+Raw volumes are read completely: a truncated or damaged file, NaN or infinite voxels, or
+label values the dataset does not define end the run with one line naming the file, before
+anything is written. OUT/preprocessing_manifest.json traces every output to its raw case and
+files (size, sha256) and records the route and its parameters; a re-run whose raw folder or
+settings no longer match it is refused, naming the difference, unless --overwrite."""
 
 
 def build_parser(prog: str, description: str, raw_help: str) -> argparse.ArgumentParser:
     """The arguments every pre-processing CLI shares."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=CLI_EPILOG)
     parser.add_argument("--raw-dir", required=True, help=raw_help)
     parser.add_argument("--out-dir", required=True,
-                        help="output folder for image_<i>.nii.gz and label_<i>.nii.gz")
+                        help="output folder for image_<i>.nii.gz, label_<i>.nii.gz and "
+                             "preprocessing_manifest.json (raw case, sizes and sha256 of "
+                             "the raw files, route and parameters of every output)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="re-process volumes whose outputs already exist (default: skip them)")
+                        help="remove every output of earlier runs and redo all volumes "
+                             "(default: keep finished volumes; a run whose raw folder or "
+                             "settings no longer match the manifest is refused)")
     return parser
 
 
-def validate_nifti_pair(pair: Tuple[str, str], allowed_labels: Iterable[int]) -> None:
-    """Raise if an (image, label) NIfTI pair is unreadable, mismatched or has unknown labels."""
+def nifti_pair_case(pair: Tuple[str, str]) -> RawCase:
+    """The raw case of an (image, label) NIfTI pair: the image's file name without suffix."""
     image_path, label_path = pair
-    check_same_shape(image_path, read_array_shape(image_path), label_path,
-                     read_array_shape(label_path))
-    read_label(label_path, allowed_labels)
+    case = strip_nifti_suffix(os.path.basename(image_path)) or os.path.basename(image_path)
+    return RawCase(case, {"image": [image_path], "label": [label_path]})
+
+
+def mr_route(dataset: str, new_spacing_xyz: Sequence[float], label_values: Iterable[int],
+             arithmetic: str = DEFAULT_MR_ARITHMETIC, **extra) -> Route:
+    """The manifest's description of the MRI route (`preprocess_mr`) for one dataset;
+    `extra` adds dataset-specific parameters."""
+    check_arithmetic(arithmetic)
+    parameters = {"dataset": dataset, "arithmetic": arithmetic,
+                  "pixel_type": ("raw (integer types truncate the clip value and resampled values "
+                                 "toward zero)" if arithmetic == "release" else "float32"),
+                  "target_spacing_xyz": [float(s) for s in new_spacing_xyz],
+                  "clip_percentile": MR_CLIP_PERCENTILE, "size_yx": list(MR_SIZE_YX),
+                  "label_values": sorted(int(v) for v in label_values)}
+    parameters.update(extra)
+    return Route("mri_clip_resample_crop", parameters)
+
+
+def validate_nifti_pair(pair: Tuple[str, str], allowed_labels: Iterable[int]) -> None:
+    """Raise if an (image, label) NIfTI pair is unreadable (truncated or damaged included),
+    has non-finite image voxels, mismatched shapes or unknown label values."""
+    image_path, label_path = pair
+    image, _ = read_raw_image(image_path)
+    label, _ = read_label(label_path, allowed_labels)
+    check_same_shape(image_path, image.shape, label_path, label.shape)
 
 
 def preprocess_nifti_mr_pair(pair: Tuple[str, str], allowed_labels: Iterable[int],
@@ -422,25 +465,24 @@ def preprocess_nifti_mr_pair(pair: Tuple[str, str], allowed_labels: Iterable[int
     pixel type or float32 (`arithmetic`). The label is taken on the image's grid (its own
     header may differ by rounding only)."""
     image_path, label_path = pair
-    image = read_image(image_path)
-    array = sitk.GetArrayFromImage(image)
-    if array.ndim != 3:
-        raise ValueError(f"image {image_path} is not a 3D volume (array shape {array.shape})")
+    array, geometry = read_raw_image(image_path)
     label, _ = read_label(label_path, allowed_labels)
     check_same_shape(image_path, array.shape, label_path, label.shape)
-    return preprocess_mr(array, label, Geometry.of(image), new_spacing_xyz, arithmetic=arithmetic)
+    return preprocess_mr(array, label, geometry, new_spacing_xyz, arithmetic=arithmetic)
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
             preprocess: Callable[[str, str, bool], List[str]], name: str) -> None:
     """Parse the shared arguments and run `preprocess(raw_dir, out_dir, overwrite)`; bad input
-    ends the program with its one-line message (exit status 1) instead of a traceback."""
+    (or an unreadable or unwritable file) ends the program with one line naming it (exit
+    status 1) instead of a traceback."""
     args = parser.parse_args(argv)
     try:
         paths = preprocess(args.raw_dir, args.out_dir, args.overwrite)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")
-    print(f"{len(paths) // 2} {name} volumes in {args.out_dir}")
+    print(f"{len(paths) // 2} {name} volumes in {args.out_dir} (raw cases in "
+          f"{os.path.join(args.out_dir, 'preprocessing_manifest.json')})")
 
 
 def add_arithmetic_argument(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from data.nifti_io import Geometry, read_volume
+from data.nifti_io import Geometry, check_finite, read_volume
 from dataloaders.augment import augment_episode
 from dataloaders.dataset_specs import DatasetSpec, get_dataset_spec, group_classes  # noqa: F401 (re-exported)
 
@@ -101,8 +101,9 @@ def _check_in_plane(shape: Tuple[int, ...], image_size: Optional[Sequence[int]],
 
 
 def load_image(path: str, image_size: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, Geometry]:
-    """A z-scored float32 [Z, H, W] volume and its geometry."""
-    volume, geometry = read_volume(path, dtype=np.float32)
+    """A z-scored float32 [Z, H, W] volume and its geometry. A truncated or damaged file, or
+    NaN or infinite voxels, are errors naming the file."""
+    volume, geometry = read_volume(path, dtype=np.float32, require_finite=True)
     if volume.ndim != 3:
         raise ValueError(f"{path} is not a 3D volume (array shape {volume.shape})")
     _check_in_plane(volume.shape, image_size, path)
@@ -116,11 +117,26 @@ def _narrow_int(labels: np.ndarray) -> np.ndarray:
     return labels.astype(dtype)
 
 
+def present_values(labels: np.ndarray) -> List[int]:
+    """Sorted distinct values of a non-negative integer array."""
+    if not labels.size:
+        return []
+    if int(labels.max()) <= 1 << 20:  # a bincount is much faster than sorting
+        return np.flatnonzero(np.bincount(labels.ravel())).tolist()
+    return np.unique(labels).tolist()
+
+
+def ground_truth_values(spec: DatasetSpec) -> List[int]:
+    """The values a ground-truth label file of `spec` may hold: 0 and its classes, or the
+    raw values of its label map (CMR: 200, 500, 600)."""
+    return sorted({0} | set(spec.label_map if spec.label_map is not None else spec.classes))
+
+
 def map_labels(labels: np.ndarray, label_map: Optional[Dict[int, int]], path: str) -> np.ndarray:
     """Apply a raw -> class id map (CMR: 200/500/600 -> 1/2/3); 0 stays 0."""
     if label_map is None:
         return labels
-    present = set(np.flatnonzero(np.bincount(labels.ravel())).tolist()) - {0}
+    present = set(present_values(labels)) - {0}
     unknown = sorted(present - set(label_map))
     if unknown:
         raise ValueError(f"{path} holds label values {unknown} outside the dataset's label map "
@@ -131,15 +147,49 @@ def map_labels(labels: np.ndarray, label_map: Optional[Dict[int, int]], path: st
     return lookup[labels]
 
 
+def _integer_labels(labels: np.ndarray, path: str) -> np.ndarray:
+    """The labels as int64 after checking they are finite, whole and non-negative."""
+    if np.issubdtype(labels.dtype, np.floating):
+        check_finite(labels, f"label volume {path}")
+        fractional = labels[np.mod(labels, 1) != 0]
+        if fractional.size:
+            raise ValueError(f"{path} holds {fractional.size} non-integer label value(s) such as "
+                             f"{np.unique(fractional)[:5].tolist()}")
+    labels = labels.astype(np.int64, copy=False)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"{path} holds negative label values such as "
+                         f"{np.unique(labels[labels < 0])[:5].tolist()}")
+    return labels
+
+
 def load_labels(path: str, shape: Tuple[int, ...], like: str,
-                label_map: Optional[Dict[int, int]] = None) -> np.ndarray:
-    """An integer label volume that must have `shape` (that of the image file `like`)."""
-    labels, _ = read_volume(path, dtype=np.int64)
+                label_map: Optional[Dict[int, int]] = None,
+                allowed: Optional[Sequence[int]] = None, dataset: str = "the dataset") -> np.ndarray:
+    """An integer label volume that must have `shape` (that of the image file `like`).
+
+    Args:
+        label_map: raw value -> class id, applied after the checks.
+        allowed: the raw values the file may hold (ground truth: see `ground_truth_values`);
+            None accepts any non-negative integer (supervoxel ids).
+        dataset: named in the error for a value outside `allowed`.
+    """
+    labels, _ = read_volume(path, dtype=None)
     if labels.shape != tuple(shape):
         raise ValueError(f"{path} has shape {labels.shape} but its image {like} has shape {tuple(shape)}")
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"{path} holds negative label values")
+    labels = _integer_labels(labels, path)
+    if allowed is not None:
+        unknown = sorted(set(present_values(labels)) - set(allowed))
+        if unknown:
+            raise ValueError(f"{path} holds label values {unknown[:10]}"
+                             + (f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else "")
+                             + f" that {dataset} does not define (allowed: {list(allowed)})")
     return _narrow_int(map_labels(labels, label_map, path))
+
+
+def load_ground_truth(path: str, shape: Tuple[int, ...], like: str, spec: DatasetSpec) -> np.ndarray:
+    """A ground-truth label volume checked against the dataset's values and mapped to its
+    class ids (`load_labels`)."""
+    return load_labels(path, shape, like, spec.label_map, ground_truth_values(spec), spec.name)
 
 
 def slice_class_areas(labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -354,7 +404,7 @@ class TrainDataset(Dataset):
         path = image_path(self.data_dir, index)
         image, _ = load_image(path, image_size)
         needs_gt = self.use_gt or self.setting == 2
-        gt = load_labels(label_path(self.data_dir, index), image.shape, path, self.spec.label_map) \
+        gt = load_ground_truth(label_path(self.data_dir, index), image.shape, path, self.spec) \
             if needs_gt else None
         allowed = np.ones(image.shape[0], dtype=bool)
         if self.setting == 2:
@@ -504,7 +554,7 @@ class TestDataset:
     def _load(self, index: int, image_size: Optional[Sequence[int]]) -> TestVolume:
         path = image_path(self.data_dir, index)
         image, geometry = load_image(path, image_size)
-        labels = load_labels(label_path(self.data_dir, index), image.shape, path, self.spec.label_map)
+        labels = load_ground_truth(label_path(self.data_dir, index), image.shape, path, self.spec)
         return TestVolume(index, image, labels, geometry, path)
 
     def support(self, class_id: int) -> Dict[str, object]:

@@ -77,18 +77,22 @@ def training_record(training_config: Optional[Mapping]) -> Optional[Dict]:
 
 
 def preprocessing_record(data_dir: str) -> Optional[Dict]:
-    """The pre-processing route and parameters from the manifest beside the data, when one
-    exists (written by the pre-processing CLIs and the synthetic generator)."""
+    """The pre-processing route and its parameters from the manifest beside the data, when
+    one exists: the pre-processing CLIs' preprocessing_manifest.json, or the synthetic
+    generator's settings."""
     for name in PREPROCESSING_MANIFESTS:
         path = os.path.join(data_dir, name)
-        if os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    manifest = json.load(f)
-            except (OSError, ValueError) as err:
-                raise ValueError(f"{path}: unreadable pre-processing manifest ({err})") from None
-            return {"manifest": name, "route": manifest.get("route"),
-                    "parameters": manifest.get("parameters")}
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                manifest = json.load(f)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: unreadable pre-processing manifest ({err})") from None
+        if name == "synthetic_manifest.json":
+            return {"manifest": name, "route": "synthetic phantom", "parameters": manifest}
+        route = manifest.get("route") or {}
+        return {"manifest": name, "route": route.get("name"), "parameters": route.get("parameters")}
     return None
 
 

@@ -58,9 +58,12 @@ class ResNet101Encoder(nn.Module):
             state dict; it overwrites the backbone after the initialisation.
         run_discarded_layers: also run layer4 and `reduce_layer4` and discard the result, as the
             authors' release does. Changes no output; only for benchmarks and parity checks.
+        allow_partial_pretrained: accept a weights file that lacks some of the tensors of
+            conv1, bn1 and layer1 to layer3 (they keep their initialisation); default: error.
     """
 
-    def __init__(self, pretrained_weights: Optional[str] = None, run_discarded_layers: bool = False):
+    def __init__(self, pretrained_weights: Optional[str] = None, run_discarded_layers: bool = False,
+                 allow_partial_pretrained: bool = False):
         super().__init__()
         self.backbone = _build_backbone()
         self.reduce_features = nn.Conv2d(LAYER3_CHANNELS, FEATURE_CHANNELS, kernel_size=1, bias=False)
@@ -74,7 +77,8 @@ class ResNet101Encoder(nn.Module):
         self.pretrained_tensors_loaded = 0
         self.reset_parameters()
         if pretrained_weights is not None:
-            self.pretrained_tensors_loaded = load_pretrained_backbone(self.backbone, pretrained_weights)
+            self.pretrained_tensors_loaded = load_pretrained_backbone(
+                self.backbone, pretrained_weights, allow_partial=allow_partial_pretrained)
 
     def reset_parameters(self) -> None:
         """Kaiming-normal (fan_out, relu) for every conv, BatchNorm to weight 1 and bias 0."""

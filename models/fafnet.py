@@ -71,16 +71,20 @@ class FAFNet(nn.Module):
         heads: attention heads m of the ICM.
         run_discarded_layers: also run layer4 + reduce2 and discard them, as the release does
             (no output changes; for benchmarks only).
+        allow_partial_pretrained: accept a `pretrained_weights` file that lacks some of the
+            backbone tensors the encoder runs (default: an error listing them).
     """
 
     def __init__(self, image_size: Tuple[int, int], pretrained_weights: Optional[str] = None,
-                 heads: int = 4, run_discarded_layers: bool = False):
+                 heads: int = 4, run_discarded_layers: bool = False,
+                 allow_partial_pretrained: bool = False):
         super().__init__()
         if len(tuple(image_size)) != 2:
             raise ValueError(f"image_size must be (H, W), got {image_size!r}")
         self.image_size = tuple(image_size)
         self.feature_size = feature_size(*self.image_size)
-        self.encoder = ResNet101Encoder(pretrained_weights, run_discarded_layers)
+        self.encoder = ResNet101Encoder(pretrained_weights, run_discarded_layers,
+                                        allow_partial_pretrained)
         self.icm = ICM(FEATURE_CHANNELS, heads, self.feature_size)
 
     # -- checks -----------------------------------------------------------------------------

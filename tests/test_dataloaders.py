@@ -2,8 +2,10 @@
 volumes whose class extents are known, so indices can be checked by hand."""
 import math
 import os
+import re
 import shutil
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -531,3 +533,88 @@ def test_a_folder_with_another_volume_count_is_an_error_unless_n_volumes_says_so
     assert TestDataset(root, dataset="SABS", eval_fold=4, n_volumes=6).fold_volumes == [0, 4, 5]
     synthetic = TrainDataset(root, dataset="SYNTHETIC", supervoxel_min_size=SV_SIZE, eval_fold=4)
     assert synthetic.volume_indices == [1, 2, 3]
+# ----------------------------------------------------------------------------- damaged files
+
+def broken_copy(root, tmp_path):
+    copy = str(tmp_path / "copy")
+    shutil.copytree(root, copy)
+    return copy
+
+
+def truncate(path, n_bytes):
+    with open(path, "rb") as f:
+        data = f.read()
+    assert n_bytes < len(data)
+    with open(path, "wb") as f:
+        f.write(data[:n_bytes])
+
+
+# The label files compress to about 270 bytes: they keep 100 instead of 400.
+@pytest.mark.parametrize("name, keep", [
+    ("image_2.nii.gz", "half"), ("image_2.nii.gz", 400),
+    ("label_2.nii.gz", "half"), ("label_2.nii.gz", 100),
+    (f"supervoxels_{SV_SIZE}/superpix-MIDDLE_2.nii.gz", "half"),
+    (f"supervoxels_{SV_SIZE}/superpix-MIDDLE_2.nii.gz", 100)])
+def test_truncated_volume_is_an_error_naming_it(data, tmp_path, name, keep):
+    root = broken_copy(data[0], tmp_path)
+    path = os.path.join(root, name)
+    truncate(path, os.path.getsize(path) // 2 if keep == "half" else keep)
+    with pytest.raises(ValueError, match=f"{re.escape(path)}: damaged or truncated gzip stream"):
+        train_set(root)   # setting 2 reads the ground truth too
+
+
+@pytest.mark.parametrize("keep", ["half", 400])
+def test_truncated_query_volume_fails_evaluation(data, tmp_path, keep):
+    root = broken_copy(data[0], tmp_path)
+    path = os.path.join(root, "image_1.nii.gz")      # the query of fold 0
+    truncate(path, os.path.getsize(path) // 2 if keep == "half" else 400)
+    with pytest.raises(ValueError, match=f"{re.escape(path)}: damaged or truncated gzip stream"):
+        TestDataset(root, dataset="SABS", eval_fold=0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_image_voxels_are_refused_with_the_count(data, tmp_path, bad):
+    root = broken_copy(data[0], tmp_path)
+    image, _, _ = make_volume(3)
+    image.reshape(-1)[:: 100] = bad                    # 1 % of the voxels
+    path = os.path.join(root, "image_3.nii.gz")
+    write_volume(image, GEOMETRY, path)
+    on_disk = np.asarray(nib.load(path).dataobj)       # a second reader: really on disk
+    assert np.count_nonzero(~np.isfinite(on_disk)) == 123
+    kind = "123 NaN, 0 infinite" if np.isnan(bad) else "0 NaN, 123 infinite"
+    with pytest.raises(ValueError, match=rf"image_3\.nii\.gz has 123 non-finite voxel\(s\) of 12288 \({kind}\)"):
+        train_set(root)
+    with pytest.raises(ValueError, match=r"image_3\.nii\.gz has 123 non-finite"):
+        TestDataset(root, dataset="SABS", eval_fold=2)
+
+
+def test_label_values_the_dataset_does_not_define_are_refused(data, tmp_path):
+    root = broken_copy(data[0], tmp_path)
+    _, gt, sv = make_volume(3)
+    gt[5, 10:12, 10:12] = 42
+    gt[6, 0, 0] = 14
+    path = os.path.join(root, "label_3.nii.gz")
+    write_volume(gt, GEOMETRY, path)
+    message = rf"{re.escape(path)} holds label values \[14, 42\] that SABS does not define"
+    for kwargs in ({"use_gt": True}, {"use_gt": False, "setting": 2}):
+        with pytest.raises(ValueError, match=message):
+            train_set(root, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        TestDataset(root, dataset="SABS", eval_fold=2)
+    train_set(root, use_gt=False, setting=1)   # the ground truth is not read at all here
+    # supervoxel ids are not classes: any non-negative id is accepted
+    sv[sv == 13] = 4242
+    write_volume(sv, GEOMETRY, os.path.join(root, f"supervoxels_{SV_SIZE}", "superpix-MIDDLE_3.nii.gz"))
+    assert 4242 in np.concatenate([v.classes for v in train_set(root, use_gt=False, setting=1).volumes])
+
+
+@pytest.mark.parametrize("value, message", [(1.5, r"holds 4 non-integer label value\(s\) such as \[1.5\]"),
+                                            (np.nan, r"has 4 non-finite voxel\(s\)"),
+                                            (-1.0, r"holds negative label values such as \[-1\]")])
+def test_label_files_must_hold_whole_non_negative_numbers(data, tmp_path, value, message):
+    root = broken_copy(data[0], tmp_path)
+    gt = make_volume(3)[1].astype(np.float32)
+    gt[5, 10:12, 10:12] = value
+    write_volume(gt, GEOMETRY, os.path.join(root, "label_3.nii.gz"))
+    with pytest.raises(ValueError, match=rf"label_3\.nii\.gz {message}"):
+        train_set(root, use_gt=True)

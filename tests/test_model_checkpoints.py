@@ -75,6 +75,59 @@ def test_wrong_files_give_clear_errors(weight_files, kind, match):
     assert str(files[kind]) in str(error.value) and IMAGENET_URL in str(error.value)
 
 
+# -- partial files ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def resnet50_file(tmp_path_factory):
+    torch.manual_seed(4)
+    path = tmp_path_factory.mktemp("resnet50") / "resnet50.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), path)
+    return path
+
+
+def test_resnet50_file_is_refused_with_a_summary_of_what_is_missing(resnet50_file):
+    with pytest.raises(ValueError) as error:
+        FAFNet(image_size=(33, 33), pretrained_weights=str(resnet50_file))
+    message = str(error.value)
+    assert str(resnet50_file) in message and "match 318 of 624 backbone tensors" in message
+    assert "lack 255 of the 470 that the encoder runs" in message
+    assert "layer3.6-22: all 255 tensors" in message and "pretrained_allow_partial=True" in message
+    # the same file with DeepLabV3's key prefix
+    deeplab_style = resnet50_file.parent / "deeplabv3_resnet50_style.pth"
+    torch.save({f"backbone.{k}": v for k, v in torch.load(resnet50_file).items()}, deeplab_style)
+    with pytest.raises(ValueError, match="layer3.6-22: all 255 tensors"):
+        load_pretrained_backbone(_build_backbone(), deeplab_style)
+
+
+def test_partial_load_when_explicitly_allowed(resnet50_file, caplog):
+    torch.manual_seed(5)
+    net = FAFNet(image_size=(33, 33), pretrained_weights=str(resnet50_file), allow_partial_pretrained=True)
+    assert net.encoder.pretrained_tensors_loaded == 318
+    assert "lack 255 of the 470" in caplog.text and "partial load allowed" in caplog.text
+    source = torch.load(resnet50_file)
+    loaded = net.encoder.backbone.state_dict()
+    assert torch.equal(loaded["layer3.5.conv2.weight"], source["layer3.5.conv2.weight"])
+    assert torch.equal(loaded["layer4.2.conv3.weight"], source["layer4.2.conv3.weight"])
+    torch.manual_seed(5)
+    assert torch.equal(loaded["layer3.6.conv1.weight"],   # keeps the initialisation
+                       FAFNet(image_size=(33, 33)).encoder.backbone.state_dict()["layer3.6.conv1.weight"])
+
+
+def test_layer4_and_batch_counters_are_optional_but_every_used_tensor_is_required(tmp_path, resnet_state):
+    without_layer4 = {k: v for k, v in resnet_state.items()
+                      if not k.startswith("layer4.") and not k.endswith("num_batches_tracked")}
+    torch.save(without_layer4, tmp_path / "no_layer4.pth")
+    backbone = _build_backbone()
+    assert load_pretrained_backbone(backbone, tmp_path / "no_layer4.pth") == len(without_layer4) - 2   # fc
+    assert torch.equal(backbone.state_dict()["layer3.22.bn3.running_var"], resnet_state["layer3.22.bn3.running_var"])
+    one_short = dict(resnet_state)
+    del one_short["layer3.22.bn3.running_mean"], one_short["conv1.weight"]
+    torch.save(one_short, tmp_path / "one_short.pth")
+    with pytest.raises(ValueError, match=r"lack 2 of the 470 that the encoder runs \(conv1, bn1, "
+                                         r"layer1-layer3\): conv1: all 1 tensors; layer3\.22: 1 of 15 "
+                                         r"tensors \(bn3\.running_mean\);"):
+        load_pretrained_backbone(_build_backbone(), tmp_path / "one_short.pth")
+
+
 # -- release checkpoints -----------------------------------------------------------------------
 RELEASE_SHAPES = {
     "encoder.reduce1.weight": (512, 1024, 1, 1), "encoder.reduce2.weight": (512, 2048, 1, 1),

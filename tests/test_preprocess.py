@@ -1,11 +1,15 @@
 """Pre-processing CLIs (docs/protocol.md section 12) on tiny raw inputs written here in each
 dataset's raw format: NIfTI with non-trivial spacing and origin, a DICOM series written with
 SimpleITK, PNG masks. Checks sizes, spacing, label values, intensity range, geometry, that
-labels stay on the anatomy they mark, that bad input fails before anything is written, and
-the MRI routes' integer (release) and float arithmetic against values computed by hand."""
+labels stay on the anatomy they mark, that bad input fails before anything is written, the
+manifest, and the MRI routes' integer (release) and float arithmetic against values computed
+by hand."""
+import hashlib
+import json
 import os
 
 import cv2
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -13,9 +17,10 @@ import SimpleITK as sitk
 from data.CHAOST2 import preprocess as chaos
 from data.CMR import preprocess as cmr
 from data.nifti_io import Geometry
-from data.preprocess_common import (centre_crop_or_pad, clip_top_percentile, flip_rows,
-                                    mr_route_record, natural_sort_key, preprocess_mr,
-                                    resample_image, resample_label, resampled_size)
+from data.preprocess_common import (centre_crop_or_pad, clip_top_percentile, flip_rows, mr_route,
+                                    natural_sort_key, preprocess_mr, resample_image, resample_label,
+                                    resampled_size)
+from data.preprocess_manifest import MANIFEST_NAME, raw_differences
 from data.Prostate_MRI import preprocess as prostate
 from data.SABS import preprocess as sabs
 
@@ -43,6 +48,10 @@ def physical_centroid(label_path, value):
 def read(path):
     image = sitk.ReadImage(path)
     return sitk.GetArrayFromImage(image), image
+
+
+TWO_VOLUMES = ["image_0.nii.gz", "image_1.nii.gz", "label_0.nii.gz", "label_1.nii.gz",
+               MANIFEST_NAME]
 
 
 def files_in(folder):
@@ -139,7 +148,7 @@ def sabs_run(tmp_path_factory):
 
 def test_sabs_output_layout_size_spacing_and_range(sabs_run):
     raw, out, paths = sabs_run
-    assert files_in(out) == ["image_0.nii.gz", "image_1.nii.gz", "label_0.nii.gz", "label_1.nii.gz"]
+    assert files_in(out) == TWO_VOLUMES
     assert paths == [str(out / "image_0.nii.gz"), str(out / "label_0.nii.gz"),
                      str(out / "image_1.nii.gz"), str(out / "label_1.nii.gz")]
     image, image_obj = read(str(out / "image_0.nii.gz"))
@@ -181,7 +190,7 @@ def test_sabs_rerun_skips_finished_volumes_unless_overwrite(sabs_run):
     assert os.path.getmtime(target) == 1
     sabs.main(["--raw-dir", str(raw), "--out-dir", str(out), "--overwrite"])
     assert os.path.getmtime(target) > 1
-    assert files_in(out) == ["image_0.nii.gz", "image_1.nii.gz", "label_0.nii.gz", "label_1.nii.gz"]
+    assert files_in(out) == TWO_VOLUMES
 
 
 def test_sabs_bad_input_fails_before_writing(tmp_path):
@@ -265,7 +274,7 @@ def chaos_run(tmp_path_factory):
 
 def test_chaos_output_size_spacing_values_and_range(chaos_run):
     raw, out, raw_volume = chaos_run
-    assert files_in(out) == ["image_0.nii.gz", "image_1.nii.gz", "label_0.nii.gz", "label_1.nii.gz"]
+    assert files_in(out) == TWO_VOLUMES
     image, image_obj = read(str(out / "image_1.nii.gz"))   # patient 10 comes after patient 2
     label, label_obj = read(str(out / "label_1.nii.gz"))
     assert image.shape == label.shape == (6, 256, 256)     # 5 slices of 7.7 mm + the extra one
@@ -390,14 +399,19 @@ def test_prostate_labels_and_rerun(tmp_path):
     assert out_image.shape == (3, 256, 256)     # int(2 * 10 / 7.7 + 1) = 3
     assert np.allclose(image_obj.GetSpacing(), (1.25, 1.25, 7.70))
     assert set(np.unique(out_label)) == set(range(9))
-    # a second raw volume with a label the dataset does not define: nothing new is written
+    # a second raw volume with a label the dataset does not define: the changed raw folder is
+    # refused, and with overwrite the bad label fails before anything is removed or written
     bad = label.astype(np.uint8)
     bad[0, 0, 0] = 9
     write_nifti(image, str(raw / "000002_img.nii.gz"), MR_SPACING)
     write_nifti(bad, str(raw / "000002_mask.nii.gz"), MR_SPACING)
-    with pytest.raises(ValueError, match=r"000002_mask\.nii\.gz holds value\(s\) \[9\]"):
+    before = {name: os.stat(out / name).st_mtime_ns for name in files_in(out)}
+    with pytest.raises(ValueError, match=r"raw file added: 000002_img\.nii\.gz"):
         prostate.preprocess_prostate(str(raw), str(out))
-    assert files_in(out) == ["image_0.nii.gz", "label_0.nii.gz"]
+    with pytest.raises(ValueError, match=r"000002_mask\.nii\.gz holds value\(s\) \[9\]"):
+        prostate.preprocess_prostate(str(raw), str(out), overwrite=True)
+    assert {name: os.stat(out / name).st_mtime_ns for name in files_in(out)} == before
+    assert files_in(out) == ["image_0.nii.gz", "label_0.nii.gz", MANIFEST_NAME]
 
 
 @pytest.mark.parametrize("module", [sabs, chaos, cmr, prostate])
@@ -479,14 +493,15 @@ def test_mri_route_arithmetic_against_hand_values(tmp_path, arithmetic):
 
 
 def test_arithmetic_is_named_recorded_and_checked(tmp_path):
-    route = cmr.preprocessing_route()
-    assert route["dataset"] == "CMR" and route["arithmetic"] == "release"
-    assert route["spacing_xyz_mm"] == [1.25, 1.25, 7.99] and route["clip_percentile"] == 99.5
-    assert chaos.preprocessing_route("float")["arithmetic"] == "float"
-    assert prostate.preprocessing_route()["spacing_xyz_mm"] == [1.25, 1.25, 7.7]
-    assert sabs.preprocessing_route()["hu_window"] == [-125.0, 275.0]
+    route = cmr.cmr_route()
+    assert route.parameters["dataset"] == "CMR" and route.parameters["arithmetic"] == "release"
+    assert route.parameters["target_spacing_xyz"] == [1.25, 1.25, 7.99]
+    assert route.parameters["clip_percentile"] == 99.5 and route.parameters["size_yx"] == [256, 256]
+    assert chaos.chaos_route("float").parameters["arithmetic"] == "float"
+    assert prostate.prostate_route().parameters["target_spacing_xyz"] == [1.25, 1.25, 7.7]
+    assert sabs.sabs_route().parameters["hu_window"] == [-125.0, 275.0]
     with pytest.raises(ValueError, match=r"arithmetic must be one of \['release', 'float'\], got 'double'"):
-        mr_route_record((1.25, 1.25, 7.7), "double")
+        mr_route("CMR", (1.25, 1.25, 7.7), (0, 1), "double")
     with pytest.raises(ValueError, match="arithmetic must be one of"):
         cmr.preprocess_cmr(str(tmp_path), str(tmp_path / "out"), arithmetic="double")
     geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
@@ -501,3 +516,216 @@ def test_mri_clis_offer_the_arithmetic_and_point_to_data_processed(module, capsy
         module.main(["--help"])
     text = capsys.readouterr().out
     assert "--arithmetic {release,float}" in text and "data_processed/" in text
+# ----------------------------------------------------------------------------- damaged raw input
+
+def truncate(path, n_bytes):
+    data = open(path, "rb").read()
+    assert n_bytes < len(data), "the test file must be larger than what is kept"
+    with open(path, "wb") as f:
+        f.write(data[:n_bytes])
+
+
+def write_noisy_cmr_pair(raw, patient, seed=0, **kwargs):
+    """A CMR pair whose image and label are noisy (so even the label is several kB and a
+    400-byte prefix really cuts it)."""
+    rng = np.random.default_rng(seed)
+    image = (300 + 50 * rng.normal(size=(3, 60, 70))).astype(np.float32)
+    label = rng.choice(np.array([0, 200, 500, 600], np.uint16), size=image.shape)
+    image_path, label_path = str(raw / f"{patient}_C0.nii.gz"), str(raw / f"{patient}_C0_manual.nii.gz")
+    write_nifti(image, image_path, MR_SPACING, **kwargs)
+    write_nifti(label, label_path, MR_SPACING, **kwargs)
+    return image_path, label_path
+
+
+@pytest.mark.parametrize("role", ["image", "label"])
+@pytest.mark.parametrize("keep", ["half", 400])
+def test_truncated_raw_volume_fails_before_writing(tmp_path, capsys, role, keep):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_noisy_cmr_pair(raw, "patient1")
+    paths = dict(zip(("image", "label"), write_noisy_cmr_pair(raw, "patient2", seed=1)))
+    truncate(paths[role], os.path.getsize(paths[role]) // 2 if keep == "half" else 400)
+    with pytest.raises(SystemExit) as exit_info:
+        cmr.main(["--raw-dir", str(raw), "--out-dir", str(out)])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert f"{paths[role]}: damaged or truncated gzip stream" in error
+    assert "Traceback" not in error and error.count("\n") == 1
+    assert files_in(out) == []
+
+
+def test_truncated_sabs_image_fails_before_writing(tmp_path):
+    raw = tmp_path / "raw"
+    hu, label = make_sabs_volume(200)
+    hu = hu + np.random.default_rng(0).integers(0, 40, hu.shape, dtype=np.int16)
+    write_nifti(hu, str(raw / "img" / "img0001.nii.gz"), SABS_SPACING)
+    write_nifti(label, str(raw / "label" / "label0001.nii.gz"), SABS_SPACING)
+    truncate(str(raw / "img" / "img0001.nii.gz"), os.path.getsize(raw / "img" / "img0001.nii.gz") // 2)
+    with pytest.raises(ValueError, match=r"img0001\.nii\.gz: damaged or truncated gzip stream"):
+        sabs.preprocess_sabs(str(raw), str(tmp_path / "out"))
+    assert files_in(tmp_path / "out") == []
+
+
+def test_non_finite_raw_image_fails_with_the_count(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    image, label = make_mr_volume((200,))
+    image[0, 5, 5], image[1, 6, 6], image[2, 7, 7] = np.nan, np.inf, np.nan
+    write_nifti(image, str(raw / "patient1_C0.nii.gz"), MR_SPACING)
+    write_nifti(label, str(raw / "patient1_C0_manual.nii.gz"), MR_SPACING)
+    on_disk = np.asarray(nib.load(str(raw / "patient1_C0.nii.gz")).dataobj)   # second reader
+    assert np.isnan(on_disk).sum() == 2 and np.isinf(on_disk).sum() == 1
+    with pytest.raises(ValueError, match=r"patient1_C0\.nii\.gz has 3 non-finite voxel\(s\) of "
+                                         r"12600 \(2 NaN, 1 infinite\)"):
+        cmr.preprocess_cmr(str(raw), str(out))
+    bad_label = label.astype(np.float32)
+    bad_label[0, 0, 0] = np.nan
+    image[np.isnan(image) | np.isinf(image)] = 0
+    write_nifti(image, str(raw / "patient1_C0.nii.gz"), MR_SPACING)
+    write_nifti(bad_label, str(raw / "patient1_C0_manual.nii.gz"), MR_SPACING)
+    with pytest.raises(ValueError, match=r"label .*patient1_C0_manual\.nii\.gz has 1 non-finite"):
+        cmr.preprocess_cmr(str(raw), str(out))
+    assert files_in(out) == []
+
+
+def test_truncated_dicom_slice_is_named(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_chaos_patient(raw, 1)
+    dicom = raw / "1" / "T2SPIR" / "DICOM_anon" / "IMG-0002-00003.dcm"
+    truncate(str(dicom), os.path.getsize(dicom) // 2)
+    with pytest.raises(ValueError, match=r"not in the series \(unreadable, truncated or from "
+                                         r"another series\): IMG-0002-00003\.dcm"):
+        chaos.preprocess_chaos(str(raw), str(out))
+    assert files_in(out) == []
+
+
+# ----------------------------------------------------------------------------- manifest
+
+def read_manifest(out):
+    with open(out / MANIFEST_NAME, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_manifest_traces_every_output_to_its_raw_files(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_noisy_cmr_pair(raw / "a", "patient10", seed=10)
+    write_noisy_cmr_pair(raw / "b", "patient2", seed=2)
+    cmr.preprocess_cmr(str(raw), str(out))
+    manifest = read_manifest(out)
+    assert manifest["dataset"] == "CMR" and manifest["format"] == 1
+    assert manifest["route"]["name"] == "mri_clip_resample_crop"
+    assert manifest["route"]["parameters"]["target_spacing_xyz"] == [1.25, 1.25, 7.99]
+    assert manifest["raw_dir"] == str(raw)
+    assert [(v["index"], v["case"], v["image"], v["label"]) for v in manifest["volumes"]] == [
+        (0, "patient2_C0", "image_0.nii.gz", "label_0.nii.gz"),
+        (1, "patient10_C0", "image_1.nii.gz", "label_1.nii.gz")]
+    record = manifest["volumes"][1]["raw"]["label"][0]
+    assert record["path"] == "a/patient10_C0_manual.nii.gz"
+    raw_file = raw / "a" / "patient10_C0_manual.nii.gz"
+    assert record["size"] == raw_file.stat().st_size
+    assert record["sha256"] == hashlib.sha256(raw_file.read_bytes()).hexdigest()
+
+
+def test_chaos_manifest_lists_every_dicom_slice_and_mask(chaos_run):
+    raw, out, _ = chaos_run
+    volumes = read_manifest(out)["volumes"]
+    assert [v["case"] for v in volumes] == ["2", "10"]
+    slices = volumes[1]["raw"]["image"]
+    assert [s["path"] for s in slices] == [f"10/T2SPIR/DICOM_anon/IMG-0002-{i:05d}.dcm"
+                                           for i in range(1, 6)]
+    assert all(s["size"] == (raw / s["path"]).stat().st_size for s in slices)
+    assert len(volumes[1]["raw"]["label"]) == 5
+    assert read_manifest(out)["route"]["parameters"]["row_flip"] is True
+
+
+def test_changed_raw_folder_is_refused_or_redone_with_overwrite(tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_noisy_cmr_pair(raw, "patient1", seed=1)
+    write_noisy_cmr_pair(raw, "patient2", seed=2)
+    cmr.preprocess_cmr(str(raw), str(out))
+    stamps = {name: os.stat(out / name).st_mtime_ns for name in files_in(out)}
+    # added: it would sort first and shift every index
+    write_noisy_cmr_pair(raw, "patient0", seed=7)
+    with pytest.raises(SystemExit) as exit_info:
+        cmr.main(["--raw-dir", str(raw), "--out-dir", str(out)])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert ("raw file added: patient0_C0.nii.gz; raw file added: patient0_C0_manual.nii.gz"
+            in error and "--overwrite" in error and "Traceback" not in error)
+    assert error.count("\n") == 1
+    assert {name: os.stat(out / name).st_mtime_ns for name in files_in(out)} == stamps
+    cmr.main(["--raw-dir", str(raw), "--out-dir", str(out), "--overwrite"])
+    assert [v["case"] for v in read_manifest(out)["volumes"]] == ["patient0_C0", "patient1_C0",
+                                                                  "patient2_C0"]
+    # removed: with --overwrite the outputs of the deleted case do not survive
+    os.remove(raw / "patient0_C0.nii.gz")
+    os.remove(raw / "patient0_C0_manual.nii.gz")
+    with pytest.raises(ValueError, match="raw file removed: patient0_C0.nii.gz"):
+        cmr.preprocess_cmr(str(raw), str(out))
+    paths = cmr.preprocess_cmr(str(raw), str(out), overwrite=True)
+    assert len(paths) == 4 and files_in(out) == TWO_VOLUMES
+    # changed: new content under the same name
+    write_noisy_cmr_pair(raw, "patient2", seed=3)
+    with pytest.raises(ValueError, match=r"raw file changed: patient2_C0.nii.gz \(\d+ -> \d+ bytes\)"):
+        cmr.preprocess_cmr(str(raw), str(out))
+
+
+def test_same_size_edit_route_change_and_missing_manifest_are_refused(tmp_path, monkeypatch):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    image, label = make_mr_volume((200, 500))
+    write_nifti(image, str(raw / "patient1_C0.nii"), MR_SPACING)     # uncompressed raw files
+    write_nifti(label, str(raw / "patient1_C0_manual.nii"), MR_SPACING)
+    cmr.preprocess_cmr(str(raw), str(out))
+    image[1, 30, 30] += 1                       # one voxel: same size, other bytes
+    write_nifti(image, str(raw / "patient1_C0.nii"), MR_SPACING)
+    with pytest.raises(ValueError, match=r"raw file changed: patient1_C0.nii \(same size, "
+                                         r"different sha256\)"):
+        cmr.preprocess_cmr(str(raw), str(out))
+    cmr.preprocess_cmr(str(raw), str(out), overwrite=True)
+    monkeypatch.setattr(cmr, "TARGET_SPACING", (1.0, 1.0, 7.99))
+    with pytest.raises(ValueError, match=r"route parameter target_spacing_xyz: \[1.25, 1.25, 7.99\] "
+                                         r"-> \[1.0, 1.0, 7.99\]"):
+        cmr.preprocess_cmr(str(raw), str(out))
+    monkeypatch.undo()
+    (out / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ValueError, match=f"cannot read the pre-processing manifest .*{MANIFEST_NAME}"):
+        cmr.preprocess_cmr(str(raw), str(out))
+    os.remove(out / MANIFEST_NAME)
+    with pytest.raises(ValueError, match=r"holds pre-processed volumes \(.*image_0.nii.gz and 1 more\) "
+                                         f"but no {MANIFEST_NAME}"):
+        cmr.preprocess_cmr(str(raw), str(out))
+
+
+def test_interrupted_run_resumes_only_the_missing_volume(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_noisy_cmr_pair(raw, "patient1", seed=1)
+    write_noisy_cmr_pair(raw, "patient2", seed=2)
+    cmr.preprocess_cmr(str(raw), str(out))
+    kept = os.stat(out / "image_0.nii.gz").st_mtime_ns
+    os.remove(out / "image_1.nii.gz")             # as if killed before the last image
+    cmr.preprocess_cmr(str(raw), str(out))
+    assert os.stat(out / "image_0.nii.gz").st_mtime_ns == kept
+    assert files_in(out) == TWO_VOLUMES
+
+
+def test_reordering_is_reported_as_such():
+    def volume(*paths):
+        return {"raw": {"image": [{"path": p, "size": 1, "sha256": p} for p in paths]}}
+    old = [volume("a.nii"), volume("b.nii")]
+    assert raw_differences(old, [volume("b.nii"), volume("a.nii")]) == [
+        "volume 0 came from ['a.nii'], now from ['b.nii']",
+        "volume 1 came from ['b.nii'], now from ['a.nii']"]
+    assert raw_differences(old, old) == []
+
+
+def test_truncated_png_mask_is_named_in_one_line(tmp_path, capfd):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_chaos_patient(raw, 1)
+    mask = raw / "1" / "T2SPIR" / "Ground" / "IMG-0002-00004.png"
+    truncate(str(mask), os.path.getsize(mask) // 2)
+    with pytest.raises(SystemExit) as exit_info:
+        chaos.main(["--raw-dir", str(raw), "--out-dir", str(out)])
+    assert exit_info.value.code == 1
+    error = capfd.readouterr().err
+    assert error.endswith(f"error: mask {mask} is truncated or not a PNG file (it does not end "
+                          "with the IEND chunk)\n")
+    assert error.count("\n") == 1      # nothing from libpng
+    assert files_in(out) == []

@@ -4,6 +4,7 @@ import os
 import sys
 import tracemalloc
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -294,3 +295,53 @@ def test_compiled_core_rejects_a_malformed_neighbourhood():
         extension.segment_volume(np.zeros((2, 2, 2)), backwards, factors, 1.0, 1)
     with pytest.raises(ValueError, match=r"expected \(13, 3\) offsets"):
         extension.segment_volume(np.zeros((2, 2, 2)), offsets[:5].copy(), factors, 1.0, 1)
+
+
+# ---------------------------------------------------------------- damaged or stale input
+
+@pytest.mark.parametrize("fill", ["all NaN", "one inf"])
+def test_non_finite_image_is_refused_and_nothing_is_written(tmp_path, capsys, fill):
+    image = body_volume(0)
+    if fill == "all NaN":
+        image[:] = np.nan
+    else:
+        image[2, 10, 10] = np.inf
+    path = tmp_path / "image_0.nii.gz"
+    write_volume(image, GEOMETRY, str(path))
+    on_disk = np.asarray(nib.load(str(path)).dataobj)     # a second reader: really on disk
+    assert np.count_nonzero(~np.isfinite(on_disk)) == (image.size if fill == "all NaN" else 1)
+    count = "1600 non-finite voxel\\(s\\) of 1600 \\(1600 NaN" if fill == "all NaN" else \
+        "1 non-finite voxel\\(s\\) of 1600 \\(0 NaN, 1 infinite"
+    with pytest.raises(ValueError, match=f"image_0\\.nii\\.gz has {count}"):
+        gen.generate_supervoxels(str(tmp_path), 20, progress=False)
+    with pytest.raises(ValueError, match="the image to segment has"):
+        gen.supervoxels_for_volume(image, (4.0, 1.5, 1.5), 20)
+    with pytest.raises(SystemExit) as exit_info:
+        gen.main(["--data-dir", str(tmp_path), "--min-size", "20"])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert error.startswith("python -m data.supervoxels.generate_supervoxels: error: ")
+    assert str(path) in error
+    assert not (tmp_path / "supervoxels_20" / "superpix-MIDDLE_0.nii.gz").exists()
+
+
+def test_truncated_image_is_refused_naming_it(dataset, capsys):
+    path = dataset / "image_2.nii.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SystemExit):
+        gen.main(["--data-dir", str(dataset), "--min-size", "20"])
+    error = capsys.readouterr().err
+    assert f"{path}: damaged or truncated gzip stream" in error and error.count("\n") == 1
+
+
+def test_output_older_than_its_image_is_recomputed(dataset):
+    first = gen.generate_supervoxels(str(dataset), 20, progress=False)
+    # image_0 is pre-processed again: its supervoxels are stale, those of image_2 are not
+    write_volume(body_volume(5), GEOMETRY, str(dataset / "image_0.nii.gz"))
+    later = os.stat(first[0]).st_mtime_ns + 10**9
+    os.utime(dataset / "image_0.nii.gz", ns=(later, later))
+    assert gen.generate_supervoxels(str(dataset), 20, progress=False) == [first[0]]
+    labels, _ = read_volume(first[0], dtype=np.int32)
+    np.testing.assert_array_equal(labels, gen.supervoxels_for_volume(body_volume(5), (4.0, 1.5, 1.5), 20))

@@ -28,17 +28,18 @@ The experiments read <data_root>/chaos_MR_T2_normalized, data_root defaulting to
 import functools
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import SimpleITK as sitk
 
-from data.nifti_io import Geometry
+from data.nifti_io import Geometry, check_finite
 from data.preprocess_common import (DEFAULT_MR_ARITHMETIC, ProcessedVolume, add_arithmetic_argument,
-                                    build_parser, flip_rows, itk_error_text, mr_route_record,
+                                    build_parser, flip_rows, itk_error_text, mr_route,
                                     natural_sort_key, parse_arithmetic, preprocess_mr, require_dir,
                                     run_cli, run_preprocessing)
+from data.preprocess_manifest import RawCase, Route
 
 TARGET_SPACING = (1.25, 1.25, 7.70)   # (x, y, z) mm
 GREY_TO_LABEL = {0: 0, 63: 1, 126: 2, 189: 3, 252: 4}
@@ -82,15 +83,33 @@ def series_files(patient: ChaosPatient) -> Tuple[List[str], List[str]]:
                          f"{len(series_ids)}")
     by_position = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(patient.dicom_dir,
                                                                       series_ids[0]))
-    if sorted(map(os.path.abspath, by_position)) != sorted(map(os.path.abspath, by_name)):
+    left_out = sorted(set(map(os.path.abspath, by_name)) - set(map(os.path.abspath, by_position)),
+                      key=natural_sort_key)
+    if left_out or len(by_position) != len(by_name):
+        # GDCM leaves unreadable (for example truncated) files out of the series.
         raise ValueError(f"{patient.dicom_dir}: the series has {len(by_position)} files but the "
-                         f"folder holds {len(by_name)} .dcm files")
+                         f"folder holds {len(by_name)} .dcm files"
+                         + (f"; not in the series (unreadable, truncated or from another "
+                            f"series): {', '.join(os.path.basename(p) for p in left_out[:5])}"
+                            + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+                            if left_out else ""))
     return by_position, by_name
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"   # the empty IEND chunk every PNG ends with
 
 
 def read_mask(path: str, shape: Tuple[int, int]) -> np.ndarray:
     """One ground-truth PNG as a (rows, columns) uint8 map of labels 0..4."""
-    grey = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    with open(path, "rb") as f:
+        data = f.read()
+    # A truncated PNG is caught here, in one line, before libpng complains on stderr.
+    if not data.startswith(PNG_SIGNATURE) or not data.endswith(PNG_END):
+        raise ValueError(f"mask {path} is truncated or not a PNG file ("
+                         + ("no PNG signature" if not data.startswith(PNG_SIGNATURE)
+                            else "it does not end with the IEND chunk") + ")")
+    grey = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if grey is None:
         raise ValueError(f"cannot read mask {path}")
     if grey.ndim == 3:  # an RGB(A) save of a grey mask: every colour channel must agree
@@ -150,9 +169,24 @@ def read_chaos_patient(patient: ChaosPatient) -> Tuple[np.ndarray, np.ndarray, G
     except RuntimeError as err:
         raise ValueError(f"cannot read the DICOM series in {patient.dicom_dir}: "
                          f"{itk_error_text(err)}") from None
+    # The raw pixel type (int16 for CHAOS) is kept: the release's arithmetic (see preprocess_mr).
     array = sitk.GetArrayFromImage(image)
+    check_finite(array, f"DICOM series {patient.dicom_dir}")
     label = read_masks(patient, by_position, by_name, array.shape[1:])
     return array, label, Geometry.of(image)
+
+
+def chaos_case(patient: ChaosPatient) -> RawCase:
+    """The raw files of one patient for the manifest: every DICOM slice and PNG mask."""
+    return RawCase(patient.patient_id,
+                   {"image": _files_with_suffix(patient.dicom_dir, ".dcm"),
+                    "label": _files_with_suffix(patient.ground_dir, ".png")})
+
+
+def chaos_route(arithmetic: str = DEFAULT_MR_ARITHMETIC) -> Route:
+    """The route and parameters recorded in the output folder's manifest."""
+    return mr_route("CHAOST2", TARGET_SPACING, GREY_TO_LABEL.values(), arithmetic, row_flip=True,
+                    grey_to_label={str(k): v for k, v in GREY_TO_LABEL.items()})
 
 
 def preprocess_chaos_patient(patient: ChaosPatient,
@@ -163,20 +197,13 @@ def preprocess_chaos_patient(patient: ChaosPatient,
     return preprocess_mr(image, label, flipped, TARGET_SPACING, arithmetic=arithmetic)
 
 
-def preprocessing_route(arithmetic: str = DEFAULT_MR_ARITHMETIC) -> Dict[str, object]:
-    """The route this module applies, for a pre-processing manifest."""
-    return {"dataset": "CHAOST2", **mr_route_record(TARGET_SPACING, arithmetic),
-            "reader": "DICOM series (SimpleITK), image and masks row-flipped",
-            "labels": "fixed grey table 63, 126, 189, 252 -> 1, 2, 3, 4"}
-
-
 def preprocess_chaos(raw_dir: str, out_dir: str, overwrite: bool = False,
                      arithmetic: str = DEFAULT_MR_ARITHMETIC) -> List[str]:
     """Pre-process every CHAOS T2-SPIR patient under `raw_dir` into `out_dir`."""
-    preprocessing_route(arithmetic)  # rejects an unknown arithmetic before any work
+    route = chaos_route(arithmetic)  # rejects an unknown arithmetic before any work
     return run_preprocessing(find_chaos_patients(raw_dir), out_dir, validate_chaos_patient,
                              functools.partial(preprocess_chaos_patient, arithmetic=arithmetic),
-                             overwrite, "CHAOST2")
+                             overwrite, "CHAOST2", raw_dir=raw_dir, route=route, describe=chaos_case)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

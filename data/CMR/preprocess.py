@@ -18,12 +18,13 @@ The experiments read <data_root>/cmr_MR_normalized, data_root defaulting to ./da
     python -m data.CMR.preprocess --raw-dir RAW --out-dir data_processed/cmr_MR_normalized
 """
 import functools
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from data.preprocess_common import (DEFAULT_MR_ARITHMETIC, ProcessedVolume, add_arithmetic_argument,
-                                    build_parser, find_suffix_pairs, mr_route_record,
+                                    build_parser, find_suffix_pairs, mr_route, nifti_pair_case,
                                     parse_arithmetic, preprocess_nifti_mr_pair, run_cli,
                                     run_preprocessing, validate_nifti_pair)
+from data.preprocess_manifest import Route
 
 TARGET_SPACING = (1.25, 1.25, 7.99)   # (x, y, z) mm
 LABEL_VALUES = (0, 200, 500, 600)
@@ -35,26 +36,26 @@ def find_cmr_pairs(raw_dir: str) -> List[Tuple[str, str]]:
     return find_suffix_pairs(raw_dir, IMAGE_SUFFIX, LABEL_SUFFIX, "CMR bSSFP")
 
 
+def cmr_route(arithmetic: str = DEFAULT_MR_ARITHMETIC) -> Route:
+    """The route and parameters recorded in the output folder's manifest."""
+    return mr_route("CMR", TARGET_SPACING, LABEL_VALUES, arithmetic)
+
+
 def preprocess_cmr_volume(image_path: str, label_path: str,
                           arithmetic: str = DEFAULT_MR_ARITHMETIC) -> ProcessedVolume:
     return preprocess_nifti_mr_pair((image_path, label_path), LABEL_VALUES, TARGET_SPACING,
                                     arithmetic)
 
 
-def preprocessing_route(arithmetic: str = DEFAULT_MR_ARITHMETIC) -> Dict[str, object]:
-    """The route this module applies, for a pre-processing manifest."""
-    return {"dataset": "CMR", **mr_route_record(TARGET_SPACING, arithmetic),
-            "labels": "challenge values 200, 500, 600 kept (mapped to 1, 2, 3 when loaded)"}
-
-
 def preprocess_cmr(raw_dir: str, out_dir: str, overwrite: bool = False,
                    arithmetic: str = DEFAULT_MR_ARITHMETIC) -> List[str]:
     """Pre-process every CMR volume under `raw_dir` into `out_dir`; returns the output paths."""
-    preprocessing_route(arithmetic)  # rejects an unknown arithmetic before any work
+    route = cmr_route(arithmetic)  # rejects an unknown arithmetic before any work
     return run_preprocessing(find_cmr_pairs(raw_dir), out_dir,
                              lambda pair: validate_nifti_pair(pair, LABEL_VALUES),
                              lambda pair: preprocess_cmr_volume(*pair, arithmetic=arithmetic),
-                             overwrite, "CMR")
+                             overwrite, "CMR", raw_dir=raw_dir, route=route,
+                             describe=nifti_pair_case)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

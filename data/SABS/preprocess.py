@@ -15,15 +15,16 @@ The experiments read <data_root>/sabs_CT_normalized, data_root defaulting to ./d
 """
 import os
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data.nifti_io import read_volume
 from data.preprocess_common import (ProcessedVolume, build_parser, check_same_shape,
-                                    extract_inplane_window, pair_by_key, read_array_shape,
-                                    read_label, require_dir, resample_image, resample_label,
-                                    run_cli, run_preprocessing, strip_nifti_suffix)
+                                    extract_inplane_window, nifti_pair_case, pair_by_key,
+                                    read_label, read_raw_image, require_dir, resample_image,
+                                    resample_label, run_cli, run_preprocessing,
+                                    strip_nifti_suffix)
+from data.preprocess_manifest import Route
 
 HU_WINDOW = (-125.0, 275.0)
 BORDER = 32                      # pixels cropped from each in-plane border
@@ -60,12 +61,20 @@ def window_ct(hu: np.ndarray, window: Sequence[float] = HU_WINDOW) -> np.ndarray
     return ((np.clip(hu.astype(np.float32), lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.float32)
 
 
+def sabs_route() -> Route:
+    """The route and parameters recorded in the output folder's manifest."""
+    return Route("ct_window_crop_resample", {
+        "dataset": "SABS", "hu_window": list(HU_WINDOW), "border_px": BORDER,
+        "inplane_spacing_factor": SPACING_FACTOR, "label_values": list(LABEL_VALUES)})
+
+
 def validate_sabs_pair(pair: Tuple[str, str]) -> None:
-    """Raise if the pair cannot be read, shapes differ, or the label has undefined values."""
+    """Raise if the pair cannot be read completely, the image has non-finite voxels, shapes
+    differ, or the label has undefined values."""
     image_path, label_path = pair
-    image_shape = read_array_shape(image_path)
-    check_same_shape(image_path, image_shape, label_path, read_array_shape(label_path))
-    read_label(label_path, LABEL_VALUES)
+    image_shape = read_raw_image(image_path)[0].shape
+    label, _ = read_label(label_path, LABEL_VALUES)
+    check_same_shape(image_path, image_shape, label_path, label.shape)
     if min(image_shape[1:]) <= 2 * BORDER:
         raise ValueError(f"image {image_path} has in-plane size {image_shape[1:]}, too small to "
                          f"crop {BORDER} pixels from each border")
@@ -73,7 +82,7 @@ def validate_sabs_pair(pair: Tuple[str, str]) -> None:
 
 def preprocess_sabs_volume(image_path: str, label_path: str) -> ProcessedVolume:
     """Window, crop and resample one CT volume and its label map (steps 1-3 above)."""
-    hu, geometry = read_volume(image_path)
+    hu, geometry = read_raw_image(image_path)
     # The label is taken on the image's grid: its own header may differ in rounding only.
     label, _ = read_label(label_path, LABEL_VALUES)
     check_same_shape(image_path, hu.shape, label_path, label.shape)
@@ -88,20 +97,12 @@ def preprocess_sabs_volume(image_path: str, label_path: str) -> ProcessedVolume:
     return ProcessedVolume(image, label, out_geometry)
 
 
-def preprocessing_route() -> Dict[str, object]:
-    """The route this module applies, for a pre-processing manifest."""
-    return {"dataset": "SABS", "route": "ct", "hu_window": list(HU_WINDOW),
-            "intensity": "window mapped linearly onto [0, 255], float32",
-            "border_crop_px": BORDER, "in_plane_spacing_factor": SPACING_FACTOR,
-            "size_rule": "int(n * old_spacing / new_spacing + 1)",
-            "interpolation": "linear; labels one class at a time, rounded"}
-
-
 def preprocess_sabs(raw_dir: str, out_dir: str, overwrite: bool = False) -> List[str]:
     """Pre-process every SABS volume under `raw_dir` into `out_dir`; returns the output paths."""
     pairs = find_sabs_pairs(raw_dir)
     return run_preprocessing(pairs, out_dir, validate_sabs_pair,
-                             lambda pair: preprocess_sabs_volume(*pair), overwrite, "SABS")
+                             lambda pair: preprocess_sabs_volume(*pair), overwrite, "SABS",
+                             raw_dir=raw_dir, route=sabs_route(), describe=nifti_pair_case)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

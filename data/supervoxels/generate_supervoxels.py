@@ -3,7 +3,10 @@
 For every `image_<i>.nii.gz` in --data-dir this writes
 `supervoxels_<min size>/superpix-MIDDLE_<i>.nii.gz` with the image's geometry: 3D Felzenszwalb
 supervoxels of the [0, 255]-rescaled volume, restricted to the body (step 6). Volumes already
-done are skipped unless --overwrite; every file is written atomically.
+done are skipped unless --overwrite (an output older than its image, for example after the
+image was pre-processed again, is not done: it is recomputed); every file is written
+atomically. An image that cannot be read completely or holds NaN or infinite voxels is an
+error naming it; the CLI then ends with that one line and exit status 1.
 
     python -m data.supervoxels.generate_supervoxels \
         --data-dir data_processed/sabs_CT_normalized --min-size 5000
@@ -20,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from data.nifti_io import Geometry, read_volume, write_volume
+from data.nifti_io import Geometry, check_finite, read_volume, write_volume
 from data.supervoxels.felzenszwalb_3d import felzenszwalb_3d
 
 IMAGE_PATTERN = re.compile(r"^image_(\d+)\.nii\.gz$")
@@ -28,8 +31,10 @@ FOREGROUND_THRESHOLD = 10.0  # on the [0, 255] image
 
 
 def rescale_to_255(image: np.ndarray) -> np.ndarray:
-    """Min-max rescale to [0, 255] as float64 (a constant volume becomes all zeros)."""
+    """Min-max rescale to [0, 255] as float64 (a constant volume becomes all zeros). NaN or
+    infinite voxels would make every voxel NaN (and the body mask empty): they are refused."""
     image = np.asarray(image, dtype=np.float64)
+    check_finite(image, "the image to segment")
     low, high = image.min(), image.max()
     if high == low:
         return np.zeros_like(image)
@@ -99,29 +104,44 @@ def supervoxel_path(data_dir: str, min_size: int, index: int) -> str:
     return os.path.join(data_dir, f"supervoxels_{min_size}", f"superpix-MIDDLE_{index}.nii.gz")
 
 
+def is_done(out_path: str, image_path: str) -> bool:
+    """Whether a supervoxel file exists and is not older than its image (an older one was
+    computed from an earlier version of the image)."""
+    return (os.path.isfile(out_path)
+            and os.stat(out_path).st_mtime_ns >= os.stat(image_path).st_mtime_ns)
+
+
 def generate_supervoxels(data_dir: str, min_size: int, overwrite: bool = False,
                          scale: float = 1.0, sigma: float = 0.0,
                          progress: bool = True) -> List[str]:
     """Write supervoxels for every image in data_dir; returns the paths written this call
-    (volumes skipped because their output exists are not listed)."""
+    (volumes skipped because their output is done, see `is_done`, are not listed).
+
+    Raises:
+        FileNotFoundError, ValueError: naming the folder or image (missing, unreadable,
+            truncated, or with NaN or infinite voxels).
+    """
     if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 1:
         raise ValueError(f"min_size must be a positive integer, got {min_size!r}")
     images = list_images(data_dir)
     written = []
-    for index, image_path in tqdm(images, desc=f"supervoxels_{min_size}", disable=not progress):
-        out_path = supervoxel_path(data_dir, min_size, index)
-        if os.path.exists(out_path) and not overwrite:
-            continue
-        image, geometry = read_volume(image_path, dtype=np.float64)
-        labels = supervoxels_for_volume(image, header_spacing_release_order(geometry), min_size,
-                                        scale=scale, sigma=sigma)
-        write_volume(labels, geometry, out_path)
-        written.append(out_path)
+    # A progress bar on a terminal only; closed on errors so the error starts its own line.
+    with tqdm(images, desc=f"supervoxels_{min_size}", disable=None if progress else True) as bar:
+        for index, image_path in bar:
+            out_path = supervoxel_path(data_dir, min_size, index)
+            if not overwrite and is_done(out_path, image_path):
+                continue
+            image, geometry = read_volume(image_path, dtype=np.float64, require_finite=True)
+            labels = supervoxels_for_volume(image, header_spacing_release_order(geometry),
+                                            min_size, scale=scale, sigma=sigma)
+            write_volume(labels, geometry, out_path)
+            written.append(out_path)
     return written
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="python -m data.supervoxels.generate_supervoxels",
         description="Write 3D Felzenszwalb supervoxels (docs/protocol.md section 13) for every "
                     "image_<i>.nii.gz of a pre-processed dataset folder.")
     parser.add_argument("--data-dir", required=True,
@@ -143,9 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    written = generate_supervoxels(args.data_dir, args.min_size, overwrite=args.overwrite,
-                                   scale=args.scale, sigma=args.sigma)
+    """Run the CLI; bad input (or an unreadable or unwritable file) ends it with one line
+    naming the file and exit status 1, without a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        written = generate_supervoxels(args.data_dir, args.min_size, overwrite=args.overwrite,
+                                       scale=args.scale, sigma=args.sigma)
+    except (OSError, ValueError) as err:
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
     print(f"wrote {len(written)} supervoxel volume(s) to "
           f"{os.path.join(args.data_dir, f'supervoxels_{args.min_size}')}")
     return 0
