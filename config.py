@@ -22,8 +22,9 @@ commit, the source files and the package versions, metrics.json, cout.txt) in
 ``<runs_dir>/train/<id>/`` or ``<runs_dir>/test/<id>/``, next to the run's own outputs.
 """
 import os
+import sys
 import warnings
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 # Sacred 0.8.7 imports pkg_resources, which warns on every start; the pin setuptools<81 in
 # requirements.txt keeps it working, so the warning says nothing actionable to users.
@@ -31,7 +32,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 
 from sacred import SETTINGS, Experiment  # noqa: E402
 from sacred.observers import FileStorageObserver  # noqa: E402
-from sacred.utils import apply_backspaces_and_linefeeds  # noqa: E402
+from sacred.utils import SacredError, apply_backspaces_and_linefeeds  # noqa: E402
 
 from dataloaders.dataset_specs import DATASETS  # noqa: E402
 from dataloaders.datasets import SETTING2_PROTOCOLS  # noqa: E402
@@ -231,11 +232,12 @@ def supp_indices(config: Dict) -> list:
 # ----------------------------------------------------------------------------- experiments
 
 
-def configure_experiment(ex: Experiment, runs_subdir: str, own_options: Callable) -> Experiment:
+def configure_experiment(ex: Experiment, runs_subdir: str, own_options: Callable,
+                         run_checks: Sequence[Callable[[Dict], None]] = ()) -> Experiment:
     """Give `ex` (created in train.py or test.py, so that Sacred records that script as the
     main file) the shared and its own config scopes, one named config per dataset, option
-    validation before the run starts, and a FileStorageObserver under
-    <runs_dir>/<runs_subdir>."""
+    validation before the run starts (`run_checks` too, except for print_config), and a
+    FileStorageObserver under <runs_dir>/<runs_subdir>."""
     record_dependencies(ex)
     ex.config(shared_options)
     ex.config(own_options)
@@ -248,6 +250,9 @@ def configure_experiment(ex: Experiment, runs_subdir: str, own_options: Callable
         # Runs after the config is assembled and before the Run exists, so a bad option
         # fails before anything is written and the observer can follow `runs_dir`.
         validate_config(config)
+        if command_name != "print_config":
+            for check in run_checks:
+                check(config)
         _attach_file_observer(ex, os.path.join(config["runs_dir"], runs_subdir))
         return {}
 
@@ -261,6 +266,25 @@ def _attach_file_observer(ex: Experiment, directory: str) -> None:
     observer = FileStorageObserver(directory)
     observer._fafnet_auto = True
     ex.observers.append(observer)
+
+
+# Errors that mean "bad option or bad input" (each names what is wrong): the command line
+# prints them as one line. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, ArithmeticError, SacredError)
+
+
+def run_commandline(ex: Experiment, argv: Optional[Sequence[str]] = None) -> None:
+    """`ex.run_commandline`, but a user error ends the program with one line naming it and
+    exit status 1 instead of a traceback. (Sacred re-raises in its debug mode, which changes
+    nothing else about a run.)"""
+    argv = list(sys.argv if argv is None else argv)
+    if "--debug" not in argv and "-d" not in argv:
+        argv.append("--debug")
+    try:
+        ex.run_commandline(argv)
+    except USER_ERRORS as err:
+        print(f"{os.path.basename(argv[0])}: error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 def observer_run_dir(run) -> str:

@@ -31,9 +31,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from sacred import Experiment
 
-from config import configure_experiment, dataset_class_names, evaluation_options, observer_run_dir, supp_indices
+from config import (Experiment, configure_experiment, dataset_class_names, evaluation_options, observer_run_dir,
+                    run_commandline, supp_indices)
 from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from data.nifti_io import write_volume
 from dataloaders.datasets import TestDataset
@@ -330,4 +330,4 @@ def write_combined_predictions(run_dir: str, predicted: Dict[int, Dict]) -> None
 
 
 if __name__ == "__main__":
-    ex.run_commandline()
+    run_commandline(ex)

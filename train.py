@@ -19,10 +19,10 @@ import time
 from typing import Callable, Dict, Optional
 
 import torch
-from sacred import Experiment
 from torch.utils.data import DataLoader
 
-from config import FREE_ON_RESUME, configure_experiment, observer_run_dir, training_options
+from config import (FREE_ON_RESUME, Experiment, configure_experiment, observer_run_dir, run_commandline,
+                    training_options)
 from dataloaders.dataset_specs import SYNTHETIC_DATASETS
 from dataloaders.datasets import TrainDataset
 from experiment.curves import TrainingCurves
@@ -36,7 +36,21 @@ from models.pretrained import ACCEPTED_FORMATS
 
 LOSS_NAMES = ("loss", "query_loss", "align_loss", "proto_loss", "grad_norm")
 
-ex = configure_experiment(Experiment("FAFNet-train"), "train", training_options)
+
+def check_pretrained_choice(config: Dict) -> None:
+    """Real datasets train from pretrained weights, as the paper does; a random start must be
+    asked for explicitly (pretrained_weights=none)."""
+    if config["pretrained_weights"] is None and config["dataset"] not in SYNTHETIC_DATASETS:
+        raise ValueError(
+            f"pretrained_weights is not set: training on {config['dataset']} starts from a pretrained "
+            f"backbone, as the paper does. Download one of the two files and pass "
+            f"pretrained_weights=PATH ({ACCEPTED_FORMATS}); torchvision's cache "
+            f"(~/.cache/torch/hub/checkpoints/) is searched by default. To train from the random "
+            f"initialisation on purpose, pass pretrained_weights=none.")
+
+
+ex = configure_experiment(Experiment("FAFNet-train"), "train", training_options,
+                          run_checks=[check_pretrained_choice])
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -54,21 +68,8 @@ def main(_config, _run, _log):
     return summary["final_snapshot"]
 
 
-def check_pretrained_choice(config: Dict) -> None:
-    """Real datasets train from pretrained weights, as the paper does; a random start must be
-    asked for explicitly (pretrained_weights=none)."""
-    if config["pretrained_weights"] is None and config["dataset"] not in SYNTHETIC_DATASETS:
-        raise ValueError(
-            f"pretrained_weights is not set: training on {config['dataset']} starts from a pretrained "
-            f"backbone, as the paper does. Download one of the two files and pass "
-            f"pretrained_weights=PATH ({ACCEPTED_FORMATS}); torchvision's cache "
-            f"(~/.cache/torch/hub/checkpoints/) is searched by default. To train from the random "
-            f"initialisation on purpose, pass pretrained_weights=none.")
-
-
 def train(config: Dict, run_dir: str, logger, log_scalar: Optional[Callable] = None) -> Dict:
     """The training loop; `config` is a run's Sacred config. Returns a summary dict."""
-    check_pretrained_choice(config)
     device = resolve_device(config["device"])
     with log_to_file(logger, os.path.join(run_dir, "train.log")):
         logger.info("training %s fold %d (setting %d%s) on %s; run folder %s", config["dataset"],
@@ -234,4 +235,4 @@ class TrainingLoop:
 
 
 if __name__ == "__main__":
-    ex.run_commandline()
+    run_commandline(ex)

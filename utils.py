@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # Tables hold "±"; a console without UTF-8 (a bare C locale) shows "?" instead of failing.
+    if (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") != "utf8" \
+            and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

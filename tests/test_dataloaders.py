@@ -560,7 +560,7 @@ def test_truncated_volume_is_an_error_naming_it(data, tmp_path, name, keep):
     path = os.path.join(root, name)
     truncate(path, os.path.getsize(path) // 2 if keep == "half" else keep)
     with pytest.raises(ValueError, match=f"{re.escape(path)}: damaged or truncated gzip stream"):
-        train_set(root)   # setting 2 reads the ground truth too
+        train_set(root, setting=2)   # setting 2 reads the ground truth too
 
 
 @pytest.mark.parametrize("keep", ["half", 400])
@@ -569,7 +569,7 @@ def test_truncated_query_volume_fails_evaluation(data, tmp_path, keep):
     path = os.path.join(root, "image_1.nii.gz")      # the query of fold 0
     truncate(path, os.path.getsize(path) // 2 if keep == "half" else 400)
     with pytest.raises(ValueError, match=f"{re.escape(path)}: damaged or truncated gzip stream"):
-        TestDataset(root, dataset="SABS", eval_fold=0)
+        TestDataset(root, dataset="SABS", eval_fold=0, n_volumes=N_VOLUMES)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -585,7 +585,7 @@ def test_non_finite_image_voxels_are_refused_with_the_count(data, tmp_path, bad)
     with pytest.raises(ValueError, match=rf"image_3\.nii\.gz has 123 non-finite voxel\(s\) of 12288 \({kind}\)"):
         train_set(root)
     with pytest.raises(ValueError, match=r"image_3\.nii\.gz has 123 non-finite"):
-        TestDataset(root, dataset="SABS", eval_fold=2)
+        TestDataset(root, dataset="SABS", eval_fold=2, n_volumes=N_VOLUMES)
 
 
 def test_label_values_the_dataset_does_not_define_are_refused(data, tmp_path):
@@ -600,7 +600,7 @@ def test_label_values_the_dataset_does_not_define_are_refused(data, tmp_path):
         with pytest.raises(ValueError, match=message):
             train_set(root, **kwargs)
     with pytest.raises(ValueError, match=message):
-        TestDataset(root, dataset="SABS", eval_fold=2)
+        TestDataset(root, dataset="SABS", eval_fold=2, n_volumes=N_VOLUMES)
     train_set(root, use_gt=False, setting=1)   # the ground truth is not read at all here
     # supervoxel ids are not classes: any non-negative id is accepted
     sv[sv == 13] = 4242

@@ -519,3 +519,57 @@ def test_captured_output_holds_no_progress_bars_and_metric_names_are_slugs(strai
     _, evaluation_dir = evaluation
     names = json.load(open(os.path.join(evaluation_dir, "metrics.json")))
     assert set(names) == {"dice_spleen", "dice_liver", "mean_dice"}
+
+
+# ----------------------------------------------------------------------------- release defaults
+
+
+def test_defaults_reproduce_the_authors_scripts():
+    training = config_of(train_script, "SABS", pretrained_weights=None)
+    expected = {"dataset": "SABS", "setting": 1, "setting2_protocol": "release", "test_classes": [1, 2, 3, 6],
+                "n_steps": 42000, "lr_step_size": 3000, "lr_gamma": 0.98, "snapshot_interval": 6000,
+                "seed": 2025, "optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4,
+                "n_shot": 1, "min_size": 200, "max_iters_per_load": 3000, "supervoxel_min_size": 5000,
+                "image_size": [257, 257], "use_gt": False, "grad_clip_norm": None}
+    assert {k: training[k] for k in expected} == expected
+    assert training["lr_milestones"] == [3000 * k for k in range(1, 14)]        # 3000 ... 39000
+    evaluation = config_of(test_script, "SABS")
+    assert evaluation["supp_idx"] == 2 and evaluation["n_part"] == 3 and evaluation["setting"] == 1
+    groups = config_of(test_script, "CHAOST2", setting=2, setting2_protocol="groups", group=1)
+    assert groups["test_classes"] == [1, 4]
+
+
+def test_real_datasets_need_pretrained_weights_unless_declined(tmp_path):
+    runs = str(tmp_path / "runs")
+    with pytest.raises(ValueError, match="pretrained_weights is not set.*deeplabv3_resnet101_coco.*"
+                                         "resnet101-63fe2227.*pretrained_weights=none"):
+        train_script.ex.run(named_configs=["CMR"], config_updates={"runs_dir": runs, "pretrained_weights": None})
+    assert not os.path.exists(runs)                  # refused before a run folder exists
+    # Declined explicitly: training starts (and here stops at the missing data).
+    with pytest.raises(FileNotFoundError, match="data folder not found"):
+        train_script.ex.run(named_configs=["CMR"], config_updates={
+            "runs_dir": runs, "pretrained_weights": "none", "data_dir": str(tmp_path / "none")})
+    # The phantom trains from a random start without saying so.
+    assert config_of(train_script, "SYNTHETIC", pretrained_weights=None)["pretrained_weights"] is None
+
+
+def test_skipped_work_is_recorded_warned_and_marked(straight_run, phantom, caplog):
+    _, runs_dir = straight_run
+    # 4 evaluated slices in 5 chunks leave one chunk empty in every query volume.
+    run = run_test(base_config(phantom, runs_dir, checkpoint="untrained", n_part=5, test_classes=[6],
+                               save_predictions=False, save_figures=False))
+    results = json.load(open(os.path.join(run.observers[0].dir, "results.json")))
+    skipped = results["skipped"]
+    assert [(s["class_id"], s["what"]) for s in skipped] == [(6, "query volume 1"), (6, "query volume 2")]
+    assert all("chunk(s) [0] empty: 4 slice(s) for n_part=5" in s["reason"] for s in skipped)
+    assert "skipped class 6 (liver)" in caplog.text
+    assert "| liver * |" in open(os.path.join(run.observers[0].dir, "cout.txt")).read()
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    import subprocess
+    done = subprocess.run([sys.executable, "train.py", "with", "dataset=LUNG", f"runs_dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("train.py: error: dataset='LUNG' is unknown")
+    assert "Traceback" not in done.stderr

@@ -112,9 +112,9 @@ def test_aggregate_command_line_writes_markdown_and_csv(tmp_path, capsys):
     out = str(tmp_path / "table")
     assert utils.main(["aggregate", *runs, "--out", out]) == 0
     assert "| mean ± std | 55.00 ± 7.07 |" in capsys.readouterr().out
-    markdown = open(out + ".md").read()
+    markdown = open(out + ".md", encoding="utf-8").read()
     assert markdown.startswith("SABS fold 0/1, setting 1") and "| fold | spleen | liver | Mean |" in markdown
-    csv_lines = open(out + ".csv").read().splitlines()
+    csv_lines = open(out + ".csv", encoding="utf-8").read().splitlines()
     assert csv_lines[0] == "fold,spleen,liver,Mean"
     assert csv_lines[3] == "mean,55.0000,90.0000,72.5000"
     assert utils.main(["aggregate", str(tmp_path / "nothing")]) == 2
