@@ -82,8 +82,7 @@ def train(config: Dict, run_dir: str, logger, log_scalar: Optional[Callable] = N
             logger.info("loaded %d pretrained backbone tensors from %s",
                         model.encoder.pretrained_tensors_loaded, config["pretrained_weights"])
         optimizer = build_optimizer(model, config)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=list(config["lr_milestones"]), gamma=config["lr_gamma"])
+        scheduler = build_scheduler(optimizer, config["lr_milestones"], config["lr_gamma"])
         start_step = 0
         if config["resume"]:
             start_step = resume_from(config, model, optimizer, scheduler, logger)
@@ -119,6 +118,12 @@ def build_optimizer(model: torch.nn.Module, config: Dict) -> torch.optim.Optimiz
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     raise ValueError(f"config option optimizer={name!r} must be 'sgd' (release) or 'adam'")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, milestones, gamma: float):
+    """The release's schedule: lr *= gamma at each milestone, the scheduler stepping once per
+    training step (milestones 3000, 6000, ..., 39000 for 42000 steps)."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
 
 
 def make_train_dataset(config: Dict) -> TrainDataset:

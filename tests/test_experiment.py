@@ -539,6 +539,23 @@ def test_defaults_reproduce_the_authors_scripts():
     assert groups["test_classes"] == [1, 4]
 
 
+def test_release_schedule_from_the_default_config_against_hand_values():
+    config = config_of(train_script, "SABS", pretrained_weights=None)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=config["lr"])
+    scheduler = train_script.build_scheduler(optimizer, config["lr_milestones"], config["lr_gamma"])
+    lrs = {}
+    for step in range(1, 42000):
+        optimizer.step()
+        scheduler.step()
+        if step in (2999, 3000, 6000, 41999):
+            lrs[step] = optimizer.param_groups[0]["lr"]
+    assert lrs[2999] == pytest.approx(1e-3, rel=1e-12)
+    assert lrs[3000] == pytest.approx(9.8e-4, rel=1e-12)
+    assert lrs[6000] == pytest.approx(9.604e-4, rel=1e-12)
+    assert lrs[41999] == pytest.approx(1e-3 * 0.98 ** 13, rel=1e-12)
+
+
 def test_real_datasets_need_pretrained_weights_unless_declined(tmp_path):
     runs = str(tmp_path / "runs")
     with pytest.raises(ValueError, match="pretrained_weights is not set.*deeplabv3_resnet101_coco.*"
