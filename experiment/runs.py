@@ -5,7 +5,8 @@ Sacred marks a run RUNNING when it starts and COMPLETED, FAILED or INTERRUPTED w
 a run killed with SIGKILL (or by a lost node) stays RUNNING in its run.json forever. While a
 run lives, Sacred rewrites its heartbeat every 10 s and this project records the process id
 in the run's info, so a RUNNING run whose process is gone (same host) or whose heartbeat is
-older than `DEAD_AFTER_S` is reported as DIED.
+older than `DEAD_AFTER_S` is reported as DIED. (Sacred's FileStorageObserver keeps a run's
+info, the process id among it, in info.json beside run.json.)
 """
 import datetime
 import json
@@ -17,13 +18,17 @@ COMPLETED, RUNNING, DIED = "COMPLETED", "RUNNING", "DIED"
 DEAD_AFTER_S = 300.0
 
 
-def read_run_json(run_dir: str) -> Optional[Dict]:
-    """A run folder's run.json, or None when missing or unreadable (being written)."""
+def _read_json(path: str) -> Optional[Dict]:
     try:
-        with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def read_run_json(run_dir: str) -> Optional[Dict]:
+    """A run folder's run.json, or None when missing or unreadable (being written)."""
+    return _read_json(os.path.join(run_dir, "run.json"))
 
 
 def _process_alive(pid: int) -> bool:
@@ -57,7 +62,7 @@ def run_status(run_dir: str, now: Optional[datetime.datetime] = None) -> Optiona
     status = entry.get("status")
     if status != RUNNING:
         return status
-    pid = (entry.get("info") or {}).get("pid")
+    pid = (_read_json(os.path.join(run_dir, "info.json")) or {}).get("pid")
     hostname = (entry.get("host") or {}).get("hostname")
     if pid is not None and hostname == socket.gethostname() and not _process_alive(int(pid)):
         return DIED

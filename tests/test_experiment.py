@@ -234,7 +234,7 @@ def test_evaluation_defaults_follow_the_device(device, batch, channels_last):
 def test_unknown_option_and_missing_data_are_clear_errors(tmp_path):
     from sacred.utils import ConfigAddedError
     with pytest.raises(ConfigAddedError, match="n_step"):
-        train_script.ex.run(config_updates={"runs_dir": str(tmp_path), "n_step": 5})
+        train_script.ex.run(named_configs=["SYNTHETIC"], config_updates={"runs_dir": str(tmp_path), "n_step": 5})
     missing = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         run_test(base_config(missing, str(tmp_path), checkpoint="untrained"))
@@ -474,7 +474,7 @@ def test_training_run_records_sources_dependencies_and_commit(straight_run):
     assert all("==" in d and not d.endswith("<unknown>") for d in experiment["dependencies"])
     repository = experiment["repositories"][0]
     assert len(repository["commit"]) == 40 and isinstance(repository["dirty"], bool)
-    assert json.load(open(os.path.join(run_dir, "run.json")))["info"]["pid"] == os.getpid()
+    assert json.load(open(os.path.join(run_dir, "info.json")))["pid"] == os.getpid()
 
 
 def test_config_json_holds_resolved_values_and_only_the_experiments_options(straight_run, evaluation):
@@ -558,8 +558,8 @@ def test_release_schedule_from_the_default_config_against_hand_values():
 
 def test_real_datasets_need_pretrained_weights_unless_declined(tmp_path):
     runs = str(tmp_path / "runs")
-    with pytest.raises(ValueError, match="pretrained_weights is not set.*deeplabv3_resnet101_coco.*"
-                                         "resnet101-63fe2227.*pretrained_weights=none"):
+    with pytest.raises(ValueError, match="pretrained_weights is not set.*resnet101-63fe2227.*"
+                                         "deeplabv3_resnet101_coco.*pretrained_weights=none"):
         train_script.ex.run(named_configs=["CMR"], config_updates={"runs_dir": runs, "pretrained_weights": None})
     assert not os.path.exists(runs)                  # refused before a run folder exists
     # Declined explicitly: training starts (and here stops at the missing data).

@@ -216,10 +216,13 @@ def test_resume_differences_check_every_option_but_the_declared_free_ones():
 # ----------------------------------------------------------------------------- run status
 
 
-def _run_json(folder, **entry):
+def _run_json(folder, info=None, **entry):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "run.json"), "w") as f:
         json.dump(entry, f)
+    if info is not None:
+        with open(os.path.join(folder, "info.json"), "w") as f:
+            json.dump(info, f)
     return str(folder)
 
 
