@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
-import SimpleITK as sitk
+
+
+def _simpleitk():
+    """SimpleITK, imported on first use: code that only needs `Geometry` or the arrays (the
+    GPU benchmark, the synthetic generator's array functions) runs where it is not installed."""
+    import SimpleITK
+    return SimpleITK
 
 
 @dataclass(frozen=True)
@@ -19,10 +25,10 @@ class Geometry:
     direction: Tuple[float, ...]  # row-major 3 x 3 direction cosines
 
     @classmethod
-    def of(cls, image: sitk.Image) -> "Geometry":
+    def of(cls, image: "SimpleITK.Image") -> "Geometry":
         return cls(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
 
-    def apply(self, image: sitk.Image) -> sitk.Image:
+    def apply(self, image: "SimpleITK.Image") -> "SimpleITK.Image":
         image.SetSpacing(self.spacing)
         image.SetOrigin(self.origin)
         image.SetDirection(self.direction)
@@ -38,6 +44,7 @@ def read_volume(path: str, dtype=np.float32) -> Tuple[np.ndarray, Geometry]:
     """Read a NIfTI (or any SimpleITK-readable) volume as a (z, y, x) array and its geometry."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"volume file not found: {path}")
+    sitk = _simpleitk()
     try:
         image = sitk.ReadImage(path)
     except RuntimeError as err:
@@ -58,6 +65,7 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: str) -> None:
     if array.ndim != 3:
         raise ValueError(f"expected a 3D (z, y, x) array for {path}, got shape {array.shape}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sitk = _simpleitk()
     image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
     tmp = atomic_output_path(path)
     try:

@@ -1,6 +1,6 @@
 """FAF-Net model: encoder, ICM/AFF modules, the network, its losses and checkpoint helpers."""
 from .encoder import ResNet101Encoder, feature_size
-from .fafnet import FAFNet, clamped_nll, query_loss
+from .fafnet import FAFNet, check_query_labels, clamped_nll, default_predict_batch_size, query_loss
 from .modules import AFF, ICM, apply_fourier_filters, masked_average_pooling
 from .pretrained import default_pretrained_weights, load_pretrained_backbone
 from .release import convert_release_checkpoint
@@ -11,8 +11,10 @@ __all__ = [
     "ICM",
     "ResNet101Encoder",
     "apply_fourier_filters",
+    "check_query_labels",
     "clamped_nll",
     "convert_release_checkpoint",
+    "default_predict_batch_size",
     "default_pretrained_weights",
     "feature_size",
     "load_pretrained_backbone",
