@@ -619,7 +619,7 @@ def time_eval_variant(spec: Tuple, eval_model: FAFNet, device: torch.device, vol
         result.update({"status": "failed", "error": error_text(error)})
     finally:
         predictor.close()
-        del predictor, model
+        del model
         set_cudnn_benchmark(False)
         free_memory(device)
     return result, probabilities
@@ -720,7 +720,7 @@ def section_train(args, device: torch.device, budget: Budget, record: Recorder) 
     training_budget = Budget(min(budget.left(), TRAIN_PART * args.budget_s))
     for name in names:
         if not training_budget.allows(args.min_variant_s):
-            record.add("train", name, {"status": "skipped (budget)"})
+            record.add("train", name, {"status": "skipped", "error": "out of budget"})
             continue
         result = time_train_variant(name, template, episodes, device, args)
         record.add("train", name, result)
@@ -755,7 +755,7 @@ def section_train(args, device: torch.device, budget: Budget, record: Recorder) 
         if device.type != "cuda" and EVAL_VARIANTS[name][4] and name != "graphs_fp32_b16_bench":
             continue
         if not budget.allows(args.min_variant_s):
-            record.add("eval", name, {"status": "skipped (budget)"})
+            record.add("eval", name, {"status": "skipped", "error": "out of budget"})
             continue
         result, probabilities = time_eval_variant(EVAL_VARIANTS[name], eval_model, device, volume_inputs,
                                                   ep1_inputs, reference, args)
@@ -770,10 +770,34 @@ def best_train_variant(results: Dict[str, Dict], exclude: Sequence[str] = ("base
     return min(ok, key=lambda n: ok[n]["median_ms"]) if ok else None
 
 
-def best_eval_variant(results: Dict[str, Dict]) -> Optional[str]:
+def best_eval_variant(results: Dict[str, Dict], within_tolerance: bool = True) -> Optional[str]:
+    """The fastest evaluation variant on the EP1 pattern (optionally only those whose outputs
+    on the random calibrated network are within the tolerance)."""
     ok = {n: r for n, r in results.items() if r.get("status") == "ok" and not n.startswith("baseline")
-          and r.get("within_tolerance", True)}
+          and (r.get("within_tolerance", True) or not within_tolerance)}
     return max(ok, key=lambda n: ok[n]["ep1_slices_per_s"]) if ok else None
+
+
+def output_parity(reference: Predictor, fast: Predictor, volumes, fold: Sequence[int],
+                  classes: Sequence[int]) -> Dict[str, float]:
+    """Probabilities of two predictors on every EP1 chunk of the fold (same weights):
+    max and mean |difference|, and the Dice between their hard predictions."""
+    fold = sorted(fold)
+    differences, agreement = [], []
+    for class_id in classes:
+        for index in fold[1:]:
+            for support, mask, queries, _ in ep1_chunks(volumes[fold[0]], volumes[index], class_id) or []:
+                a = reference.probabilities(support, mask, queries).cpu()
+                b = fast.probabilities(support, mask, queries).cpu()
+                differences.append((a - b).abs().flatten())
+                agreement.append((a > 0.5, b > 0.5))
+    if not differences:
+        return {}
+    difference = torch.cat(differences)
+    hard_a = torch.cat([a.flatten() for a, _ in agreement])
+    hard_b = torch.cat([b.flatten() for _, b in agreement])
+    return {"max_abs_diff": float(difference.max()), "mean_abs_diff": float(difference.mean()),
+            "hard_dice_vs_fp32": dice(hard_b, hard_a), "pixels_flipped": float((hard_a != hard_b).float().mean())}
 
 
 def section_dice(args, device: torch.device, budget: Budget, record: Recorder) -> None:
@@ -807,6 +831,20 @@ def section_dice(args, device: torch.device, budget: Budget, record: Recorder) -
             set_cudnn_benchmark(False)
 
     fp32_eval = (8, False, False, False, False)
+
+    def trained_parity(model) -> Dict[str, float]:
+        predictors = []
+        try:
+            for options in (fp32_eval, eval_options):
+                set_cudnn_benchmark(options[3] and device.type == "cuda")
+                batch, amp, channels_last, _, graphs = options
+                predictors.append(Predictor(copy.deepcopy(model).eval(), device, batch, amp, channels_last, graphs))
+            return output_parity(predictors[0], predictors[1], volumes, fold, TEST_CLASSES)
+        finally:
+            for predictor in predictors:
+                predictor.close()
+            set_cudnn_benchmark(False)
+
     seed_seconds = 0.0
     for seed_offset in range(args.dice_seeds):
         seed = args.seed + seed_offset
@@ -833,6 +871,8 @@ def section_dice(args, device: torch.device, budget: Budget, record: Recorder) -
                 set_cudnn_benchmark(False)
                 entry["dice_fp32_eval"] = evaluate(model, fp32_eval)
                 entry["dice_fast_eval"] = evaluate(model, eval_options)
+                if label == "fp32":
+                    entry["parity_fast_eval"] = trained_parity(model)
                 entry["status"] = "ok"
             except Exception as error:
                 entry.update({"status": "failed", "error": error_text(error)})
@@ -881,14 +921,14 @@ def section_compile(args, device: torch.device, budget: Budget, record: Recorder
     for name, extra in (("compile_encoder", {**options, "compile": "encoder"}),
                         ("compile_encoder_graph", {**options, "compile": "encoder", "cuda_graph": device.type == "cuda"})):
         if not budget.allows(20):
-            record.add("train", name, {"status": "skipped (budget)"})
+            record.add("train", name, {"status": "skipped", "error": "out of budget"})
             continue
         result = time_train_variant(name, template, episodes, device, args, extra=extra)
         record.add("train", name, result)
         say(train_line(name, result, None) + (" (setup = compilation)" if result.get("status") == "ok" else ""))
     # Evaluation with the encoder compiled (shapes become dynamic after the first recompile).
     if not budget.allows(30):
-        record.add("eval", COMPILED_EVAL, {"status": "skipped (budget)"})
+        record.add("eval", COMPILED_EVAL, {"status": "skipped", "error": "out of budget"})
         return
     eval_model, volume_inputs, ep1_inputs = evaluation_setup(template, support_volume, query_volume, device, args)
     reference_result, reference = time_eval_variant(EVAL_VARIANTS["baseline_b8"], eval_model, device, volume_inputs,
@@ -1002,13 +1042,14 @@ def orchestrate(args, argv: List[str]) -> Dict:
         seconds = min(share, budget.left())
         if seconds < 20:
             say(f"section {section}: skipped, {budget.left():.0f} s of the budget left")
-            results[section] = {"process": {"status": "skipped (budget)"}}
+            results[section] = {"process": {"status": "skipped", "error": "out of budget"}}
             continue
         extra = []
         train = results.get("train", {})
         if section == "dice":
             extra += ["--dice-train-variant", best_train_variant(train.get("train", {})) or "fast_bf16_bench",
-                      "--dice-eval-variant", best_eval_variant(train.get("eval", {})) or "bf16_b16_bench"]
+                      "--dice-eval-variant", best_eval_variant(train.get("eval", {}), within_tolerance=False)
+                      or "bf16_b16_bench"]
         if section == "compile":
             graphed = {n: r for n, r in train.get("train", {}).items() if n.startswith("graph_")}
             extra += ["--compile-base", best_train_variant(graphed) or "fast_bf16_cl_bench",
@@ -1064,13 +1105,15 @@ def summary(results: Dict) -> str:
             parity = (f"{r['max_abs_diff']:>10.1e}{r['mean_abs_diff']:>10.1e}{r['hard_dice_vs_fp32']:>10.4f}"
                       if "max_abs_diff" in r else f"{'(reference)':>20}")
             lines.append(f"  {name:<26}{r['ep1_slices_per_s']:>10.1f}{r['volume_slices_per_s']:>10.1f}{parity}")
-        best = best_eval_variant(evaluation)
         base = evaluation.get("baseline_b8", {})
-        if best and base.get("status") == "ok":
-            met = "MET" if evaluation[best]["ep1_slices_per_s"] >= GOALS["eval_slices_per_s"] else "NOT met"
-            lines.append(f"  -> EP1 baseline {base['ep1_slices_per_s']:.0f}, fastest within tolerance {best} "
-                         f"{evaluation[best]['ep1_slices_per_s']:.0f} slices/s; goal >= {GOALS['eval_slices_per_s']:.0f}: {met}"
-                         f" (tolerance: mean|dP| <= {TOLERANCE_MEAN_ABS}, hard Dice >= {TOLERANCE_HARD_DICE})")
+        for label, best in (("fastest", best_eval_variant(evaluation, within_tolerance=False)),
+                            ("fastest within tolerance", best_eval_variant(evaluation))):
+            if best and base.get("status") == "ok":
+                met = "MET" if evaluation[best]["ep1_slices_per_s"] >= GOALS["eval_slices_per_s"] else "NOT met"
+                lines.append(f"  -> EP1 baseline {base['ep1_slices_per_s']:.0f} slices/s, {label} {best} "
+                             f"{evaluation[best]['ep1_slices_per_s']:.0f}; goal >= {GOALS['eval_slices_per_s']:.0f}: {met}")
+        lines.append(f"     (parity on a random network with calibrated BatchNorm; tolerance mean|dP| <= "
+                     f"{TOLERANCE_MEAN_ABS}, hard Dice >= {TOLERANCE_HARD_DICE}; trained weights: see the Dice section)")
     for label, profile in train_section.get("profile", {}).items():
         if "error" in profile:
             lines.append(f"profile {label}: FAILED {profile['error']}")
@@ -1088,6 +1131,11 @@ def summary(results: Dict) -> str:
                 a, b = fp32["dice_fp32_eval"]["mean_dice"], fast["dice_fast_eval"]["mean_dice"]
                 c = fp32["dice_fast_eval"]["mean_dice"]
                 differences.append(b - a)
+                parity = fp32.get("parity_fast_eval") or {}
+                if parity:
+                    lines.append(f"  seed {seed}: fp32-trained weights, {settings.get('eval_variant')} vs fp32 evaluation: "
+                                 f"max|dP| {parity['max_abs_diff']:.1e}, mean|dP| {parity['mean_abs_diff']:.1e}, "
+                                 f"hard Dice {parity['hard_dice_vs_fp32']:.4f}")
                 lines.append(f"  seed {seed}: fp32 {a:.2f} %, fast {b:.2f} % (diff {b - a:+.2f} points); "
                              f"fp32 weights with the fast evaluation {c:.2f} % ({c - a:+.2f}); train "
                              f"{1e3 * fp32['train_s'] / settings.get('steps', 1):.1f} vs {1e3 * fast['train_s'] / settings.get('steps', 1):.1f} ms/step")
@@ -1095,6 +1143,11 @@ def summary(results: Dict) -> str:
                 lines.append(f"  seed {seed}: fp32 {fp32.get('status')} {fp32.get('error', '')}, fast {fast.get('status')} {fast.get('error', '')}")
             if "untrained" in runs and "dice_fp32_eval" in runs["untrained"]:
                 lines.append(f"  seed {seed}: untrained {runs['untrained']['dice_fp32_eval']['mean_dice']:.2f} %")
+        fp32_values = [runs["fp32"]["dice_fp32_eval"]["mean_dice"] for runs in seeds.values()
+                       if runs.get("fp32", {}).get("status") == "ok"]
+        if len(fp32_values) > 1:
+            lines.append(f"  fp32 spread over seeds: {max(fp32_values) - min(fp32_values):.2f} points "
+                         f"(the scale of run-to-run differences)")
         if differences:
             mean = float(np.mean(differences))
             met = "MET" if abs(mean) <= GOALS["dice_points"] else "NOT met"

@@ -6,9 +6,12 @@ that a written volume overlays its source in any viewer.
 """
 import os
 from dataclasses import dataclass
-from typing import Tuple
+from typing import TYPE_CHECKING, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:   # for the annotations only; imported on first use below
+    import SimpleITK
 
 
 def _simpleitk():
