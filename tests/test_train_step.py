@@ -327,8 +327,8 @@ def test_gpu_benchmark_imports_without_simpleitk_sacred_or_nibabel():
 
 
 # -- CUDA graphs of the encoder for evaluation --------------------------------------------------
-def test_graphed_encoder_is_a_pass_through_off_cuda_and_uninstalls(base_model):
-    from experiment.inference_graphs import GraphedEncoder
+def test_graphs_for_evaluation_are_a_pass_through_off_cuda(base_model):
+    from experiment.inference_graphs import GraphedEncoder, GraphedPredict
 
     model = copy.deepcopy(base_model)
     episode = make_episode(7, queries=3)
@@ -341,11 +341,13 @@ def test_graphed_encoder_is_a_pass_through_off_cuda_and_uninstalls(base_model):
         result = model.predict(*inputs, batch_size=2)
     assert "forward" not in vars(model.encoder) and graphs.replays == 0 and not graphs.graphs
     assert torch.equal(result, expected)
+    graphed_predict = GraphedPredict(model)
+    assert torch.equal(graphed_predict(*inputs, batch_size=2), expected) and graphed_predict.replays == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_graphed_encoder_matches_the_eager_encoder_on_cuda(base_model):
-    from experiment.inference_graphs import GraphedEncoder
+def test_graphs_for_evaluation_match_the_eager_model_on_cuda(base_model):
+    from experiment.inference_graphs import GraphedEncoder, GraphedPredict
 
     model = copy.deepcopy(base_model).cuda()
     with torch.no_grad():
@@ -360,3 +362,10 @@ def test_graphed_encoder_matches_the_eager_encoder_on_cuda(base_model):
     assert len(graphs.graphs) == 2 and graphs.replays == 8   # batch sizes 1 and 2 (1 again for the last)
     torch.testing.assert_close(first, expected, atol=1e-4, rtol=1e-3)
     assert torch.equal(first, second)
+    graphed_predict = GraphedPredict(model)
+    results = [graphed_predict(*inputs, batch_size=2) for _ in range(2)]
+    results.append(graphed_predict(inputs[0], inputs[1], inputs[2][:3], batch_size=2))
+    assert len(graphed_predict.graphs) == 2 and graphed_predict.replays == 3
+    torch.testing.assert_close(results[0], expected, atol=1e-4, rtol=1e-3)
+    assert torch.equal(results[0], results[1])
+    torch.testing.assert_close(results[2], expected[:3], atol=1e-4, rtol=1e-3)
