@@ -1,4 +1,4 @@
-"""The project's one NIfTI reader and writer, and its atomic file writes.
+"""The project's one NIfTI reader and writer.
 
 Arrays are in (slice, row, column) = (z, y, x) order, as everywhere in this project.
 `Geometry` carries spacing, origin and direction in SimpleITK's (x, y, z) order and LPS world

@@ -53,11 +53,27 @@ def query_loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     Returns:
         scalar loss (float32).
     """
+    check_query_labels(labels)
+    return clamped_nll(probs, labels, QUERY_CLASS_WEIGHTS)
+
+
+def check_query_labels(labels: torch.Tensor) -> None:
+    """Raises ValueError unless `labels` is an integer tensor of 0s and 1s.
+
+    On a GPU tensor the range check waits for the device; a training step that must not
+    wait checks the labels on the CPU before copying them (experiment.train_step).
+    """
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"query_loss labels must be an integer tensor, got {labels.dtype}")
     if labels.numel() and (labels.min() < 0 or labels.max() > 1):
         raise ValueError("query_loss labels must be 0 (background) or 1 (foreground)")
-    return clamped_nll(probs, labels, QUERY_CLASS_WEIGHTS)
+
+
+def default_predict_batch_size(device: torch.device) -> int:
+    """Query slices per encoder pass in `FAFNet.predict` when none is given: 1 on the CPU,
+    where larger batches spill layer3's activations out of the cache (measured fastest,
+    bench/bench_model.py), and 8 on GPUs (CUDA, MPS), which need batches to fill the device."""
+    return 1 if torch.device(device).type == "cpu" else 8
 
 
 class FAFNet(nn.Module):
@@ -151,23 +167,32 @@ class FAFNet(nn.Module):
         segments that support with the support's own threshold map (NLL, summed over shots and
         divided by K), and is compared (MSE, averaged over shots) with the refined support
         prototype of the main path. A query without predicted foreground contributes 0.
+
+        Branchless: the losses are computed for every query and `torch.where` keeps those of
+        queries with foreground, so the step never waits for the device to learn whether a
+        pseudo-mask is empty (and can be captured in a CUDA graph). A query without
+        foreground then adds exactly 0 to the losses and exactly 0 to every gradient: its
+        losses are finite (its prototype is 0 / (0 + 1e-5) = 0) and where() passes no
+        gradient to the branch it does not select.
         """
         shots = support_features.shape[0]
         queries = query_features.shape[0]
         pseudo_masks = (query_probs.argmax(dim=1) == 1).to(query_features.dtype)   # [Q, H, W]
+        has_foreground = pseudo_masks.flatten(1).any(dim=1)                          # [Q] bool
         align_loss = query_probs.new_zeros(())
         proto_loss = query_probs.new_zeros(())
         for index in range(queries):
-            if not bool(pseudo_masks[index].any()):
-                continue
             query_prototype = masked_average_pooling(query_features[index:index + 1], pseudo_masks[index:index + 1])
             refined = self.icm(query_prototype.expand(shots, -1), support_features)      # [K, C]
             foreground = self.segment(support_features, support_thresholds, refined)     # [K, H, W]
             support_probs = torch.stack([1.0 - foreground, foreground], dim=1)
             # One NLL over all K masks = sum of the per-shot means / K (equal pixel counts).
-            align_loss = align_loss + clamped_nll(support_probs, support_masks.round().long())
+            align = clamped_nll(support_probs, support_masks.round().long())
             target = refined_support_prototypes[index:index + 1].expand(shots, -1)
-            proto_loss = proto_loss + F.mse_loss(_at_least_float32(refined), _at_least_float32(target))
+            proto = F.mse_loss(_at_least_float32(refined), _at_least_float32(target))
+            keep = has_foreground[index]
+            align_loss = align_loss + torch.where(keep, align, align.new_zeros(()))
+            proto_loss = proto_loss + torch.where(keep, proto, proto.new_zeros(()))
         return align_loss / queries, proto_loss / queries
 
     # -- public API -------------------------------------------------------------------------
@@ -200,8 +225,9 @@ class FAFNet(nn.Module):
 
     @torch.no_grad()
     def predict(self, support_images: torch.Tensor, support_masks: torch.Tensor,
-                query_images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-        """Inference: encodes the support once and the queries `batch_size` at a time.
+                query_images: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
+        """Inference: encodes the support once and the queries `batch_size` at a time
+        (None: `default_predict_batch_size` of the queries' device, 1 on the CPU, 8 on GPUs).
 
         Runs in eval mode (restoring the previous mode afterwards), so it equals separate
         eval-mode `forward` calls, one per query.
@@ -210,6 +236,8 @@ class FAFNet(nn.Module):
             foreground probabilities [Q, H, W].
         """
         self._check_episode(support_images, support_masks, query_images)
+        if batch_size is None:
+            batch_size = default_predict_batch_size(query_images.device)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         was_training = self.training

@@ -1,0 +1,55 @@
+"""The benchmark scripts run end to end on tiny settings (their numbers are not checked, only
+that every part runs and reports): bench_episodes on a generated dataset, bench_gpu's
+profile-trace breakdown on a hand-made trace."""
+import json
+
+import pytest
+
+from bench import bench_episodes
+from bench.bench_gpu import summarize_trace
+
+
+def test_bench_episodes_reports_both_variants(tmp_path, capsys):
+    output = tmp_path / "episodes.json"
+    results = bench_episodes.main(["--size", "33", "--subjects", "5", "--slices", "8", "--episodes", "3",
+                                   "--warmup", "1", "--min-size", "20", "--json", str(output)])
+    assert set(results["variants"]) == {"without augmentation", "with augmentation"}
+    for row in results["variants"].values():
+        assert row["median_ms"] > 0 and row["episodes_per_s"] > 0 and row["workers_needed"] >= 1
+    assert json.loads(output.read_text()) == results
+    assert "episodes/s" in capsys.readouterr().out
+
+
+def test_bench_episodes_rejects_too_few_subjects():
+    with pytest.raises(SystemExit):
+        bench_episodes.parse_args(["--subjects", "4"])
+
+
+def trace_event(category, name, start, duration):
+    return {"ph": "X", "cat": category, "name": name, "ts": start, "dur": duration}
+
+
+def test_trace_breakdown_counts_kernels_launches_syncs_and_copies():
+    trace = {"traceEvents": [
+        trace_event("user_annotation", "train_step", 0, 10_000),
+        trace_event("kernel", "void regular_fft_c2r<float>", 100, 500),
+        trace_event("kernel", "cudnn_conv_kernel", 400, 1_000),       # overlaps the FFT by 200 us
+        trace_event("kernel", "cudnn_conv_kernel", 5_000, 1_000),
+        trace_event("gpu_memcpy", "Memcpy DtoH (Device -> Pageable)", 7_000, 10),
+        trace_event("gpu_memcpy", "Memcpy HtoD (Pageable -> Device)", 50, 40),
+        trace_event("cuda_runtime", "cudaLaunchKernel", 90, 8),
+        trace_event("cuda_runtime", "cudaLaunchKernel", 390, 6),
+        trace_event("cuda_runtime", "cudaStreamSynchronize", 6_900, 300),
+        trace_event("cuda_runtime", "cudaMemcpyAsync", 6_990, 30),
+        trace_event("cpu_op", "aten::conv2d", 0, 2_000),
+        {"ph": "M", "name": "process_name"},
+    ]}
+    summary = summarize_trace(trace)
+    assert summary["wall_ms"] == 10.0
+    assert summary["kernel_count"] == 3 and summary["kernel_ms"] == pytest.approx(2.5)
+    assert summary["gpu_busy_ms"] == pytest.approx(2.35)   # union: 50-90, 100-1400, 5000-6000, 7000-7010
+    assert summary["fft_kernels"] == 1 and summary["fft_ms"] == pytest.approx(0.5)
+    assert summary["launch_calls"] == 2 and summary["launch_cpu_ms"] == pytest.approx(0.014)
+    assert summary["sync_calls"] == 1 and summary["sync_ms"] == pytest.approx(0.3)
+    assert summary["dtoh_copies"] == 1 and summary["htod_copies"] == 1 and summary["memcpy_calls"] == 1
+    assert summary["top_kernels"][0] == {"name": "cudnn_conv_kernel", "count": 2, "ms": pytest.approx(2.0)}
