@@ -75,11 +75,13 @@ def inverse_real_fft2(spectrum: torch.Tensor, size: Tuple[int, int]) -> torch.Te
     """
     height, width = size
     rows_inverted = torch.fft.ifft(spectrum, n=height, dim=-2, norm="backward")
-    keep_imaginary = torch.ones(width // 2 + 1, dtype=rows_inverted.real.dtype, device=spectrum.device)
-    keep_imaginary[0] = 0.0
+    # Built on the device without host values (no item assignment), so the step can be
+    # captured in a CUDA graph.
+    frequencies = torch.arange(width // 2 + 1, device=spectrum.device)
+    real_only = frequencies == 0
     if width % 2 == 0:
-        keep_imaginary[-1] = 0.0
-    hermitian = torch.complex(rows_inverted.real, rows_inverted.imag * keep_imaginary)
+        real_only = real_only | (frequencies == width // 2)
+    hermitian = torch.complex(rows_inverted.real, rows_inverted.imag.masked_fill(real_only, 0.0))
     return torch.fft.irfft(hermitian, n=width, dim=-1, norm="backward")
 
 
