@@ -39,6 +39,7 @@ from dataloaders.datasets import SETTING2_PROTOCOLS  # noqa: E402
 from experiment.devices import DEVICE_CHOICES, default_num_workers, device_type  # noqa: E402
 from experiment.provenance import record_dependencies  # noqa: E402
 from experiment.snapshots import KEEP_CHOICES  # noqa: E402
+from experiment.train_step import COMPILE_TARGETS  # noqa: E402
 from models.pretrained import default_pretrained_weights  # noqa: E402
 
 # Sacred's default "fd" capture spawns `tee` processes and fights with pytest's capture;
@@ -56,6 +57,7 @@ NO_PRETRAINED = "none"   # pretrained_weights=none: train from the random initia
 FREE_ON_RESUME = frozenset({
     "resume", "n_steps", "snapshot_interval", "keep_snapshots", "print_interval", "device",
     "num_workers", "runs_dir", "data_root", "data_dir", "lr_milestones", "channels_last",
+    "cudnn_benchmark", "cuda_graph", "compile",
     # Resumed weights come from the snapshot, whatever pretrained file started the run.
     "pretrained_weights", "pretrained_allow_partial"})
 
@@ -98,6 +100,7 @@ def shared_options():
     # layer1-3; they keep their initialisation and a warning lists them). False: an error.
     pretrained_allow_partial = False
     amp_bf16 = False                # bf16 autocast (FFT, probabilities and losses stay float32)
+    cudnn_benchmark = True          # CUDA: let cuDNN time its algorithms once per input shape
     runs_dir = "runs"               # Sacred run folders go to <runs_dir>/<train|test>/<id>
 
 
@@ -122,6 +125,8 @@ def training_options(dataset, image_size):
     lr_milestones = list(range(lr_step_size, n_steps, lr_step_size))  # ... at these steps
     grad_clip_norm = None           # clip the total gradient norm to this (None: release, off)
     channels_last = False           # channels-last weights and inputs
+    cuda_graph = False              # CUDA: replay forward + backward as one captured graph
+    compile = None                  # torch.compile: None, "encoder" or "model" (forward + losses)
     num_workers = default_num_workers()  # data-loading processes (0: in the main process)
     resume = None                   # a training run folder or snapshot to continue
 
@@ -135,6 +140,7 @@ def evaluation_options(device):
     # out of cache there), 8 on a GPU.
     eval_batch_size = 1 if device_type(device) == "cpu" else 8
     channels_last = device_type(device) == "cpu"  # measured faster on CPU, slower on an H100
+    eval_graphs = False             # CUDA: replay each predict call from a captured graph
     save_predictions = True         # write prediction volumes (NIfTI)
     save_figures = True             # write one PNG per class
 
@@ -207,8 +213,9 @@ def _checks(config: Dict) -> Dict[str, tuple]:
         "lr_milestones": (lambda v: isinstance(v, (list, tuple)) and all(_positive_int(m) for m in v),
                           "must be a list of positive step numbers"),
     }
+    checks["compile"] = (lambda v: v in COMPILE_TARGETS, "must be None, 'encoder' or 'model'")
     for name in ("use_gt", "augment", "amp_bf16", "save_predictions", "save_figures", "channels_last",
-                 "pretrained_allow_partial"):
+                 "pretrained_allow_partial", "cudnn_benchmark", "cuda_graph", "eval_graphs"):
         checks[name] = (lambda v: isinstance(v, bool), "must be True or False")
     return checks
 

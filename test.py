@@ -39,6 +39,7 @@ from data.nifti_io import write_volume
 from dataloaders.datasets import TestDataset
 from experiment.devices import autocast, resolve_device, to_device_images
 from experiment.figures import class_figure_png
+from experiment.inference_graphs import GraphedPredict
 from experiment.logs import log_to_file, progress, slug
 from experiment.metrics import binary_confusion, dice_from_counts, iou_from_counts
 from experiment.provenance import protocol_record
@@ -120,7 +121,8 @@ class Skips:
 def segment_query(model, support: Dict, query: Dict, device: torch.device, config: Dict,
                   timer: Timer) -> np.ndarray:
     """Hard prediction [n, H, W] (bool) of one query volume's evaluated slices: chunk i
-    with support slice i, the queries of a chunk in batches of eval_batch_size."""
+    with support slice i, the queries of a chunk in batches of eval_batch_size. `model` is a
+    FAFNet, or a GraphedPredict of one (eval_graphs)."""
     channels_last, predictions = config["channels_last"], []
     for part, (start, end) in enumerate(query["chunks"]):
         if end <= start:
@@ -130,14 +132,19 @@ def segment_query(model, support: Dict, query: Dict, device: torch.device, confi
         query_images = to_device_images(query["images"][start:end], device, channels_last)
         began = time.perf_counter()
         with autocast(device, config["amp_bf16"]):
-            foreground = model.predict(support_images, support_masks, query_images,
-                                       batch_size=config["eval_batch_size"])
+            foreground = predict(model, support_images, support_masks, query_images, config["eval_batch_size"])
         # argmax over [1 - P, P] picks the foreground exactly when P > 0.5.
         predictions.append((foreground.float() > 0.5).cpu().numpy())
         timer.seconds += time.perf_counter() - began   # .cpu() above waits for the device
         timer.slices += end - start
     height, width = query["images"].shape[-2:]
     return np.concatenate(predictions) if predictions else np.zeros((0, height, width), dtype=bool)
+
+
+def predict(model, support_images, support_masks, query_images, batch_size: int) -> torch.Tensor:
+    if isinstance(model, GraphedPredict):
+        return model(support_images, support_masks, query_images, batch_size=batch_size)
+    return model.predict(support_images, support_masks, query_images, batch_size=batch_size)
 
 
 def evaluate_class(model, dataset: TestDataset, class_id: int, name: str, device: torch.device,
@@ -183,6 +190,9 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
                             config["pretrained_allow_partial"])
         source, step, training_config = load_weights(model, config["checkpoint"], config["image_size"])
         model.eval()
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = config["cudnn_benchmark"]
+        runner = GraphedPredict(model, log=logger) if config["eval_graphs"] else model
         logger.info("evaluating %s (step %s) on %s fold %d, support index(es) %s, on %s", source, step,
                     config["dataset"], config["eval_fold"], indices, device)
         dataset = TestDataset(config["data_dir"], dataset=config["dataset"], eval_fold=config["eval_fold"],
@@ -196,7 +206,7 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
             classes, predicted = {}, {}
             for class_id in progress(config["test_classes"], desc=f"support index {supp_idx}", unit="class"):
                 name = class_names[class_id]
-                support, outcomes, queries = evaluate_class(model, dataset, class_id, name, device, config,
+                support, outcomes, queries = evaluate_class(runner, dataset, class_id, name, device, config,
                                                             timer, skips, logger)
                 classes[str(class_id)] = class_entry(name, support, outcomes)
                 for outcome, query in zip(outcomes, queries):

@@ -129,19 +129,20 @@ def test_training_run_records_config_metrics_logs_and_snapshots(straight_run):
 def nan_run(phantom, tmp_path_factory):
     """Same options as `straight_run`, but the query loss is NaN at step 3."""
     runs_dir = str(tmp_path_factory.mktemp("runs_nan"))
-    original, calls = train_script.query_loss, []
+    import experiment.train_step as train_step
+    original, calls = train_step.clamped_nll, []
 
-    def nan_on_third_step(probs, labels):
+    def nan_on_third_step(probs, labels, weights=None):
         calls.append(1)
-        loss = original(probs, labels)
+        loss = original(probs, labels, weights)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    train_script.query_loss = nan_on_third_step
+    train_step.clamped_nll = nan_on_third_step   # the query loss of the training step
     try:
         with pytest.raises(train_script.NonFiniteLossError) as error:
             run_train(base_config(phantom, runs_dir))
     finally:
-        train_script.query_loss = original
+        train_step.clamped_nll = original
     return str(error.value), os.path.join(runs_dir, "train", "1")
 
 
