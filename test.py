@@ -217,7 +217,7 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
                     write_predictions(folder, class_id, name, outcomes, queries)
                 if config["save_figures"] and outcomes:
                     title = (f"{config['dataset']} fold {config['eval_fold']}, class {class_id} ({name}); "
-                             f"checkpoint {os.path.basename(source)}" + (f", step {step}" if step else ""))
+                             f"checkpoint {short_path(source)}" + (f", step {step}" if step else ""))
                     write_class_figure(folder, title, class_id, name, support, outcomes, queries)
             if config["save_predictions"]:
                 write_combined_predictions(folder, predicted)
@@ -317,6 +317,12 @@ def write_predictions(run_dir: str, class_id: int, name: str, outcomes: List[Que
         path = os.path.join(run_dir, "predictions",
                             f"query_{outcome.volume_index}_class_{class_id}_{slug(name)}.nii.gz")
         write_volume(prediction_volume(outcome, query["volume_shape"], class_id), query["geometry"], path)
+
+
+def short_path(path: str, parts: int = 4) -> str:
+    """The last `parts` components of a path ('train/3/snapshots/final.pth'): enough to tell
+    runs apart in a figure title."""
+    return os.path.join(*os.path.normpath(path).split(os.sep)[-parts:])
 
 
 def write_class_figure(run_dir: str, title: str, class_id: int, name: str, support: Dict,
