@@ -9,11 +9,8 @@ DataLoader workers deliver that (each worker is one process, one thread).
     .venv/bin/python bench/bench_episodes.py --size 129 --episodes 100 --json episodes.json
 """
 import argparse
-import json
 import math
-import os
 import statistics
-import sys
 import tempfile
 import time
 from typing import Dict, List, Optional
@@ -21,9 +18,9 @@ from typing import Dict, List, Optional
 import cv2
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.synthetic.generate import generate_dataset  # noqa: E402
-from dataloaders.datasets import TrainDataset  # noqa: E402
+from data.atomic import atomic_write_json
+from data.synthetic.generate import generate_dataset
+from dataloaders.datasets import TrainDataset
 
 SUPERVOXEL_MIN_SIZE = 1000   # the SYNTHETIC dataset's
 
@@ -94,15 +91,6 @@ def print_table(results: Dict[str, object]) -> None:
               f"{row['workers_needed']:>26d}")
 
 
-def write_json_atomically(results: Dict[str, object], path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".bench_episodes.", suffix=".json")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(results, stream, indent=2)
-    os.replace(temporary, path)
-
-
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -121,7 +109,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
                "threads": args.threads, "target_steps_per_s": args.target_steps_per_s, "variants": variants}
     print_table(results)
     if args.json:
-        write_json_atomically(results, args.json)
+        atomic_write_json(results, args.json)
     return results
 
 

@@ -1,11 +1,13 @@
 """The GPU benchmark of FAF-Net's training step and evaluation: one script, one device run.
 
-    python3 bench/bench_gpu.py --out "$OUT" --budget-s 290          # CUDA, about 5 minutes
-    python3 bench/bench_gpu.py --device cpu --size 65 --steps 3 --warmup 1 --eval-repeats 1 \\
+    python3 -m bench.bench_gpu --out "$OUT" --budget-s 290          # CUDA, about 5 minutes
+    python3 -m bench.bench_gpu --device cpu --size 65 --steps 3 --warmup 1 --eval-repeats 1 \\
         --dice-size 65 --dice-subjects 5 --dice-steps 3 --dice-seeds 1 --out /tmp/bench_gpu
 
-Everything is made in memory (synthetic phantom volumes), so it needs only torch, numpy,
-scipy and OpenCV: no SimpleITK, nibabel or sacred. 1-shot episodes, --size x --size images.
+Run it from the repository root as a module (`python -m`), which needs no installation of
+the project: the GPU machine has only torch, numpy, scipy and OpenCV. Everything is made in
+memory (synthetic phantom volumes), so no SimpleITK, nibabel or sacred is needed either.
+1-shot episodes, --size x --size images.
 
 Sections, each in a child process (a CUDA error or a slow compiler cannot take the others
 down) under its share of --budget-s; optional parts stop when the share runs out:
@@ -47,15 +49,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.synthetic.generate import generate_subject  # noqa: E402
-from dataloaders.dataset_specs import get_dataset_spec, make_folds  # noqa: E402
-from dataloaders.datasets import (TrainDataset, TrainVolume, _has_feasible_episode, chunk_bounds,  # noqa: E402
+from data.atomic import atomic_write_json
+from data.synthetic.generate import generate_subject
+from dataloaders.dataset_specs import get_dataset_spec, make_folds
+from dataloaders.datasets import (TrainDataset, TrainVolume, _has_feasible_episode, chunk_bounds,
                                   slice_class_areas, support_slice_positions, to_network_images, zscore)
-from experiment.inference_graphs import GraphedEncoder, GraphedPredict  # noqa: E402
-from experiment.train_step import NonFiniteLossError, TrainStep, optimizer_implementation  # noqa: E402
-from models import FAFNet, masked_average_pooling, query_loss  # noqa: E402
-from models.fafnet import _at_least_float32, clamped_nll  # noqa: E402
+from experiment.inference_graphs import GraphedEncoder, GraphedPredict
+from experiment.train_step import NonFiniteLossError, TrainStep, optimizer_implementation
+from models import FAFNet, masked_average_pooling, query_loss
+from models.fafnet import _at_least_float32, clamped_nll
 
 SECTIONS = ("train", "dice", "compile")
 SHARES = {"train": 0.50, "dice": 0.35}   # of --budget-s; compile gets what is left
@@ -93,13 +95,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def write_json(obj, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(obj, stream, indent=1, default=str)
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)
+    atomic_write_json(json.loads(json.dumps(obj, default=str)), path)
 
 
 def error_text(error: BaseException) -> str:
@@ -1021,7 +1017,7 @@ def die_with_parent() -> None:
 def run_child(section: str, args, argv: List[str], seconds: float, extra: List[str]) -> Dict:
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, f"{section}.json")
-        command = [sys.executable, os.path.abspath(__file__), *argv, "--child", section, "--child-json", path,
+        command = [sys.executable, "-m", "bench.bench_gpu", *argv, "--child", section, "--child-json", path,
                    "--budget-s", f"{max(seconds - 10, 5):.0f}", *extra]
         began = time.monotonic()
         status = "ok"

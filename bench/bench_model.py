@@ -13,17 +13,14 @@ The two variants are timed alternately so that load from other processes hits bo
 """
 import argparse
 import copy
-import json
-import os
 import statistics
-import sys
-import tempfile
 import time
 from typing import Callable, Dict, List, Tuple
 
 import torch
 from tqdm import tqdm
 
+from data.atomic import atomic_write_json
 from models import FAFNet, query_loss
 
 
@@ -195,7 +192,7 @@ def main(argv=None) -> Dict[str, object]:
     }
     print_table(results)
     if args.json:
-        write_json_atomically(results, args.json)
+        atomic_write_json(results, args.json)
     return results
 
 
@@ -214,15 +211,6 @@ def print_table(results: Dict[str, object]) -> None:
     print(f"{'  ratio loop / predict':<44}{results['predict_speedup_vs_per_slice_loop']:>10.2f}")
     difference = results["predict_vs_loop_abs_difference"]
     print(f"|predict - loop|: max {difference['max']:.2e}, mean {difference['mean']:.2e}")
-
-
-def write_json_atomically(results: Dict[str, object], path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".bench_model.", suffix=".json")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(results, stream, indent=2)
-    os.replace(temporary, path)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import time
 import numpy as np
 from scipy import ndimage
 
+from data.atomic import atomic_write_json
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMPLEMENTATIONS = {"naive": "naive NumPy-edges port", "compact": "data.supervoxels (compact)"}
 
@@ -159,10 +161,7 @@ def main(argv=None) -> int:
         report = {"shape": args.shape, "kind": args.kind, "spacing": args.spacing,
                   "min_size": args.min_size,
                   "results": results, "identical_labels": identical}
-        tmp = f"{args.json}.tmp-{os.getpid()}"
-        with open(tmp, "w") as out:
-            json.dump(report, out, indent=2)
-        os.replace(tmp, args.json)
+        atomic_write_json(report, args.json)
     return 0
 
 
