@@ -88,9 +88,9 @@ def shared_options():
     setting = 1                     # 1: test organs may appear in training; 2: their slices removed
     setting2_protocol = "release"   # setting 2: release (AND rule) | any | groups (Ouyang et al.)
     group = None                    # groups protocol: 0 or 1, the class group held out and tested
-    test_classes = list(class_groups(dataset)[group] if setting == 2 and setting2_protocol == "groups"
-                        and group is not None and class_groups(dataset)
-                        else spec(dataset).test_classes)
+    test_classes = list(class_groups(dataset)[group]
+                        if setting == 2 and setting2_protocol == "groups" and group in range(len(class_groups(dataset)))
+                        else spec(dataset).test_classes)  # the dataset's, or the group's (groups protocol)
     seed = 2025
     device = "auto"                 # auto, cpu, cuda, cuda:N or mps
     # A torchvision ResNet-101 or DeepLabV3-ResNet-101 file; by default the one found in
@@ -104,7 +104,7 @@ def shared_options():
     runs_dir = "runs"               # Sacred run folders go to <runs_dir>/<train|test>/<id>
 
 
-def training_options(dataset, image_size):
+def training_options(dataset):
     """Options of train.py only."""
     n_shot = 1
     use_gt = False                  # False: supervoxel episodes (self-supervised); True: ground truth

@@ -45,7 +45,11 @@ def default_num_workers(cpu_count: Optional[int] = None) -> int:
     """Data-loading worker processes: one core stays with the training process, at most 4
     workers (an episode takes about 2 ms to build, so 4 keep up with any GPU step); 0 (load in
     the main process) on a single core."""
-    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    if cpu_count is None:
+        # The cores this process may run on (a container or a batch job may grant fewer than
+        # the machine has).
+        cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cpu_count or 1
     return max(0, min(4, cores - 1))
 
 
