@@ -221,8 +221,8 @@ def test_optimizer_option_builds_release_sgd_by_default_and_adam_on_request():
 
 def config_of(script, *named, **updates):
     """The configuration a run of `script` would use (Sacred's print_config command)."""
-    return script.ex.run("print_config", named_configs=list(named), config_updates=updates,
-                         options={"--loglevel": "ERROR"}).config
+    # (No --loglevel: Sacred would set it on the root logger for the rest of the session.)
+    return script.ex.run("print_config", named_configs=list(named), config_updates=updates).config
 
 
 @pytest.mark.parametrize("device, batch, channels_last", [("cpu", 1, True), ("cuda", 8, False), ("mps", 8, False)])

@@ -163,9 +163,10 @@ def test_geometric_transform_is_affine_then_elastic_with_rounded_masks(seed):
     masks = np.zeros((2, *shape), np.float32)
     masks[:, 8:20, 10:24] = 1.0
     rng = np.random.default_rng(seed)
-    matrix, field = hand_random_affine(shape, rng), hand_random_field(shape, rng).astype(np.float32)
     out_images, out_masks = augment.random_geometric(images, masks, np.random.default_rng(seed))
     for i in range(2):
+        # Each pair (support shot) draws its own affine, then its own field, pair after pair.
+        matrix, field = hand_random_affine(shape, rng), hand_random_field(shape, rng).astype(np.float32)
         stacked = np.stack([images[i], masks[i]], axis=-1)
         warped = cv2.remap(cv2.warpAffine(stacked, matrix, (32, 32), flags=cv2.INTER_LINEAR,
                                           borderMode=cv2.BORDER_CONSTANT, borderValue=0),
@@ -227,7 +228,7 @@ def dataset_dir(tmp_path_factory):
 
 def training_set(root, supervoxel_min_size=1000):
     return TrainDataset(root, dataset="SABS", eval_fold=0, setting=1, augment=False,
-                        supervoxel_min_size=supervoxel_min_size)
+                        supervoxel_min_size=supervoxel_min_size, n_volumes=6)   # not SABS's 30
 
 
 def test_min_size_200_accepts_200_pixels_and_rejects_199(dataset_dir):
@@ -272,7 +273,7 @@ def test_support_positions_and_chunks_hand_values():
 
 
 def test_test_dataset_uses_three_parts_by_default(dataset_dir):
-    dataset = TestDataset(dataset_dir, dataset="SABS", eval_fold=0, supp_idx=0)
+    dataset = TestDataset(dataset_dir, dataset="SABS", eval_fold=0, supp_idx=0, n_volumes=6)
     # Volume 0 has the class on slices 2..8: positions 1, 3, 5 of those 7 -> slices 3, 5, 7.
     assert dataset.support(1)["slice_indices"] == [3, 5, 7]
     (query,) = list(dataset.queries(1))                       # volume 1: 8 slices
