@@ -20,7 +20,7 @@ from torchvision.utils import draw_segmentation_masks
 from experiment.metrics import dice_score
 
 # Okabe & Ito (2008), "Color Universal Design".
-SUPPORT_COLOUR = (230, 159, 0)      # orange
+SUPPORT_COLOUR = (0, 158, 115)      # bluish green
 TRUTH_COLOUR = (0, 114, 178)        # blue
 PREDICTION_COLOUR = (213, 94, 0)    # vermillion
 FILL_ALPHA = 0.35
