@@ -124,6 +124,13 @@ def training_options(dataset):
     lr_gamma = 0.98
     lr_milestones = list(range(lr_step_size, n_steps, lr_step_size))  # ... at these steps
     grad_clip_norm = None           # clip the total gradient norm to this (None: release, off)
+    # A random start (no pretrained weights; the demo): every bottleneck's last BatchNorm weight
+    # at 0 so each residual block starts as the identity (False: the release's initialisation).
+    zero_init_residual = False
+    # The threshold head's output conv starts at this times the release's initial weights
+    # (1.0: the release; the demo's random start uses 0.05, see models/factory.py).
+    threshold_head_init_scale = 1.0
+    save_initial_snapshot = False   # also keep snapshots/step_0000000.pth: the weights training starts from
     channels_last = False           # channels-last weights and inputs
     cuda_graph = False              # CUDA: replay forward + backward as one captured graph
     compile = None                  # torch.compile: None, "encoder" or "model" (forward + losses)
@@ -212,10 +219,13 @@ def _checks(config: Dict) -> Dict[str, tuple]:
         "keep_snapshots": (lambda v: v in KEEP_CHOICES, f"must be one of {', '.join(KEEP_CHOICES)}"),
         "lr_milestones": (lambda v: isinstance(v, (list, tuple)) and all(_positive_int(m) for m in v),
                           "must be a list of positive step numbers"),
+        "threshold_head_init_scale": (lambda v: _is_number(v) and v > 0,
+                                      "must be a number > 0 (1.0: the release's initialisation)"),
     }
     checks["compile"] = (lambda v: v in COMPILE_TARGETS, "must be None, 'encoder' or 'model'")
     for name in ("use_gt", "augment", "amp_bf16", "save_predictions", "save_figures", "channels_last",
-                 "pretrained_allow_partial", "cudnn_benchmark", "cuda_graph", "eval_graphs"):
+                 "pretrained_allow_partial", "cudnn_benchmark", "cuda_graph", "eval_graphs",
+                 "zero_init_residual", "save_initial_snapshot"):
         checks[name] = (lambda v: isinstance(v, bool), "must be True or False")
     return checks
 

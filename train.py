@@ -20,8 +20,8 @@ from typing import Callable, Dict, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from config import (FREE_ON_RESUME, Experiment, configure_experiment, observer_run_dir, run_commandline,
-                    training_options)
+from config import (FREE_ON_RESUME, NO_PRETRAINED, Experiment, configure_experiment, observer_run_dir,
+                    run_commandline, training_options)
 from dataloaders.dataset_specs import SYNTHETIC_DATASETS
 from dataloaders.datasets import TrainDataset
 from experiment.curves import TrainingCurves
@@ -31,7 +31,7 @@ from experiment.rng import seed_everything
 from experiment.snapshots import (SnapshotError, SnapshotWriter, load_for_resume,
                                   restore_training_state, resume_differences)
 from experiment.train_step import LOSS_NAMES, NonFiniteLossError, TrainStep, optimizer_implementation
-from models import build_model
+from models import build_model, scale_threshold_head, zero_init_residual
 from models.pretrained import ACCEPTED_FORMATS
 
 
@@ -47,8 +47,16 @@ def check_pretrained_choice(config: Dict) -> None:
             f"initialisation on purpose, pass pretrained_weights=none.")
 
 
+def check_random_start_options(config: Dict) -> None:
+    """zero_init_residual changes the backbone's initialisation, which pretrained weights replace."""
+    if config["zero_init_residual"] and config["pretrained_weights"] not in (None, NO_PRETRAINED):
+        raise ValueError(f"config option zero_init_residual=True is for a random start; with "
+                         f"pretrained_weights={config['pretrained_weights']!r} the backbone's BatchNorm "
+                         f"weights come from the file")
+
+
 ex = configure_experiment(Experiment("FAFNet-train"), "train", training_options,
-                          run_checks=[check_pretrained_choice])
+                          run_checks=[check_pretrained_choice, check_random_start_options])
 
 
 @ex.main
@@ -74,6 +82,10 @@ def train(config: Dict, run_dir: str, logger, log_scalar: Optional[Callable] = N
         seed_everything(config["seed"])
         model = build_model(config["image_size"], device, config["pretrained_weights"], config["channels_last"],
                             config["pretrained_allow_partial"])
+        if config["zero_init_residual"]:
+            zero_init_residual(model)
+        if config["threshold_head_init_scale"] != 1.0:
+            scale_threshold_head(model, config["threshold_head_init_scale"])
         if model.encoder.pretrained_tensors_loaded:
             logger.info("loaded %d pretrained backbone tensors from %s",
                         model.encoder.pretrained_tensors_loaded, config["pretrained_weights"])
@@ -159,6 +171,9 @@ class TrainingLoop:
             # Episodes are pure functions of (seed, step); a private generator keeps the
             # loader from drawing on the global torch RNG.
             generator=torch.Generator().manual_seed(self.config["seed"]))
+        if start_step == 0 and self.config["save_initial_snapshot"]:
+            # The weights training starts from (the demo evaluates them as its untrained model).
+            self.logger.info("initial weights: %s", self.snapshots.save_weights(0, self.model))
         self.model.train()
         curves = TrainingCurves(self.run_dir)
         sums, window = dict.fromkeys(LOSS_NAMES, 0.0), 0

@@ -3,6 +3,7 @@
     python utils.py aggregate runs/SABS_setting1/fold*/test/1 --out runs/SABS_setting1/results_table
     python utils.py show runs/test/4 runs/test/5        # each evaluation run's table
     python utils.py runs runs/train runs/test           # every run with its status
+    python utils.py compare runs/test/5 runs/test/6     # Dice of run 5 against run 6, per class
 
 `aggregate` collects one evaluation run per fold (with the groups protocol: one per fold and
 group) into the literature's table (Dice per organ and the mean over organs, one row per
@@ -15,8 +16,8 @@ import sys
 from typing import Optional, Sequence
 
 from data.atomic import atomic_write_text
-from experiment.results import (aggregate_folds, fold_table_csv, fold_table_header, fold_table_markdown,
-                                load_results, results_table)
+from experiment.results import (aggregate_folds, comparison_table, fold_table_csv, fold_table_header,
+                                fold_table_markdown, load_results, results_table)
 from experiment.runs import list_runs, read_run_json, run_status
 
 
@@ -37,6 +38,13 @@ def _show_command(args: argparse.Namespace) -> int:
         results = load_results(path)
         print(f"{results['_path']}:")
         print(results_table(results))
+    return 0
+
+
+def _compare_command(args: argparse.Namespace) -> int:
+    results, baseline = load_results(args.run), load_results(args.baseline)
+    print(f"{results['_path']} against {baseline['_path']}:\n")
+    print(comparison_table(results, baseline))
     return 0
 
 
@@ -71,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Print the Dice/IoU table of each evaluation run.")
     show.add_argument("runs", nargs="+", help="evaluation run folders or results.json files")
     show.set_defaults(func=_show_command)
+    compare = commands.add_parser("compare", help="Dice per class of one evaluation run against another",
+                                  description="Print the Dice of RUN, of BASELINE and their difference "
+                                              "per class (e.g. a trained model against its untrained start).")
+    compare.add_argument("run", help="evaluation run folder or results.json")
+    compare.add_argument("baseline", help="evaluation run folder or results.json to compare against")
+    compare.set_defaults(func=_compare_command)
     runs = commands.add_parser("runs", help="list run folders with their status (DIED for killed runs)",
                                description="List the Sacred runs in each folder (or the run folders "
                                            "themselves) with experiment, status and times.")

@@ -85,6 +85,22 @@ def results_table(results: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparison_table(results: Dict, baseline: Dict) -> str:
+    """Markdown: Dice (%) per class of `results` against `baseline` (two evaluation runs of
+    the same classes, e.g. a trained and an untrained model) and the difference."""
+    if list(results["classes"]) != list(baseline["classes"]):
+        raise ValueError(f"{results['_path']} and {baseline['_path']} evaluate different classes "
+                         f"({list(results['classes'])} vs {list(baseline['classes'])})")
+    lines = ["| class | Dice (%) | baseline Dice (%) | difference (points) |", "|---|---|---|---|"]
+    rows = [(entry["name"], entry["dice_mean"], baseline["classes"][class_id]["dice_mean"])
+            for class_id, entry in results["classes"].items()]
+    rows.append(("**mean**", results["mean_dice"], baseline["mean_dice"]))
+    for name, dice, before in rows:
+        difference = "n/a" if dice is None or before is None else f"{100 * (dice - before):+.2f}"
+        lines.append(f"| {name} | {percent(dice)} | {percent(before)} | {difference} |")
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------- fold table
 
 

@@ -133,9 +133,19 @@ class SnapshotWriter:
         self.header = {"format": SNAPSHOT_FORMAT, "image_size": list(image_size),
                        "config": _config_record(config)}
 
+    def _weights(self, step: int, model) -> Dict:
+        return {**self.header, "kind": WEIGHTS, "step": int(step), "model": model.state_dict()}
+
+    def save_weights(self, step: int, model) -> str:
+        """Save the model weights of `step` as step_XXXXXXX.pth (whatever `keep` says);
+        returns its path."""
+        path = step_path(self.run_dir, step)
+        _save(self._weights(step, model), path)
+        return path
+
     def save(self, step: int, model, optimizer, scheduler, final: bool = False) -> str:
         """Save the snapshot of `step`; returns the path of the full snapshot written."""
-        weights = {**self.header, "kind": WEIGHTS, "step": int(step), "model": model.state_dict()}
+        weights = self._weights(step, model)
         if not final and self.keep == "weights":
             _save(weights, step_path(self.run_dir, step))
         scheduler_state = scheduler.state_dict()

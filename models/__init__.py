@@ -1,6 +1,6 @@
 """FAF-Net model: encoder, ICM/AFF modules, the network, its losses and checkpoint helpers."""
 from .encoder import ResNet101Encoder, feature_size
-from .factory import build_model
+from .factory import build_model, scale_threshold_head, zero_init_residual
 from .fafnet import FAFNet, check_query_labels, clamped_nll, default_predict_batch_size, query_loss
 from .modules import AFF, ICM, apply_fourier_filters, masked_average_pooling
 from .pretrained import default_pretrained_weights, load_pretrained_backbone
@@ -22,4 +22,6 @@ __all__ = [
     "load_pretrained_backbone",
     "masked_average_pooling",
     "query_loss",
+    "scale_threshold_head",
+    "zero_init_residual",
 ]

@@ -124,6 +124,18 @@ def test_aggregate_command_line_writes_markdown_and_csv(tmp_path, capsys):
     assert "differ in 'n_part'" in capsys.readouterr().err
 
 
+def test_compare_command_gives_the_difference_per_class(tmp_path, capsys):
+    trained = write_results(tmp_path / "trained", 0, [0.75, 0.5])
+    untrained = write_results(tmp_path / "untrained", 0, [0.25, 0.125])
+    assert utils.main(["compare", trained, untrained]) == 0
+    out = capsys.readouterr().out
+    assert "| spleen | 75.00 | 25.00 | +50.00 |" in out and "| liver | 50.00 | 12.50 | +37.50 |" in out
+    assert "| **mean** | 62.50 | 18.75 | +43.75 |" in out
+    other = write_results(tmp_path / "other", 0, [0.5, 0.5], classes=(2, 3))
+    assert utils.main(["compare", trained, other]) == 2
+    assert "evaluate different classes" in capsys.readouterr().err
+
+
 def test_runs_command_lists_status(tmp_path, capsys):
     folder = tmp_path / "train" / "1"
     folder.mkdir(parents=True)
