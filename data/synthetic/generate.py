@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from data.atomic import atomic_write_json
 from data.nifti_io import Geometry, write_volume
 
 SPLEEN, RIGHT_KIDNEY, LEFT_KIDNEY, LIVER, STOMACH, AORTA, IVC = 1, 2, 3, 6, 7, 8, 9
@@ -380,11 +381,7 @@ def _check_manifest(out_dir: str, settings: Dict, overwrite: bool) -> None:
 
 
 def _write_manifest(out_dir: str, settings: Dict) -> None:
-    path = os.path.join(out_dir, MANIFEST)
-    tmp = os.path.join(out_dir, f".tmp-{os.getpid()}-{MANIFEST}")
-    with open(tmp, "w") as f:
-        json.dump(settings, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_json(settings, os.path.join(out_dir, MANIFEST))
 
 
 def generate_dataset(out_dir: str, n_subjects: int = 30, size: int = 129, n_slices: int = 28,
