@@ -60,9 +60,10 @@ echo "== 1/4 synthetic data ($SUBJECTS subjects, $SLICES x $SIZE x $SIZE) and su
     --size "$SIZE" --slices "$SLICES" --supervoxels --min-size "$SUPERVOXEL_MIN"
 
 common=(SYNTHETIC "data_root=$DATA_ROOT" "image_size=[$SIZE,$SIZE]" eval_fold=0 "device=$DEVICE" "runs_dir=$RUNS"
-        "setting=$SETTING" "supervoxel_min_size=$SUPERVOXEL_MIN")
+        "setting=$SETTING")
 train_options=("n_steps=$STEPS" "snapshot_interval=$SNAPSHOT" print_interval=20 "num_workers=$WORKERS"
-               "optimizer=$OPTIMIZER" "lr=$LR" "min_size=$MIN_SIZE" save_initial_snapshot=True)
+               "optimizer=$OPTIMIZER" "lr=$LR" "min_size=$MIN_SIZE" "supervoxel_min_size=$SUPERVOXEL_MIN"
+               save_initial_snapshot=True)
 case "$RANDOM_START" in
     demo) [[ -z "$PRETRAINED" ]] && train_options+=(zero_init_residual=True threshold_head_init_scale=0.05) ;;
     release) ;;
