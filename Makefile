@@ -27,7 +27,7 @@ test: setup
 # The synthetic demo: data, supervoxels, a short training, evaluation (script/demo.sh).
 demo:
 	@echo "== FAF-Net demo: set-up (virtual environment, requirements, compiled supervoxel module),"
-	@echo "== then synthetic data, supervoxels, training and evaluation: about 15 minutes on a 2-core CPU."
+	@echo "== then synthetic data, supervoxels, training and evaluation: about 12 minutes on a 2-core CPU."
 	$(MAKE) setup
 	bash script/demo.sh
 

@@ -20,10 +20,16 @@ train    environment; torch.profiler breakdown of one baseline training step (ke
          throughput of FAFNet.predict (query slices/s) for batch 8/16/32, bf16,
          channels-last and CUDA graphs (of the encoder, or of the whole predict call), with
          output parity against fp32 (on a random network with calibrated BatchNorm).
-dice     a short synthetic fold: train with fp32 and with the fastest training variant on the
+dice     a short synthetic fold, trained as `make demo` trains (97 x 97, supervoxel episodes,
+         Adam 2e-4, zero_init_residual, threshold head scaled by 0.05; 64 % mean Dice on the
+         CPU after 400 steps): train with fp32 and with the fastest training variant on the
          same episodes, evaluate both with the EP1 protocol (support slices and chunks as
          test.py), print both mean Dice values; also the fast evaluation on the fp32 weights
-         (Dice and output parity on trained weights).
+         (Dice and output parity on trained weights). Supervoxels need the compiled module
+         (`pip install --no-build-isolation --no-deps -e .` on the machine, or carry the
+         build); `--dice-labels gt` trains on the ground truth minus the test classes instead,
+         which on the phantom is the stomach alone and does not transfer to the test organs
+         (0.7 % mean Dice on the CPU): a check of agreement, not of learning.
 compile  torch.compile of the encoder for training and evaluation, with compile time.
 
 Output: a table per section while running, a summary last; with --out DIR: bench_gpu.json,
@@ -49,6 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.bench_model import set_batchnorm_statistics
 from data.atomic import atomic_write_json
 from data.synthetic.generate import generate_subject
 from dataloaders.dataset_specs import get_dataset_spec, make_folds
@@ -57,6 +64,7 @@ from dataloaders.datasets import (TrainDataset, TrainVolume, _has_feasible_episo
 from experiment.inference_graphs import GraphedEncoder, GraphedPredict
 from experiment.train_step import NonFiniteLossError, TrainStep, optimizer_implementation
 from models import FAFNet, masked_average_pooling, query_loss
+from models.factory import scale_threshold_head, zero_init_residual
 from models.fafnet import _at_least_float32, clamped_nll
 
 SECTIONS = ("train", "dice", "compile")
@@ -64,6 +72,7 @@ SHARES = {"train": 0.50, "dice": 0.35}   # of --budget-s; compile gets what is l
 TRAIN_PART = 0.55   # of the train section's share for the training variants; evaluation gets the rest
 TIMING_LR = 0.0   # timing only: the same kernels run, and a random start cannot diverge to NaN
 TEST_CLASSES = get_dataset_spec("SYNTHETIC").test_classes
+DEMO_THRESHOLD_SCALE = 0.05   # threshold_head_init_scale of `make demo` (script/demo.sh)
 EPISODE_CLASS = 6          # liver: present in most slices of the phantom
 # Output parity of a fast evaluation against fp32 on the same weights and inputs.
 TOLERANCE_MEAN_ABS = 1e-2          # mean |P_fast - P_fp32|
@@ -137,6 +146,14 @@ def synthetic_volume(seed: int, index: int, size: int, n_slices: int) -> Tuple[n
     return zscore(image, f"synthetic subject {index}"), labels
 
 
+def synthetic_supervoxels(seed: int, index: int, size: int, n_slices: int, min_size: int) -> np.ndarray:
+    """The supervoxel pseudo-labels of a phantom volume [Z, H, W], as
+    `python -m data.synthetic --supervoxels` writes them (the compiled module is required)."""
+    from data.supervoxels.generate_supervoxels import header_spacing_release_order, supervoxels_for_volume
+    image, _, geometry = generate_subject(seed, index, size=size, n_slices=n_slices)
+    return supervoxels_for_volume(image, header_spacing_release_order(geometry), min_size)
+
+
 def class_slices(labels: np.ndarray, class_id: int) -> List[int]:
     return np.flatnonzero((labels == class_id).any(axis=(1, 2))).tolist()
 
@@ -164,8 +181,8 @@ def timing_episodes(image: np.ndarray, labels: np.ndarray, device: torch.device,
 
 class InMemoryEpisodes(TrainDataset):
     """TrainDataset's episode sampling and augmentation over volumes held in memory (the
-    benchmark machine cannot read NIfTI files); labels are the ground truth with the test
-    classes removed (use_gt=True, setting 1)."""
+    benchmark machine cannot read NIfTI files), setting 1. Labels are supervoxels
+    (`test_classes` empty) or the ground truth with the test classes removed (use_gt=True)."""
 
     def __init__(self, volumes: Sequence[Tuple[int, np.ndarray, np.ndarray]], test_classes: Sequence[int],
                  min_size: int, seed: int, augment: bool = True, n_shot: int = 1):
@@ -472,17 +489,11 @@ def flop_count(template, episode: Dict, device: torch.device) -> Optional[float]
 
 # ============================================================================ evaluation
 
-@torch.no_grad()
 def calibrate_batchnorm(model: FAFNet, images: torch.Tensor) -> FAFNet:
-    """Running statistics := those of `images` (a random network's default statistics give
-    activations of order 1e5 in eval mode, overflowing bf16; trained networks do not)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
-    model.train()
-    model.encoder(images)
-    return model.eval()
+    """Running statistics := those of `images` (bench_model's `set_batchnorm_statistics`);
+    returns the model in eval mode."""
+    set_batchnorm_statistics(model, images)
+    return model
 
 
 class Predictor:
@@ -813,9 +824,14 @@ def section_dice(args, device: torch.device, budget: Budget, record: Recorder) -
     size, n = args.dice_size, args.dice_subjects
     fast_train = args.dice_train_variant or "fast_bf16_bench"
     fast_eval = args.dice_eval_variant or "bf16_b16_bench"
+    labels_used = ("supervoxels, min size %d (setting 1)" % args.dice_supervoxel_min
+                   if args.dice_labels == "supervoxels" else
+                   "ground truth without the test classes (use_gt, setting 1)")
     record.set("settings", {"size": size, "subjects": n, "steps": args.dice_steps, "optimizer": "adam",
-                            "lr": args.dice_lr, "train_variant": fast_train, "eval_variant": fast_eval,
-                            "labels": "ground truth without the test classes (use_gt, setting 1)",
+                            "lr": args.dice_lr, "min_size": args.dice_min_size, "labels": labels_used,
+                            "zero_init_residual": not args.dice_release_init,
+                            "threshold_head_init_scale": 1.0 if args.dice_release_init else DEMO_THRESHOLD_SCALE,
+                            "train_variant": fast_train, "eval_variant": fast_eval,
                             "fold": 0, "supp_idx": 0})
     began = time.perf_counter()
     volumes = {i: synthetic_volume(args.seed, i, size, args.dice_slices) for i in range(n)}
@@ -823,9 +839,17 @@ def section_dice(args, device: torch.device, budget: Budget, record: Recorder) -
     record.set("data_s", time.perf_counter() - began)
     say(f"dice: {n} synthetic subjects {args.dice_slices}x{size}x{size} in {time.perf_counter() - began:.1f} s; "
         f"fold 0 = {fold}; fp32 vs {fast_train} (training), {fast_eval} (evaluation)")
-    min_size = max(1, round(args.min_size * (size / 257) ** 2))
-    dataset = InMemoryEpisodes([(i, *volumes[i]) for i in range(n) if i not in fold], TEST_CLASSES,
-                               min_size=min_size, seed=args.seed)
+    training = [i for i in range(n) if i not in fold]
+    if args.dice_labels == "supervoxels":
+        began = time.perf_counter()
+        episode_labels = {i: synthetic_supervoxels(args.seed, i, size, args.dice_slices, args.dice_supervoxel_min)
+                          for i in training}
+        say(f"dice: supervoxels of {len(training)} volumes in {time.perf_counter() - began:.1f} s")
+        dataset = InMemoryEpisodes([(i, volumes[i][0], episode_labels[i]) for i in training], (),
+                                   min_size=args.dice_min_size, seed=args.seed)
+    else:
+        dataset = InMemoryEpisodes([(i, *volumes[i]) for i in training], TEST_CLASSES,
+                                   min_size=args.dice_min_size, seed=args.seed)
     eval_options = EVAL_VARIANTS[fast_eval]
 
     def evaluate(model, options) -> Dict[str, object]:
@@ -865,6 +889,9 @@ def section_dice(args, device: torch.device, budget: Budget, record: Recorder) -
         episodes = [{k: pin(v, device) if isinstance(v, torch.Tensor) else v for k, v in e.items()} for e in episodes]
         torch.manual_seed(seed)
         template = FAFNet(image_size=(size, size))
+        if not args.dice_release_init:   # the demo's random start (models.factory)
+            zero_init_residual(template)
+            scale_threshold_head(template, DEMO_THRESHOLD_SCALE)
         runs = {}
         for label, variant in (("fp32", "fast_fp32"), ("fast", fast_train)):
             model = copy.deepcopy(template).to(device).train()
@@ -967,13 +994,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-variants", default=",".join(EVAL_VARIANTS),
                         help="comma-separated evaluation variants, the fp32 reference first (default: all)")
     parser.add_argument("--no-profile", action="store_true", help="skip torch.profiler")
-    parser.add_argument("--dice-size", type=int, default=129, help="image size of the synthetic fold (default 129)")
+    parser.add_argument("--dice-size", type=int, default=97, help="image size of the synthetic fold (default 97, the demo's)")
     parser.add_argument("--dice-slices", type=int, default=28)
     parser.add_argument("--dice-subjects", type=int, default=10, help="synthetic subjects (default 10: folds of 3)")
     parser.add_argument("--dice-steps", type=int, default=400, help="training steps per run (default 400)")
     parser.add_argument("--dice-seeds", type=int, default=2, help="seeds, budget permitting (default 2)")
-    parser.add_argument("--dice-lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4, the demo's)")
-    parser.add_argument("--min-size", type=int, default=200, help="episode min foreground at 257 x 257 (scaled)")
+    parser.add_argument("--dice-lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4, the demo's)")
+    parser.add_argument("--dice-labels", choices=("supervoxels", "gt"), default="supervoxels",
+                        help="episode labels (default supervoxels, the paper's and the demo's)")
+    parser.add_argument("--dice-supervoxel-min", type=int, default=200, help="supervoxel min size (default 200)")
+    parser.add_argument("--dice-min-size", type=int, default=200,
+                        help="episode min foreground pixels (default 200, the release's and the demo's)")
+    parser.add_argument("--dice-release-init", action="store_true",
+                        help="the release's initialisation instead of the demo's random-start options")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {SECTIONS}")
     parser.add_argument("--budget-s", type=float, default=290.0, help="seconds for all sections (default 290)")
     parser.add_argument("--min-variant-s", type=float, default=8.0,

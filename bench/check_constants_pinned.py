@@ -130,8 +130,8 @@ MUTATIONS: List[Mutation] = [
       'momentum=config["momentum"], nesterov=True,', MODEL_TESTS),
     m("SGD dampening 0 -> 0.1", "train.py", 'momentum=config["momentum"],',
       'momentum=config["momentum"], dampening=0.1,', MODEL_TESTS),
-    m("SGD weight decay dropped", "train.py", 'weight_decay=config["weight_decay"])\n    if name == "adam"',
-      'weight_decay=0.0)\n    if name == "adam"', MODEL_TESTS),
+    m("SGD weight decay dropped", "train.py", 'weight_decay=config["weight_decay"], **fastest)\n    if name == "adam"',
+      'weight_decay=0.0, **fastest)\n    if name == "adam"', MODEL_TESTS),
     # augmentation
     m("gamma range (0.5, 1.5) -> (0.5, 1.6)", AUGMENT, "GAMMA_RANGE = (0.5, 1.5)", "GAMMA_RANGE = (0.5, 1.6)",
       DATA_TESTS),

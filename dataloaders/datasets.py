@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from data.nifti_io import Geometry, check_finite, read_volume
 from dataloaders.augment import augment_episode
-from dataloaders.dataset_specs import DatasetSpec, get_dataset_spec, group_classes  # noqa: F401 (re-exported)
+from dataloaders.dataset_specs import DatasetSpec, get_dataset_spec
 
 # Setting 2's named protocols (docs/protocol.md section 9.3): which slices training drops.
 SETTING2_PROTOCOLS = ("release", "any", "groups")

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models import AFF, ICM, apply_fourier_filters, feature_size, masked_average_pooling, query_loss
