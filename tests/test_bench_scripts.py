@@ -53,3 +53,20 @@ def test_trace_breakdown_counts_kernels_launches_syncs_and_copies():
     assert summary["sync_calls"] == 1 and summary["sync_ms"] == pytest.approx(0.3)
     assert summary["dtoh_copies"] == 1 and summary["htod_copies"] == 1 and summary["memcpy_calls"] == 1
     assert summary["top_kernels"][0] == {"name": "cudnn_conv_kernel", "count": 2, "ms": pytest.approx(2.0)}
+
+
+def test_gpu_benchmark_trains_on_the_supervoxels_the_demo_writes(tmp_path):
+    # bench_gpu's Dice section builds its episode labels in memory; they must be the labels
+    # `python -m data.synthetic --supervoxels` writes for the demo, voxel for voxel.
+    pytest.importorskip("data.supervoxels._felzenszwalb_3d")
+    import numpy as np
+    from bench.bench_gpu import synthetic_supervoxels
+    from data.nifti_io import read_volume
+    from data.synthetic.generate import generate_dataset
+    paths = generate_dataset(str(tmp_path), n_subjects=2, size=40, n_slices=6, seed=3, supervoxels=True,
+                             supervoxel_min_size=50, progress=False)
+    written, _ = read_volume(paths[-1])                      # supervoxels of subject 1
+    in_memory = synthetic_supervoxels(3, 1, size=40, n_slices=6, min_size=50)
+    assert written.shape == in_memory.shape == (6, 40, 40)
+    assert len(np.unique(in_memory)) > 3
+    np.testing.assert_array_equal(written, in_memory)
