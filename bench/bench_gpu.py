@@ -2,7 +2,8 @@
 
     python3 -m bench.bench_gpu --out "$OUT" --budget-s 290          # CUDA, about 5 minutes
     python3 -m bench.bench_gpu --device cpu --size 65 --steps 3 --warmup 1 --eval-repeats 1 \\
-        --dice-size 65 --dice-subjects 5 --dice-steps 3 --dice-seeds 1 --out /tmp/bench_gpu
+        --dice-size 33 --dice-slices 12 --dice-subjects 5 --dice-steps 2 --dice-seeds 1 \\
+        --dice-min-size 20 --dice-supervoxel-min 50 --budget-s 900 --out /tmp/bench_gpu   # CPU smoke test
 
 Run it from the repository root as a module (`python -m`), which needs no installation of
 the project: the GPU machine has only torch, numpy, scipy and OpenCV. Everything is made in
