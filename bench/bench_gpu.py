@@ -63,6 +63,7 @@ from dataloaders.dataset_specs import get_dataset_spec, make_folds
 from dataloaders.datasets import (TrainDataset, TrainVolume, _has_feasible_episode, chunk_bounds,
                                   slice_class_areas, support_slice_positions, to_network_images, zscore)
 from experiment.inference_graphs import GraphedEncoder, GraphedPredict
+from experiment.logs import error_summary
 from experiment.train_step import NonFiniteLossError, TrainStep, optimizer_implementation
 from models import FAFNet, masked_average_pooling, query_loss
 from models.factory import scale_threshold_head, zero_init_residual
@@ -109,8 +110,7 @@ def write_json(obj, path: str) -> None:
 
 
 def error_text(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+    return error_summary(error)[:300]
 
 
 def free_memory(device: torch.device) -> None:

@@ -20,6 +20,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from experiment.logs import error_summary
+
 logger = logging.getLogger(__name__)
 
 MAX_GRAPHS = 32       # graphs kept per wrapper (one per distinct signature seen); beyond, eager
@@ -86,9 +88,8 @@ class _GraphCache:
             with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"), self._autocast(key):
                 static_outputs = tuple(self.function(*static_inputs))
         except Exception as error:
-            self.log.warning("capturing the %s in a CUDA graph failed (%s: %s); evaluation continues "
-                             "without graphs", self.what, type(error).__name__,
-                             str(error).splitlines()[0] if str(error) else "")
+            self.log.warning("capturing the %s in a CUDA graph failed (%s); evaluation continues "
+                             "without graphs", self.what, error_summary(error))
             self.failed = True
             torch.cuda.synchronize(device)
             return None
@@ -98,7 +99,20 @@ class _GraphCache:
         return entry
 
 
-class GraphedPredict:
+class _Graphed:
+    """What a graph wrapper reports of its `_GraphCache` (`self.cache`)."""
+    cache: _GraphCache
+
+    @property
+    def graphs(self) -> Dict:
+        return self.cache.graphs
+
+    @property
+    def replays(self) -> int:
+        return self.cache.replays
+
+
+class GraphedPredict(_Graphed):
     """`model.predict` replayed from one CUDA graph per (support, masks, queries) signature.
 
     Args:
@@ -115,14 +129,6 @@ class GraphedPredict:
     def _predict(self, support_images, support_masks, query_images) -> Tuple[torch.Tensor]:
         return (self.model.predict(support_images, support_masks, query_images, batch_size=self.batch_size),)
 
-    @property
-    def graphs(self) -> Dict:
-        return self.cache.graphs
-
-    @property
-    def replays(self) -> int:
-        return self.cache.replays
-
     def __call__(self, support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor,
                  batch_size: Optional[int] = None) -> torch.Tensor:
         """Foreground probabilities [Q, H, W], as `model.predict(...)`."""
@@ -138,7 +144,7 @@ class GraphedPredict:
         return outputs[0]
 
 
-class GraphedEncoder:
+class GraphedEncoder(_Graphed):
     """Replaces `encoder.forward` while in a `with` block (or between install/uninstall) by
     graph replays; eager in training mode, with gradients enabled or off CUDA.
 
@@ -152,14 +158,6 @@ class GraphedEncoder:
         self.encoder = encoder
         self.eager_forward = type(encoder).forward.__get__(encoder)
         self.cache = _GraphCache(self.eager_forward, "encoder", max_graphs, log or logger)
-
-    @property
-    def graphs(self) -> Dict:
-        return self.cache.graphs
-
-    @property
-    def replays(self) -> int:
-        return self.cache.replays
 
     def install(self) -> "GraphedEncoder":
         if "forward" in vars(self.encoder):

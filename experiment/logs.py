@@ -48,3 +48,10 @@ def log_to_file(logger: logging.Logger, path: str) -> Iterator[logging.Handler]:
 def slug(name: str) -> str:
     """'right kidney' -> 'right_kidney': names usable as metric keys and file names."""
     return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+
+
+def error_summary(error: BaseException) -> str:
+    """"Type: first line of the message", for a warning that says why a fast path was dropped
+    (a compiler's or CUDA's message runs to many lines)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from experiment.logs import error_summary
 from models.fafnet import QUERY_CLASS_WEIGHTS, check_query_labels, clamped_nll
 
 LOSS_NAMES = ("loss", "query_loss", "align_loss", "proto_loss", "grad_norm")
@@ -223,8 +224,8 @@ class TrainStep:
         try:
             stats = self._forward_backward(*inputs)
         except Exception as error:  # torch.compile raises many types (backend, inductor, ...)
-            self.log.warning("torch.compile of the %s failed (%s: %s); training continues without it",
-                             self.compile_target, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            self.log.warning("torch.compile of the %s failed (%s); training continues without it",
+                             self.compile_target, error_summary(error))
             self._disable_compile()
             _restore_buffers(self.model, saved)
             self._zero_grads()
@@ -304,9 +305,8 @@ class TrainStep:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 stats = self._forward_backward(*static)
         except Exception as error:
-            self.log.warning("capturing the training step in a CUDA graph failed (%s: %s); "
-                             "training continues without it", type(error).__name__,
-                             str(error).splitlines()[0] if str(error) else "")
+            self.log.warning("capturing the training step in a CUDA graph failed (%s); "
+                             "training continues without it", error_summary(error))
             torch.cuda.synchronize(self.device)
             return None
         finally:

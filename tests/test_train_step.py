@@ -352,3 +352,9 @@ def test_graphs_for_evaluation_match_the_eager_model_on_cuda(base_model):
     torch.testing.assert_close(results[0], expected, atol=1e-4, rtol=1e-3)
     assert torch.equal(results[0], results[1])
     torch.testing.assert_close(results[2], expected[:3], atol=1e-4, rtol=1e-3)
+
+
+def test_dropped_fast_paths_are_explained_in_one_line():
+    from experiment.logs import error_summary
+    assert error_summary(RuntimeError("no compiler\n  File x.py, line 3\n  more")) == "RuntimeError: no compiler"
+    assert error_summary(ValueError("  \n")) == "ValueError"
