@@ -15,16 +15,17 @@ Raw paths are relative to the raw folder (with '/' separators), so a moved raw f
 matches. A re-run compares the manifest it would write with the one on disk: a raw file
 added, removed, changed (size or sha256) or moved to another output index, or another route
 or parameters, makes the run refuse (naming the difference) unless it redoes everything.
-The project's git commit is recorded for reference but not compared.
+The project's git commit (experiment.provenance.code_version, as results record it) is
+recorded for reference but not compared.
 """
 import hashlib
 import json
 import os
-import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from data.atomic import atomic_write_bytes
+from data.atomic import atomic_write_json
+from experiment.provenance import code_version
 
 MANIFEST_NAME = "preprocessing_manifest.json"
 MANIFEST_FORMAT = 1
@@ -68,21 +69,6 @@ def file_record(path: str, raw_dir: str) -> Dict[str, Any]:
             "sha256": sha256_of(path)}
 
 
-def project_version() -> Optional[Dict[str, Any]]:
-    """The git commit of the code (and whether tracked files differ from it); None outside a
-    git checkout or without git."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", root, "status", "--porcelain",
-                                 "--untracked-files=no"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": commit, "dirty": bool(status.strip())}
-
-
 def _json_value(value: Any) -> Any:
     """The value as it reads back from JSON (tuples become lists), for comparisons."""
     return json.loads(json.dumps(value))
@@ -101,7 +87,7 @@ def build_manifest(dataset: str, route: Route, raw_dir: str, cases: Sequence[Raw
     return _json_value({
         "format": MANIFEST_FORMAT, "dataset": dataset,
         "route": {"name": route.name, "parameters": dict(route.parameters)},
-        "raw_dir": os.path.abspath(raw_dir), "project": project_version(), "volumes": volumes,
+        "raw_dir": os.path.abspath(raw_dir), "project": code_version(), "volumes": volumes,
     })
 
 
@@ -124,7 +110,7 @@ def read_manifest(out_dir: str) -> Optional[Dict[str, Any]]:
 
 def write_manifest(out_dir: str, manifest: Mapping[str, Any]) -> str:
     path = manifest_path(out_dir)
-    atomic_write_bytes((json.dumps(manifest, indent=1) + "\n").encode("utf-8"), path)
+    atomic_write_json(manifest, path)
     return path
 
 
