@@ -132,19 +132,14 @@ def segment_query(model, support: Dict, query: Dict, device: torch.device, confi
         query_images = to_device_images(query["images"][start:end], device, channels_last)
         began = time.perf_counter()
         with autocast(device, config["amp_bf16"]):
-            foreground = predict(model, support_images, support_masks, query_images, config["eval_batch_size"])
+            foreground = model.predict(support_images, support_masks, query_images,
+                                       batch_size=config["eval_batch_size"])
         # argmax over [1 - P, P] picks the foreground exactly when P > 0.5.
         predictions.append((foreground.float() > 0.5).cpu().numpy())
         timer.seconds += time.perf_counter() - began   # .cpu() above waits for the device
         timer.slices += end - start
     height, width = query["images"].shape[-2:]
     return np.concatenate(predictions) if predictions else np.zeros((0, height, width), dtype=bool)
-
-
-def predict(model, support_images, support_masks, query_images, batch_size: int) -> torch.Tensor:
-    if isinstance(model, GraphedPredict):
-        return model(support_images, support_masks, query_images, batch_size=batch_size)
-    return model.predict(support_images, support_masks, query_images, batch_size=batch_size)
 
 
 def evaluate_class(model, dataset: TestDataset, class_id: int, name: str, device: torch.device,

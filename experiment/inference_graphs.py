@@ -143,6 +143,9 @@ class GraphedPredict(_Graphed):
             return self.model.predict(support_images, support_masks, query_images, batch_size=batch_size)
         return outputs[0]
 
+    # Stands in for the model where callers segment with `model.predict(...)`.
+    predict = __call__
+
 
 class GraphedEncoder(_Graphed):
     """Replaces `encoder.forward` while in a `with` block (or between install/uninstall) by

@@ -591,3 +591,15 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("train.py: error: dataset='LUNG' is unknown")
     assert "Traceback" not in done.stderr
+
+
+def test_eval_graphs_off_cuda_evaluates_exactly_as_without(straight_run, phantom):
+    # eval_graphs wraps the model in GraphedPredict, which runs eagerly off CUDA: same numbers.
+    straight, runs_dir = straight_run
+    means = []
+    for graphs in (False, True):
+        run = run_test(base_config(phantom, runs_dir, checkpoint=straight.result, eval_graphs=graphs,
+                                   test_classes=[6], save_predictions=False, save_figures=False))
+        results = json.load(open(os.path.join(run.observers[0].dir, "results.json")))
+        means.append(results["classes"]["6"]["dice_mean"])
+    assert means[0] == means[1]

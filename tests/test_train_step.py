@@ -326,6 +326,7 @@ def test_graphs_for_evaluation_are_a_pass_through_off_cuda(base_model):
     assert torch.equal(result, expected)
     graphed_predict = GraphedPredict(model)
     assert torch.equal(graphed_predict(*inputs, batch_size=2), expected) and graphed_predict.replays == 0
+    assert torch.equal(graphed_predict.predict(*inputs, batch_size=2), expected)   # stands in for model.predict
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
