@@ -270,7 +270,8 @@ def results_summary(config: Dict, indices: List[int], dataset: TestDataset, sour
         "fold_volumes": dataset.fold_volumes,
         "data_dir": config["data_dir"],
         "evaluation": {"device": str(device), "amp_bf16": config["amp_bf16"],
-                       "channels_last": config["channels_last"], "eval_batch_size": config["eval_batch_size"]},
+                       "channels_last": config["channels_last"], "eval_batch_size": config["eval_batch_size"],
+                       "eval_graphs": config["eval_graphs"], "cudnn_benchmark": config["cudnn_benchmark"]},
         "timing": {"forward_seconds": timer.seconds, "slices": timer.slices,
                    "slices_per_second": timer.slices / timer.seconds if timer.seconds else None},
     }

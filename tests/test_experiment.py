@@ -601,5 +601,6 @@ def test_eval_graphs_off_cuda_evaluates_exactly_as_without(straight_run, phantom
         run = run_test(base_config(phantom, runs_dir, checkpoint=straight.result, eval_graphs=graphs,
                                    test_classes=[6], save_predictions=False, save_figures=False))
         results = json.load(open(os.path.join(run.observers[0].dir, "results.json")))
+        assert results["evaluation"]["eval_graphs"] is graphs   # recorded with the result
         means.append(results["classes"]["6"]["dice_mean"])
     assert means[0] == means[1]
