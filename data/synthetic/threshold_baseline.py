@@ -79,18 +79,15 @@ def best_threshold_dice(volumes: Sequence[Tuple[np.ndarray, np.ndarray]], organ:
 def load_volumes(data_dir: str, indices: Optional[Sequence[int]] = None
                  ) -> Tuple[list, list]:
     """(image, label) pairs of image_<i>.nii.gz / label_<i>.nii.gz, and the indices read."""
-    from dataloaders.datasets import find_volume_indices, image_path, label_path
+    from dataloaders.datasets import find_volume_indices, image_path, label_path, load_labels
     indices = list(find_volume_indices(data_dir) if indices is None else indices)
     if not indices:
         raise FileNotFoundError(f"no image_<i>.nii.gz files in {data_dir}")
     volumes = []
     for i in indices:
+        # The stored intensities (not z-scored, unlike the experiments' load_image).
         image, _ = read_volume(image_path(data_dir, i), dtype=np.float32)
-        label, _ = read_volume(label_path(data_dir, i), dtype=np.int64)
-        if image.shape != label.shape:
-            raise ValueError(f"{label_path(data_dir, i)} has shape {label.shape} but its image "
-                             f"has shape {image.shape}")
-        volumes.append((image, label))
+        volumes.append((image, load_labels(label_path(data_dir, i), image.shape, image_path(data_dir, i))))
     return volumes, indices
 
 
