@@ -20,9 +20,10 @@ import torch
 
 from data.atomic import atomic_write_json
 from data.synthetic.generate import generate_dataset
+from dataloaders.dataset_specs import get_dataset_spec
 from dataloaders.datasets import TrainDataset
 
-SUPERVOXEL_MIN_SIZE = 1000   # the SYNTHETIC dataset's
+SUPERVOXEL_MIN_SIZE = get_dataset_spec("SYNTHETIC").supervoxel_min_size
 
 
 def parse_args(argv=None) -> argparse.Namespace:
