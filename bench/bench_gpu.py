@@ -64,6 +64,7 @@ from dataloaders.datasets import (TrainDataset, TrainVolume, _has_feasible_episo
                                   slice_class_areas, support_slice_positions, to_network_images, zscore)
 from experiment.inference_graphs import GraphedEncoder, GraphedPredict
 from experiment.logs import error_summary
+from experiment.metrics import dice_score
 from experiment.train_step import NonFiniteLossError, TrainStep, optimizer_implementation
 from models import FAFNet, masked_average_pooling, query_loss
 from models.factory import scale_threshold_head, zero_init_residual
@@ -551,13 +552,6 @@ def ep1_chunks(support: Tuple[np.ndarray, np.ndarray], query: Tuple[np.ndarray, 
             for part, (start, end) in enumerate(chunk_bounds(len(query_slices), n_part)) if end > start]
 
 
-def dice(prediction: torch.Tensor, label: torch.Tensor) -> float:
-    prediction, label = prediction.bool(), label.bool()
-    tp = (prediction & label).sum().item()
-    denominator = prediction.sum().item() + label.sum().item()
-    return 2.0 * tp / denominator if denominator else 1.0
-
-
 def ep1_mean_dice(predictor: Callable, volumes: Dict[int, Tuple[np.ndarray, np.ndarray]], fold: Sequence[int],
                   classes: Sequence[int], supp_idx: int = 0) -> Dict[str, object]:
     """Mean Dice over classes of the per-query-volume Dice (test.py's EP1 protocol)."""
@@ -573,7 +567,7 @@ def ep1_mean_dice(predictor: Callable, volumes: Dict[int, Tuple[np.ndarray, np.n
             if chunks is None:
                 continue
             predictions = torch.cat([predictor(s, m, q) for s, m, q, _ in chunks])
-            scores.append(dice(predictions, torch.cat([labels for *_, labels in chunks])))
+            scores.append(dice_score(predictions, torch.cat([labels for *_, labels in chunks])))
         if scores:
             per_class[int(class_id)] = 100.0 * float(np.mean(scores))
     return {"mean_dice": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
@@ -628,7 +622,7 @@ def time_eval_variant(spec: Tuple, eval_model: FAFNet, device: torch.device, vol
         if reference is not None:
             difference = (probabilities - reference).abs()
             result.update({"max_abs_diff": float(difference.max()), "mean_abs_diff": float(difference.mean()),
-                           "hard_dice_vs_fp32": dice(probabilities > 0.5, reference > 0.5),
+                           "hard_dice_vs_fp32": dice_score(probabilities > 0.5, reference > 0.5),
                            "pixels_flipped": float(((probabilities > 0.5) != (reference > 0.5)).float().mean())})
             result["within_tolerance"] = (result["mean_abs_diff"] <= TOLERANCE_MEAN_ABS
                                           and result["hard_dice_vs_fp32"] >= TOLERANCE_HARD_DICE)
@@ -818,7 +812,7 @@ def output_parity(reference: Predictor, fast: Predictor, volumes, fold: Sequence
     hard_a = torch.cat([a.flatten() for a, _ in agreement])
     hard_b = torch.cat([b.flatten() for _, b in agreement])
     return {"max_abs_diff": float(difference.max()), "mean_abs_diff": float(difference.mean()),
-            "hard_dice_vs_fp32": dice(hard_b, hard_a), "pixels_flipped": float((hard_a != hard_b).float().mean())}
+            "hard_dice_vs_fp32": dice_score(hard_b, hard_a), "pixels_flipped": float((hard_a != hard_b).float().mean())}
 
 
 def section_dice(args, device: torch.device, budget: Budget, record: Recorder) -> None:
