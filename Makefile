@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup build test demo bench clean
+.PHONY: setup build test demo real-cmr bench clean
 
 setup: $(VENV)/.requirements-installed build
 
@@ -30,6 +30,12 @@ demo:
 	@echo "== then synthetic data, supervoxels, training and evaluation: about 12 minutes on a 2-core CPU."
 	$(MAKE) setup
 	bash script/demo.sh
+
+# FAF-Net on the community's pre-processed cardiac MRI (script/real_cmr.sh): under an hour on a
+# 2-core CPU. DATA_ROOT: the folder holding cmr_MR_normalized/ and supervoxels_1000/.
+real-cmr:
+	$(MAKE) setup
+	DATA_ROOT="$(DATA_ROOT)" bash script/real_cmr.sh
 
 clean:
 	rm -rf build data/supervoxels/*.so data/supervoxels/_felzenszwalb_3d.c $(VENV)/.project-installed

@@ -81,7 +81,11 @@ def shared_options():
     dataset = "SABS"                # SABS, CHAOST2, CMR, Prostate_MRI or SYNTHETIC (named configs too)
     data_root = "./data_processed"  # pre-processed datasets live in <data_root>/<dataset folder>
     data_dir = os.path.join(data_root, spec(dataset).folder)  # this dataset's folder
-    image_size = list(spec(dataset).image_size)               # [H, W] the network sees
+    # [H, W]: resample every volume in-plane to this grid when it is loaded, for training and
+    # evaluation alike (images linear, labels and supervoxels nearest; Dice is then computed
+    # on this grid). None: volumes are used as stored (the release).
+    resample_in_plane = None
+    image_size = list(resample_in_plane or spec(dataset).image_size)  # [H, W] the network sees
     n_volumes = None                # None: the dataset's known count (30/20/35/40; SYNTHETIC: any), checked;
                                     # a number: the folds are made for that many volumes
     eval_fold = 0                   # 0..4: the fold held out for evaluation
@@ -163,6 +167,10 @@ def validate_config(config: Dict) -> None:
     for name, (ok, what) in checks.items():
         if name in config and not ok(config[name]):
             raise ValueError(f"config option {name}={config[name]!r} {what}")
+    if config.get("resample_in_plane") and list(config["resample_in_plane"]) != list(config["image_size"]):
+        raise ValueError(f"config option image_size={list(config['image_size'])} differs from "
+                         f"resample_in_plane={list(config['resample_in_plane'])}: the network sees the "
+                         "resampled grid (leave image_size unset)")
     if config["setting"] == 2 and config["setting2_protocol"] == "groups":
         groups = class_groups(config["dataset"])
         if not groups:
@@ -195,8 +203,8 @@ def _checks(config: Dict) -> Dict[str, tuple]:
                               f"must be one of {', '.join(SETTING2_PROTOCOLS)}"),
         "group": (lambda v: v is None or v in (0, 1), "must be None, 0 or 1"),
         "n_volumes": (lambda v: v is None or _positive_int(v), "must be None or an integer >= 1"),
-        "image_size": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_positive_int(x) for x in v),
-                       "must be [H, W] with positive integers"),
+        "image_size": (_size_ok, "must be [H, W] with positive integers"),
+        "resample_in_plane": (lambda v: v is None or _size_ok(v), "must be None or [H, W] with positive integers"),
         "test_classes": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_positive_int(c) for c in v),
                          "must be a non-empty list of positive class ids"),
         "device": (_valid_device, f"must be one of {DEVICE_CHOICES}"),
@@ -228,6 +236,10 @@ def _checks(config: Dict) -> Dict[str, tuple]:
                  "zero_init_residual", "save_initial_snapshot"):
         checks[name] = (lambda v: isinstance(v, bool), "must be True or False")
     return checks
+
+
+def _size_ok(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(_positive_int(x) for x in value)
 
 
 def _valid_device(device) -> bool:

@@ -36,11 +36,12 @@ from config import (Experiment, configure_experiment, dataset_class_names, evalu
                     run_commandline, supp_indices)
 from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from data.nifti_io import write_volume
+from data.progress import progress
 from dataloaders.datasets import TestDataset
 from experiment.devices import autocast, resolve_device, to_device_images
 from experiment.figures import class_figure_png
 from experiment.inference_graphs import GraphedPredict
-from experiment.logs import log_to_file, progress, slug
+from experiment.logs import log_to_file, slug
 from experiment.metrics import binary_confusion, dice_from_counts, iou_from_counts
 from experiment.provenance import protocol_record
 from experiment.results import csv_text, results_table
@@ -83,7 +84,8 @@ def load_weights(model: torch.nn.Module, checkpoint: Optional[str], image_size) 
 @dataclass
 class QueryOutcome:
     """One query volume's result for one class."""
-    volume_index: int
+    volume_index: int                    # the volume's position in the dataset
+    image_name: str                      # its image file ("image_12.nii.gz")
     slice_indices: List[int]
     prediction: np.ndarray               # bool [n, H, W] over the evaluated slices
     tp: int
@@ -142,31 +144,39 @@ def segment_query(model, support: Dict, query: Dict, device: torch.device, confi
     return np.concatenate(predictions) if predictions else np.zeros((0, height, width), dtype=bool)
 
 
+def query_text(query: Dict) -> str:
+    return f"query volume {query['volume_index']} ({query['image_name']})"
+
+
 def evaluate_class(model, dataset: TestDataset, class_id: int, name: str, device: torch.device,
-                   config: Dict, timer: Timer, skips: Skips, logger
+                   config: Dict, timer: Timer, skips: Skips, logger, bar
                    ) -> Tuple[Optional[Dict], List[QueryOutcome], List[Dict]]:
     """Every query volume of the fold for one class and the selected support volume:
-    (support or None when the support volume lacks the class, outcomes, queries)."""
+    (support or None when the support volume lacks the class, outcomes, queries). `bar`
+    counts the query slices segmented (data/progress.py)."""
     try:
         support = dataset.support(class_id)
     except ValueError as err:  # the support volume does not contain the class
-        skips.add(logger, class_id, name, dataset.supp_idx, f"support volume {dataset.support_volume}", str(err))
+        skips.add(logger, class_id, name, dataset.supp_idx,
+                  f"support volume {dataset.support_volume} ({dataset.file_name(dataset.support_volume)})", str(err))
         return None, [], []
     outcomes, queries = [], []
     for query in dataset.queries(class_id):
         n_slices = len(query["slice_indices"])
         if n_slices == 0:
-            skips.add(logger, class_id, name, dataset.supp_idx, f"query volume {query['volume_index']}",
+            skips.add(logger, class_id, name, dataset.supp_idx, query_text(query),
                       "the class does not occur in this volume")
             continue
         empty = [part for part, (start, end) in enumerate(query["chunks"]) if end <= start]
         if empty:
-            skips.add(logger, class_id, name, dataset.supp_idx, f"query volume {query['volume_index']}",
+            skips.add(logger, class_id, name, dataset.supp_idx, query_text(query),
                       f"chunk(s) {empty} empty: {n_slices} slice(s) for n_part={dataset.n_part}, "
                       f"so support slice(s) {empty} segment nothing")
         prediction = segment_query(model, support, query, device, config, timer)
+        bar.update(n_slices)
         tp, fp, fn = binary_confusion(prediction, query["labels"].numpy())
-        outcomes.append(QueryOutcome(query["volume_index"], list(query["slice_indices"]), prediction, tp, fp, fn))
+        outcomes.append(QueryOutcome(query["volume_index"], query["image_name"], list(query["slice_indices"]),
+                                     prediction, tp, fp, fn))
         queries.append(query)
     return support, outcomes, queries
 
@@ -192,21 +202,25 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
                     config["dataset"], config["eval_fold"], indices, device)
         dataset = TestDataset(config["data_dir"], dataset=config["dataset"], eval_fold=config["eval_fold"],
                               supp_idx=indices[0], n_part=config["n_part"], n_volumes=config["n_volumes"],
-                              test_classes=list(config["test_classes"]), image_size=config["image_size"])
+                              test_classes=list(config["test_classes"]), image_size=config["image_size"],
+                              resample_in_plane=config["resample_in_plane"])
         timer, skips = Timer(), Skips()
         per_support = {}
         for supp_idx in indices:
             dataset.select_support(supp_idx)
             folder = run_dir if len(indices) == 1 else os.path.join(run_dir, f"supp_idx_{supp_idx}")
             classes, predicted = {}, {}
-            for class_id in progress(config["test_classes"], desc=f"support index {supp_idx}", unit="class"):
+            bar = progress(total=slices_to_segment(dataset, config["test_classes"]),
+                           desc=f"evaluating support index {supp_idx}", unit="slice")
+            for class_id in config["test_classes"]:
                 name = class_names[class_id]
                 support, outcomes, queries = evaluate_class(runner, dataset, class_id, name, device, config,
-                                                            timer, skips, logger)
+                                                            timer, skips, logger, bar)
                 classes[str(class_id)] = class_entry(name, support, outcomes)
                 for outcome, query in zip(outcomes, queries):
                     entry = predicted.setdefault(outcome.volume_index, {
-                        "shape": query["volume_shape"], "geometry": query["geometry"], "classes": []})
+                        "shape": query["volume_shape"], "geometry": query["geometry"],
+                        "number": query["image_number"], "classes": []})
                     entry["classes"].append((class_id, outcome))
                 if config["save_predictions"]:
                     write_predictions(folder, class_id, name, outcomes, queries)
@@ -214,10 +228,14 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
                     title = (f"{config['dataset']} fold {config['eval_fold']}, class {class_id} ({name}); "
                              f"checkpoint {short_path(source)}" + (f", step {step}" if step else ""))
                     write_class_figure(folder, title, class_id, name, support, outcomes, queries)
+            bar.close()
             if config["save_predictions"]:
                 write_combined_predictions(folder, predicted)
-            per_support[str(supp_idx)] = {"support_volume": dataset.support_volume,
-                                          "query_volumes": list(dataset.query_volumes), "classes": classes}
+            per_support[str(supp_idx)] = {
+                "support_volume": dataset.support_volume,
+                "support_image": dataset.file_name(dataset.support_volume),
+                "query_volumes": list(dataset.query_volumes),
+                "query_images": [dataset.file_name(v) for v in dataset.query_volumes], "classes": classes}
         results = results_summary(config, indices, dataset, source, step, training_config, per_support,
                                   skips, timer, device)
         write_results(run_dir, results)
@@ -226,12 +244,18 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
     return results
 
 
+def slices_to_segment(dataset: TestDataset, class_ids) -> int:
+    """How many query slices the evaluation of `class_ids` segments (the progress total)."""
+    return sum(len(dataset.volume(v).slices_with(c)) for c in class_ids for v in dataset.query_volumes)
+
+
 def class_entry(name: str, support: Optional[Dict], outcomes: List[QueryOutcome]) -> Dict:
-    per_volume = [{"volume": o.volume_index, "dice": o.dice, "iou": o.iou, "tp": o.tp, "fp": o.fp,
-                   "fn": o.fn, "n_slices": len(o.slice_indices)} for o in outcomes]
+    per_volume = [{"volume": o.volume_index, "image": o.image_name, "dice": o.dice, "iou": o.iou, "tp": o.tp,
+                   "fp": o.fp, "fn": o.fn, "n_slices": len(o.slice_indices)} for o in outcomes]
     return {
         "name": name,
         "support_volume": support["volume_index"] if support else None,
+        "support_image": support["image_name"] if support else None,
         "support_slices": [int(s) for s in support["slice_indices"]] if support else [],
         "dice_mean": float(np.mean([o.dice for o in outcomes])) if outcomes else None,
         "iou_mean": float(np.mean([o.iou for o in outcomes])) if outcomes else None,
@@ -268,7 +292,10 @@ def results_summary(config: Dict, indices: List[int], dataset: TestDataset, sour
         "mean_iou": _mean([c["iou_mean"] for c in classes.values()]),
         "supports": per_support,
         "fold_volumes": dataset.fold_volumes,
+        "fold_images": [dataset.file_name(v) for v in dataset.fold_volumes],
         "data_dir": config["data_dir"],
+        # Label files reoriented onto their image's grid, or used on it without geometry.
+        "data_notes": [{"file": path, "note": note} for path, note in dataset.reader.notes],
         "evaluation": {"device": str(device), "amp_bf16": config["amp_bf16"],
                        "channels_last": config["channels_last"], "eval_batch_size": config["eval_batch_size"],
                        "eval_graphs": config["eval_graphs"], "cudnn_benchmark": config["cudnn_benchmark"]},
@@ -286,16 +313,16 @@ def _number(value: Optional[float]) -> str:
 
 def write_results(run_dir: str, results: Dict) -> None:
     atomic_write_json(results, os.path.join(run_dir, "results.json"))
-    rows = [["supp_idx", "query_volume", "class_id", "class_name", "dice", "iou", "n_slices"]]
+    rows = [["supp_idx", "query_volume", "query_image", "class_id", "class_name", "dice", "iou", "n_slices"]]
     for supp_idx, support in results["supports"].items():
         for class_id, entry in support["classes"].items():
             for v in entry["per_volume"]:
-                rows.append([supp_idx, v["volume"], class_id, entry["name"], _number(v["dice"]),
+                rows.append([supp_idx, v["volume"], v["image"], class_id, entry["name"], _number(v["dice"]),
                              _number(v["iou"]), v["n_slices"]])
     for class_id, entry in results["classes"].items():
-        rows.append(["all", "mean", class_id, entry["name"], _number(entry["dice_mean"]),
+        rows.append(["all", "mean", "", class_id, entry["name"], _number(entry["dice_mean"]),
                      _number(entry["iou_mean"]), ""])
-    rows.append(["all", "mean", "all", "mean over classes", _number(results["mean_dice"]),
+    rows.append(["all", "mean", "", "all", "mean over classes", _number(results["mean_dice"]),
                  _number(results["mean_iou"]), ""])
     atomic_write_text(csv_text(rows), os.path.join(run_dir, "results.csv"))
 
@@ -311,7 +338,7 @@ def write_predictions(run_dir: str, class_id: int, name: str, outcomes: List[Que
                       queries: List[Dict]) -> None:
     for outcome, query in zip(outcomes, queries):
         path = os.path.join(run_dir, "predictions",
-                            f"query_{outcome.volume_index}_class_{class_id}_{slug(name)}.nii.gz")
+                            f"query_{query['image_number']}_class_{class_id}_{slug(name)}.nii.gz")
         write_volume(prediction_volume(outcome, query["volume_shape"], class_id), query["geometry"], path)
 
 
@@ -329,16 +356,16 @@ def write_class_figure(run_dir: str, title: str, class_id: int, name: str, suppo
 
 
 def write_combined_predictions(run_dir: str, predicted: Dict[int, Dict]) -> None:
-    """predictions/query_<v>_all_classes.nii.gz: every class's prediction in one label volume
-    (a viewer then shows all organs at once); where two classes' predictions overlap, the one
-    later in test_classes is kept."""
-    for volume_index, entry in predicted.items():
+    """predictions/query_<i>_all_classes.nii.gz (i of the query's image_<i>): every class's
+    prediction in one label volume (a viewer then shows all organs at once); where two
+    classes' predictions overlap, the one later in test_classes is kept."""
+    for entry in predicted.values():
         combined = np.zeros(entry["shape"], dtype=np.uint8)
         for class_id, outcome in entry["classes"]:
             region = prediction_volume(outcome, entry["shape"], class_id) > 0
             combined[region] = class_id
         write_volume(combined, entry["geometry"],
-                     os.path.join(run_dir, "predictions", f"query_{volume_index}_all_classes.nii.gz"))
+                     os.path.join(run_dir, "predictions", f"query_{entry['number']}_all_classes.nii.gz"))
 
 
 if __name__ == "__main__":

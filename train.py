@@ -22,11 +22,12 @@ from torch.utils.data import DataLoader
 
 from config import (FREE_ON_RESUME, NO_PRETRAINED, Experiment, configure_experiment, observer_run_dir,
                     run_commandline, training_options)
+from data.progress import duration_text, progress
 from dataloaders.dataset_specs import SYNTHETIC_DATASETS
 from dataloaders.datasets import TrainDataset
 from experiment.curves import TrainingCurves
 from experiment.devices import resolve_device
-from experiment.logs import log_to_file, progress
+from experiment.logs import log_to_file
 from experiment.rng import seed_everything
 from experiment.snapshots import (SnapshotError, SnapshotWriter, load_for_resume,
                                   restore_training_state, resume_differences)
@@ -146,7 +147,7 @@ def make_train_dataset(config: Dict) -> TrainDataset:
         min_size=config["min_size"], supervoxel_min_size=config["supervoxel_min_size"],
         augment=config["augment"], seed=config["seed"],
         max_iters_per_load=config["max_iters_per_load"], n_volumes=config["n_volumes"],
-        image_size=config["image_size"])
+        image_size=config["image_size"], resample_in_plane=config["resample_in_plane"])
 
 
 class TrainingLoop:
@@ -179,7 +180,8 @@ class TrainingLoop:
         sums, window = dict.fromkeys(LOSS_NAMES, 0.0), 0
         window_start = started = time.perf_counter()
         losses = {}
-        bar = progress(loader, total=n_steps, initial=start_step, desc="train", unit="step")
+        # A bar on a terminal; in a log the step lines below say how far training is.
+        bar = progress(loader, log=False, total=n_steps, initial=start_step, desc="train", unit="step")
         try:
             for step, episode in enumerate(bar, start=start_step + 1):
                 losses = self.train_step(episode, step)
@@ -189,7 +191,8 @@ class TrainingLoop:
                 bar.set_postfix(loss=f"{losses['loss']:.4f}", refresh=False)
                 if step % self.config["print_interval"] == 0 or step == n_steps:
                     means = {k: v / window for k, v in sums.items()}
-                    self._report(step, means, (time.perf_counter() - window_start) / window, curves)
+                    self._report(step, means, (time.perf_counter() - window_start) / window, curves,
+                                 left_s=(time.perf_counter() - started) / (step - start_step) * (n_steps - step))
                     sums, window = dict.fromkeys(LOSS_NAMES, 0.0), 0
                     window_start = time.perf_counter()
                 if step % self.config["snapshot_interval"] == 0 or step == n_steps:
@@ -225,11 +228,12 @@ class TrainingLoop:
         return self.last_snapshot
 
     def _report(self, step: int, means: Dict[str, float], seconds_per_step: float,
-                curves: TrainingCurves) -> None:
+                curves: TrainingCurves, left_s: float) -> None:
         lr = self.optimizer.param_groups[0]["lr"]
-        self.logger.info("step %d: loss %.4f (query %.4f, align %.4f, proto %.4f), grad norm %.3g, "
-                         "lr %.3g, %.3f s/step", step, means["loss"], means["query_loss"],
-                         means["align_loss"], means["proto_loss"], means["grad_norm"], lr, seconds_per_step)
+        self.logger.info("step %d/%d: loss %.4f (query %.4f, align %.4f, proto %.4f), grad norm %.3g, "
+                         "lr %.3g, %.3f s/step, about %s left", step, self.config["n_steps"], means["loss"],
+                         means["query_loss"], means["align_loss"], means["proto_loss"], means["grad_norm"], lr,
+                         seconds_per_step, duration_text(left_s))
         scalars = {**means, "lr": lr, "seconds_per_step": seconds_per_step}
         curves.add(step, scalars)
         if self.log_scalar is not None:

@@ -4,6 +4,7 @@
     python utils.py show runs/test/4 runs/test/5        # each evaluation run's table
     python utils.py runs runs/train runs/test           # every run with its status
     python utils.py compare runs/test/5 runs/test/6     # Dice of run 5 against run 6, per class
+    python utils.py curve runs/test/5 runs/test/6 ...   # Dice against each checkpoint's training step
 
 `aggregate` collects one evaluation run per fold (with the groups protocol: one per fold and
 group) into the literature's table (Dice per organ and the mean over organs, one row per
@@ -16,8 +17,8 @@ import sys
 from typing import Optional, Sequence
 
 from data.atomic import atomic_write_text
-from experiment.results import (aggregate_folds, comparison_table, fold_table_csv, fold_table_header,
-                                fold_table_markdown, load_results, results_table)
+from experiment.results import (aggregate_folds, comparison_table, curve_table, fold_table_csv,
+                                fold_table_header, fold_table_markdown, load_results, results_table)
 from experiment.runs import list_runs, read_run_json, run_status
 
 
@@ -45,6 +46,11 @@ def _compare_command(args: argparse.Namespace) -> int:
     results, baseline = load_results(args.run), load_results(args.baseline)
     print(f"{results['_path']} against {baseline['_path']}:\n")
     print(comparison_table(results, baseline))
+    return 0
+
+
+def _curve_command(args: argparse.Namespace) -> int:
+    print(curve_table([load_results(path) for path in args.runs]))
     return 0
 
 
@@ -85,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run", help="evaluation run folder or results.json")
     compare.add_argument("baseline", help="evaluation run folder or results.json to compare against")
     compare.set_defaults(func=_compare_command)
+    curve = commands.add_parser("curve", help="Dice per class against the training step of each checkpoint",
+                                description="Print a learning curve: one row per evaluation run (of one "
+                                            "training run's snapshots), ordered by the checkpoint's step.")
+    curve.add_argument("runs", nargs="+", help="evaluation run folders or results.json files")
+    curve.set_defaults(func=_curve_command)
     runs = commands.add_parser("runs", help="list run folders with their status (DIED for killed runs)",
                                description="List the Sacred runs in each folder (or the run folders "
                                            "themselves) with experiment, status and times.")

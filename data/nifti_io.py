@@ -93,6 +93,91 @@ def _nearest_rotation(direction: np.ndarray) -> np.ndarray:
     return direction
 
 
+# ----------------------------------------------------------------------------- grids
+
+# Two files lie on one voxel grid when their corner voxels coincide within this fraction of a
+# voxel: NIfTI headers hold float32 transforms, so equal grids differ by rounding only.
+GRID_TOLERANCE_VOXELS = 0.01
+# What a file written from a bare array carries (SimpleITK's and nibabel's defaults): unit
+# spacing, zero origin, identity direction. The supervoxels the FSMIS community distributes
+# are stored so.
+NO_GEOMETRY = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+
+
+def _corner_points(geometry: Geometry, shape_zyx: Tuple[int, ...]) -> np.ndarray:
+    """World (RAS) positions of the 8 corner voxel centres of a (z, y, x) grid, [8, 3]."""
+    extent = np.asarray(shape_zyx[::-1], dtype=np.float64) - 1
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.float64)
+    voxels = np.hstack([corners * extent, np.ones((8, 1))])
+    return (geometry.affine() @ voxels.T).T[:, :3]
+
+
+def same_grid(a: Geometry, shape_a: Tuple[int, ...], b: Geometry, shape_b: Tuple[int, ...]) -> bool:
+    """Whether two (z, y, x) grids have the same shape and voxel positions (within
+    `GRID_TOLERANCE_VOXELS` of the smaller spacing)."""
+    if tuple(shape_a) != tuple(shape_b):
+        return False
+    tolerance = GRID_TOLERANCE_VOXELS * min(min(a.spacing), min(b.spacing))
+    return bool(np.abs(_corner_points(a, shape_a) - _corner_points(b, shape_b)).max() <= tolerance)
+
+
+def has_no_geometry(geometry: Geometry) -> bool:
+    """Whether a file carries the default geometry of a bare array (`NO_GEOMETRY`)."""
+    return all(np.allclose(getattr(geometry, f), getattr(NO_GEOMETRY, f), rtol=0, atol=1e-6)
+               for f in ("spacing", "origin", "direction"))
+
+
+def _axes_text(transform: np.ndarray) -> str:
+    """nibabel's orientation transform as 'x, y, z -> -x, y, z' (file axes -> image axes)."""
+    targets = [("-" if flip < 0 else "") + "xyz"[int(axis)] for axis, flip in transform]
+    return "x, y, z -> " + ", ".join(targets)
+
+
+def _geometry_difference(geometry: Geometry, reference: Geometry) -> str:
+    parts = []
+    for field in ("spacing", "origin", "direction"):
+        mine, theirs = np.round(getattr(geometry, field), 4), np.round(getattr(reference, field), 4)
+        if not np.allclose(mine, theirs, rtol=0, atol=1e-3):
+            parts.append(f"{field} {tuple(mine.tolist())} vs {tuple(theirs.tolist())}")
+    return "; ".join(parts) or "voxel positions differ"
+
+
+def on_reference_grid(array: np.ndarray, geometry: Geometry, reference: Geometry,
+                      reference_shape: Tuple[int, ...], path: str, reference_path: str,
+                      allow_no_geometry: bool = True) -> Tuple[np.ndarray, Optional[str]]:
+    """`array` (z, y, x, read from `path` with `geometry`) voxel for voxel on the grid of its
+    reference image (`reference_path`), and a note of what was done (None when nothing).
+
+    - Same grid (`same_grid`): returned as it is.
+    - A file without geometry (`has_no_geometry`) of the reference's shape, when
+      `allow_no_geometry`: taken to be stored on the reference's grid, as the release reads it
+      (note says so).
+    - The same grid stored with permuted or flipped axes (its header saying so): reoriented
+      with nibabel's orientation tools (note names the axes).
+    - Anything else (another spacing, origin, shape): ValueError naming both files.
+    """
+    if same_grid(geometry, array.shape, reference, reference_shape):
+        return array, None
+    if allow_no_geometry and has_no_geometry(geometry) and tuple(array.shape) == tuple(reference_shape):
+        return array, "no geometry in the file: used on its image's voxel grid, as the release does"
+    from nibabel import orientations
+
+    transform = orientations.ornt_transform(orientations.io_orientation(geometry.affine()),
+                                            orientations.io_orientation(reference.affine()))
+    if not np.array_equal(transform, [[0, 1], [1, 1], [2, 1]]):
+        xyz = orientations.apply_orientation(array.T, transform)
+        affine = geometry.affine() @ orientations.inv_ornt_aff(transform, array.T.shape)
+        reoriented = np.ascontiguousarray(xyz.T)
+        if same_grid(Geometry.from_affine(affine, path), reoriented.shape, reference, reference_shape):
+            return reoriented, f"stored with other axes ({_axes_text(transform)}): reoriented onto its image's grid"
+    if tuple(array.shape) != tuple(reference_shape):
+        raise ValueError(f"{path} has shape {tuple(array.shape)} but its image {reference_path} has shape "
+                         f"{tuple(reference_shape)} (z, y, x), and its header does not map one grid onto "
+                         "the other")
+    raise ValueError(f"{path} does not lie on the voxel grid of its image {reference_path} "
+                     f"({_geometry_difference(geometry, reference)}); store it on its image's grid")
+
+
 # ----------------------------------------------------------------------------- reading
 
 def count_non_finite(array: np.ndarray) -> Tuple[int, int]:

@@ -1,22 +1,28 @@
 """Episodic training data and the evaluation protocol (docs/protocol.md sections 1, 9 and 10).
 
-Folder layout (one pre-processed dataset):
-    data_dir/image_<i>.nii.gz, data_dir/label_<i>.nii.gz             i = 0 .. N-1
-    data_dir/supervoxels_<min size>/superpix-MIDDLE_<i>.nii.gz
-Volumes are (slice, row, column) arrays, z-scored per volume, and reach the network as 3
-identical channels.
+Folder layout (one pre-processed dataset, data/layout.py): image_<i>.nii.gz and
+label_<i>.nii.gz with any integers i (0..N-1 from this project's pre-processing, 1-based and
+gapped in the files the FSMIS community distributes), supervoxels_<min size>/ inside the
+folder or beside it. Volumes are ordered by i; folds, support and query volumes are positions
+in that order, as in the release. Every label and supervoxel file is checked to lie on its
+image's voxel grid (data/nifti_io.on_reference_grid). Volumes are (slice, row, column)
+arrays, optionally resampled in-plane (`resample_in_plane`: images linear, labels and
+supervoxels nearest), z-scored per volume, and reach the network as 3 identical channels.
 """
+import logging
 import os
-import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
-from data.nifti_io import Geometry, check_finite, read_volume
+from data.layout import DatasetLayout, VolumeFiles
+from data.nifti_io import Geometry, check_finite, on_reference_grid, read_volume
+from data.progress import progress
+from data.resample import resample_in_plane as resample_volume_in_plane
 from dataloaders.augment import augment_episode
 from dataloaders.dataset_specs import DatasetSpec, get_dataset_spec
 
@@ -25,63 +31,33 @@ SETTING2_PROTOCOLS = ("release", "any", "groups")
 # Rejection sampling stops with an error after this many restarts (step 1) instead of
 # spinning forever on data where episodes are possible but astronomically unlikely.
 MAX_RESTARTS = 100_000
-_IMAGE_NAME = re.compile(r"^image_(\d+)\.nii\.gz$")
+log = logging.getLogger("fafnet.data")
 
 
 # ----------------------------------------------------------------------------- files
 
-def image_path(data_dir: str, index: int) -> str:
-    return os.path.join(data_dir, f"image_{index}.nii.gz")
-
-
-def label_path(data_dir: str, index: int) -> str:
-    return os.path.join(data_dir, f"label_{index}.nii.gz")
-
-
-def supervoxel_path(data_dir: str, index: int, min_size: int) -> str:
-    return os.path.join(data_dir, f"supervoxels_{min_size}", f"superpix-MIDDLE_{index}.nii.gz")
-
-
-def _check_data_dir(data_dir: str) -> None:
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"data folder not found: {data_dir}")
-
-
-def find_volume_indices(data_dir: str) -> List[int]:
-    """Sorted indices i of the image_<i>.nii.gz files in `data_dir`."""
-    _check_data_dir(data_dir)
-    matches = (_IMAGE_NAME.match(name) for name in os.listdir(data_dir))
-    return sorted(int(m.group(1)) for m in matches if m)
+def open_layout(data_dir: str, n_volumes: Optional[int] = None,
+                spec: Optional[DatasetSpec] = None) -> DatasetLayout:
+    """The volumes of a dataset folder (data/layout.py), which must be as many as the folds
+    are made for: `n_volumes` if given (the user says how many), else the dataset's known
+    count (`spec.n_volumes`; the literature's folds hold for that count only), else any."""
+    if n_volumes is not None and n_volumes < 1:
+        raise ValueError(f"n_volumes must be positive, got {n_volumes}")
+    layout = DatasetLayout(data_dir)
+    if n_volumes is not None:
+        layout.check_count(n_volumes, f"n_volumes={n_volumes}")
+    elif spec is not None and spec.n_volumes is not None:
+        layout.check_count(spec.n_volumes, f"{spec.name} has {spec.n_volumes}: the dataset's folds "
+                                           f"are fixed lists for {spec.n_volumes} volumes")
+    for name, reason in layout.ignored:
+        log.info("%s: ignored %s (%s)", data_dir, name, reason)
+    return layout
 
 
 def count_volumes(data_dir: str, n_volumes: Optional[int] = None,
                   spec: Optional[DatasetSpec] = None) -> int:
-    """The number N of volumes the folds are made for.
-
-    `n_volumes` if given (the user says how many; the folds are made for that count).
-    Otherwise the image files present, which must be exactly image_0 .. image_{N-1} and, for
-    a dataset with a known count (`spec.n_volumes`), exactly that many: the literature's folds
-    hold for that count only, so a folder with another count is an error.
-    """
-    if n_volumes is not None:
-        if n_volumes < 1:
-            raise ValueError(f"n_volumes must be positive, got {n_volumes}")
-        _check_data_dir(data_dir)
-        return n_volumes
-    indices = find_volume_indices(data_dir)
-    if not indices:
-        raise FileNotFoundError(f"no image_<i>.nii.gz files in {data_dir}")
-    missing = sorted(set(range(indices[-1] + 1)) - set(indices))
-    if missing:
-        raise FileNotFoundError(
-            f"volumes are not numbered 0..{indices[-1]} in {data_dir}: missing "
-            f"{image_path(data_dir, missing[0])}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    if spec is not None and spec.n_volumes is not None and len(indices) != spec.n_volumes:
-        raise ValueError(
-            f"{data_dir} holds {len(indices)} volumes but {spec.name} has {spec.n_volumes}: the "
-            f"dataset's folds are fixed lists for {spec.n_volumes} volumes. If the folder is "
-            f"meant to hold {len(indices)}, set n_volumes={len(indices)} to make folds for that count")
-    return len(indices)
+    """The number N of volumes the folds are made for (`open_layout` checks it)."""
+    return len(open_layout(data_dir, n_volumes, spec))
 
 
 # ----------------------------------------------------------------------------- volumes
@@ -97,15 +73,22 @@ def zscore(volume: np.ndarray, path: str = "volume") -> np.ndarray:
 def _check_in_plane(shape: Tuple[int, ...], image_size: Optional[Sequence[int]], path: str) -> None:
     if image_size is not None and tuple(shape[1:]) != tuple(image_size):
         raise ValueError(f"{path} has in-plane size {tuple(shape[1:])}, expected {tuple(image_size)} "
-                         "(the configured image size)")
+                         "(the configured image size; resample_in_plane=[H, W] resamples volumes "
+                         "in-plane when they are loaded)")
 
 
-def load_image(path: str, image_size: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, Geometry]:
-    """A z-scored float32 [Z, H, W] volume and its geometry. A truncated or damaged file, or
-    NaN or infinite voxels, are errors naming the file."""
+def read_image(path: str) -> Tuple[np.ndarray, Geometry]:
+    """A float32 [Z, H, W] volume as stored and its geometry. A truncated or damaged file,
+    or NaN or infinite voxels, are errors naming the file."""
     volume, geometry = read_volume(path, dtype=np.float32, require_finite=True)
     if volume.ndim != 3:
         raise ValueError(f"{path} is not a 3D volume (array shape {volume.shape})")
+    return volume, geometry
+
+
+def load_image(path: str, image_size: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, Geometry]:
+    """A z-scored float32 [Z, H, W] volume and its geometry (`read_image`)."""
+    volume, geometry = read_image(path)
     _check_in_plane(volume.shape, image_size, path)
     return zscore(volume, path), geometry
 
@@ -164,17 +147,26 @@ def _integer_labels(labels: np.ndarray, path: str) -> np.ndarray:
 
 def load_labels(path: str, shape: Tuple[int, ...], like: str,
                 label_map: Optional[Dict[int, int]] = None,
-                allowed: Optional[Sequence[int]] = None, dataset: str = "the dataset") -> np.ndarray:
-    """An integer label volume that must have `shape` (that of the image file `like`).
+                allowed: Optional[Sequence[int]] = None, dataset: str = "the dataset",
+                like_geometry: Optional[Geometry] = None, notes: Optional[List] = None) -> np.ndarray:
+    """An integer label volume on the grid of the image file `like` (its `shape`).
 
     Args:
         label_map: raw value -> class id, applied after the checks.
         allowed: the raw values the file may hold (ground truth: see `ground_truth_values`);
             None accepts any non-negative integer (supervoxel ids).
         dataset: named in the error for a value outside `allowed`.
+        like_geometry: the image's geometry; when given, the file must lie on the image's
+            voxel grid or be reoriented onto it (data/nifti_io.on_reference_grid), else only
+            the shapes are compared.
+        notes: receives (path, note) when the file needed reorienting or carried no geometry.
     """
-    labels, _ = read_volume(path, dtype=None)
-    if labels.shape != tuple(shape):
+    labels, geometry = read_volume(path, dtype=None)
+    if like_geometry is not None:
+        labels, note = on_reference_grid(labels, geometry, like_geometry, tuple(shape), path, like)
+        if note and notes is not None:
+            notes.append((path, note))
+    elif labels.shape != tuple(shape):
         raise ValueError(f"{path} has shape {labels.shape} but its image {like} has shape {tuple(shape)}")
     labels = _integer_labels(labels, path)
     if allowed is not None:
@@ -186,10 +178,72 @@ def load_labels(path: str, shape: Tuple[int, ...], like: str,
     return _narrow_int(map_labels(labels, label_map, path))
 
 
-def load_ground_truth(path: str, shape: Tuple[int, ...], like: str, spec: DatasetSpec) -> np.ndarray:
+def load_ground_truth(path: str, shape: Tuple[int, ...], like: str, spec: DatasetSpec,
+                      like_geometry: Optional[Geometry] = None, notes: Optional[List] = None) -> np.ndarray:
     """A ground-truth label volume checked against the dataset's values and mapped to its
     class ids (`load_labels`)."""
-    return load_labels(path, shape, like, spec.label_map, ground_truth_values(spec), spec.name)
+    return load_labels(path, shape, like, spec.label_map, ground_truth_values(spec), spec.name,
+                       like_geometry, notes)
+
+
+@dataclass
+class LoadedVolume:
+    """One volume on the grid the network sees."""
+    files: VolumeFiles
+    image: np.ndarray                    # float32 [Z, H, W], z-scored
+    geometry: Geometry                   # of that grid (the file's, or the resampled grid)
+    ground_truth: Optional[np.ndarray]   # int [Z, H, W], mapped class ids
+    supervoxels: Optional[np.ndarray]    # int [Z, H, W]
+
+
+@dataclass
+class VolumeReader:
+    """Reads a dataset's volumes: image, ground truth and supervoxels, each checked against
+    the image's grid, then resampled in-plane when `resample_in_plane` is set (images linear,
+    labels nearest), then checked against `image_size` and z-scored.
+
+    `notes` collects (path, what was done) for files reoriented onto their image's grid or
+    used on it without geometry of their own; `log_notes` reports them.
+    """
+    spec: DatasetSpec
+    image_size: Optional[Sequence[int]] = None
+    resample_in_plane: Optional[Sequence[int]] = None
+    notes: List[Tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.resample_in_plane is not None:
+            size = tuple(int(n) for n in self.resample_in_plane)
+            if len(size) != 2 or min(size) < 1:
+                raise ValueError(f"resample_in_plane must be [H, W] with positive integers, got "
+                                 f"{list(self.resample_in_plane)}")
+            if self.image_size is not None and tuple(self.image_size) != size:
+                raise ValueError(f"resample_in_plane={list(size)} but image_size={list(self.image_size)}: "
+                                 "the network sees the resampled grid, so the two must agree")
+            self.resample_in_plane = size
+
+    def read(self, files: VolumeFiles, ground_truth: bool = True,
+             supervoxel_path: Optional[str] = None) -> LoadedVolume:
+        image, geometry = read_image(files.image)
+        labels = load_ground_truth(files.label, image.shape, files.image, self.spec, geometry, self.notes) \
+            if ground_truth else None
+        supervoxels = load_labels(supervoxel_path, image.shape, files.image, like_geometry=geometry,
+                                  notes=self.notes) if supervoxel_path else None
+        if self.resample_in_plane is not None:
+            size = self.resample_in_plane
+            labels = None if labels is None else resample_volume_in_plane(labels, geometry, size, "nearest")[0]
+            if supervoxels is not None:
+                supervoxels = resample_volume_in_plane(supervoxels, geometry, size, "nearest")[0]
+            image, geometry = resample_volume_in_plane(image, geometry, size, "linear")
+        _check_in_plane(image.shape, self.image_size, files.image)
+        return LoadedVolume(files, zscore(image, files.image), geometry, labels, supervoxels)
+
+    def log_notes(self) -> None:
+        """One log line per kind of note, with the number of files and the first of them."""
+        counts = Counter(note for _, note in self.notes)
+        for note, count in counts.items():
+            first = next(path for path, n in self.notes if n == note)
+            level = logging.WARNING if "reoriented" in note else logging.INFO
+            log.log(level, "%d file(s): %s (first: %s)", count, note, first)
 
 
 def slice_class_areas(labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -300,13 +354,14 @@ def _resolve_test_classes(spec: DatasetSpec, test_classes: Optional[Sequence[int
 @dataclass
 class TrainVolume:
     """One training volume in memory, with what episode sampling needs precomputed."""
-    index: int                 # the dataset's volume index i
+    index: int                 # the volume's position in the dataset (folds count positions)
     image: np.ndarray          # float32 [Z, H, W], z-scored
     labels: np.ndarray         # int [Z, H, W]: supervoxels, or ground truth minus test classes
     classes: np.ndarray        # [n] label values present, 0 excluded
     areas: np.ndarray          # int64 [Z, n] pixels of each class per slice
     allowed: np.ndarray        # bool [Z]; False where setting 2 removes the slice
     feasible: bool             # some class has a start passing steps 3 to 5
+    files: Optional[VolumeFiles] = None   # where it came from
 
     def runs(self, class_pos: int, length: int) -> List[Tuple[int, int]]:
         """Runs of >= `length` consecutive allowed slices containing class `classes[class_pos]`."""
@@ -330,7 +385,8 @@ class TrainDataset(Dataset):
     """Episodes for 1-way K-shot training (docs/protocol.md section 9).
 
     Args:
-        data_dir: folder with image_<i>.nii.gz, label_<i>.nii.gz, supervoxels_<N>/.
+        data_dir: folder with image_<i>.nii.gz, label_<i>.nii.gz (data/layout.py), and
+            supervoxels_<N>/ inside it or beside it.
         dataset: key of `DATASETS` (classes, test classes, supervoxel size, label map).
         eval_fold: the fold held out; training uses every other volume.
         n_shot: K support slices per episode.
@@ -350,14 +406,16 @@ class TrainDataset(Dataset):
         seed: episode `index` uses np.random.default_rng([seed, index]) and nothing else, so
             any index >= 0 (also >= len) is reproducible in any worker or after a resume.
         max_iters_per_load: the epoch length, `len(self)`.
-        n_volumes: default: the number of image files present, which must be the dataset's
-            known count; give it to make folds for another count.
-        image_size: optional (H, W) every volume must have.
+        n_volumes: the number of volumes the folder holds and the folds are made for;
+            default: the dataset's known count (any for the synthetic dataset).
+        image_size: optional (H, W) every volume must have (after resampling).
+        resample_in_plane: optional (H, W): every volume is resampled in-plane to it when
+            loaded (images linear, supervoxels and labels nearest; `VolumeReader`).
 
     An item is a dict: "support_images" float32 [K, 3, H, W], "support_masks" float32 [K, H, W]
     in {0, 1}, "query_images" float32 [1, 3, H, W], "query_labels" int64 [1, H, W] in {0, 1},
-    "class_id" int (supervoxel id or organ id), "volume_index" int, "slice_indices" list of
-    K + 1 slice indices in the volume (supports, then the query).
+    "class_id" int (supervoxel id or organ id), "volume_index" int (the volume's position),
+    "slice_indices" list of K + 1 slice indices in the volume (supports, then the query).
     """
 
     def __init__(self, data_dir: str, dataset: str = "SABS", eval_fold: int = 0, n_shot: int = 1,
@@ -366,7 +424,8 @@ class TrainDataset(Dataset):
                  min_size: int = 200,
                  supervoxel_min_size: Optional[int] = None, augment: bool = True, seed: int = 2025,
                  max_iters_per_load: int = 3000, n_volumes: Optional[int] = None,
-                 image_size: Optional[Sequence[int]] = None):
+                 image_size: Optional[Sequence[int]] = None,
+                 resample_in_plane: Optional[Sequence[int]] = None):
         self.spec = get_dataset_spec(dataset)
         _check_choice("setting", setting, (1, 2))
         if n_shot < 1:
@@ -382,17 +441,16 @@ class TrainDataset(Dataset):
         self.supervoxel_min_size = int(self.spec.supervoxel_min_size if supervoxel_min_size is None
                                        else supervoxel_min_size)
         self.augment, self.seed, self.max_iters_per_load = bool(augment), int(seed), int(max_iters_per_load)
-        self.n_volumes = count_volumes(data_dir, n_volumes, self.spec)
+        self.layout = open_layout(data_dir, n_volumes, self.spec)
+        self.n_volumes = len(self.layout)
         held_out = set(_fold(self.spec, self.n_volumes, eval_fold))
         self.eval_fold = eval_fold
         self.volume_indices = [i for i in range(self.n_volumes) if i not in held_out]
-        if not use_gt:
-            folder = os.path.dirname(supervoxel_path(data_dir, 0, self.supervoxel_min_size))
-            if not os.path.isdir(folder):
-                raise FileNotFoundError(f"supervoxel folder not found: {folder} (compute supervoxels "
-                                        f"with min size {self.supervoxel_min_size} first, or use_gt=True)")
-        self.volumes = [self._load(i, image_size) for i in
-                        tqdm(self.volume_indices, desc="loading training volumes", disable=None)]
+        supervoxel_files = None if use_gt else self.layout.supervoxel_files(self.supervoxel_min_size)
+        self.reader = VolumeReader(self.spec, image_size, resample_in_plane)
+        self.volumes = [self._load(self.layout[i], supervoxel_files) for i in
+                        progress(self.volume_indices, desc="loading training volumes", unit="volume")]
+        self.reader.log_notes()
         self._check_same_in_plane()
         if not any(v.feasible for v in self.volumes):
             raise ValueError(
@@ -400,24 +458,34 @@ class TrainDataset(Dataset):
                 f"consecutive usable slices of one class with >= {self.min_size} pixels "
                 f"(setting {setting}, {self.protocol_name}, use_gt={use_gt})")
 
-    def _load(self, index: int, image_size: Optional[Sequence[int]]) -> TrainVolume:
-        path = image_path(self.data_dir, index)
-        image, _ = load_image(path, image_size)
+    def _load(self, files: VolumeFiles, supervoxel_files: Optional[Dict[int, str]]) -> TrainVolume:
         needs_gt = self.use_gt or self.setting == 2
-        gt = load_ground_truth(label_path(self.data_dir, index), image.shape, path, self.spec) \
-            if needs_gt else None
-        allowed = np.ones(image.shape[0], dtype=bool)
+        supervoxels = None if self.use_gt else \
+            self.layout.supervoxel_path(files, self.supervoxel_min_size, supervoxel_files)
+        volume = self.reader.read(files, ground_truth=needs_gt, supervoxel_path=supervoxels)
+        allowed = np.ones(volume.image.shape[0], dtype=bool)
         if self.setting == 2:
-            allowed = remaining_slices(gt, self.test_classes, self.protocol)
+            allowed = remaining_slices(volume.ground_truth, self.test_classes, self.protocol)
         if self.use_gt:
-            labels = gt
+            labels = volume.ground_truth
             labels[np.isin(labels, self.test_classes)] = 0
         else:
-            labels = load_labels(supervoxel_path(self.data_dir, index, self.supervoxel_min_size),
-                                 image.shape, path)
+            labels = volume.supervoxels
         classes, areas = slice_class_areas(labels)
         feasible = _has_feasible_episode(areas, allowed, self.n_shot, self.min_size)
-        return TrainVolume(index, image, labels, classes, areas, allowed, feasible)
+        return TrainVolume(files.position, volume.image, labels, classes, areas, allowed, feasible, files)
+
+    def source_files(self) -> List[str]:
+        """The files training reads: each training volume's image, its label file when the
+        episodes or setting 2 use it, and its supervoxel file."""
+        paths = []
+        for volume in self.volumes:
+            paths.append(volume.files.image)
+            if self.use_gt or self.setting == 2:
+                paths.append(volume.files.label)
+            if not self.use_gt:
+                paths.append(self.layout.supervoxel_path(volume.files, self.supervoxel_min_size))
+        return paths
 
     @property
     def protocol_name(self) -> str:
@@ -431,9 +499,9 @@ class TrainDataset(Dataset):
         first = self.volumes[0].image.shape[1:]
         for volume in self.volumes[1:]:
             if volume.image.shape[1:] != first:
-                raise ValueError(f"{image_path(self.data_dir, volume.index)} has in-plane size "
-                                 f"{volume.image.shape[1:]}, but {image_path(self.data_dir, self.volumes[0].index)} "
-                                 f"has {first}; training volumes must share one size")
+                raise ValueError(f"{volume.files.image} has in-plane size {volume.image.shape[1:]}, but "
+                                 f"{self.volumes[0].files.image} has {first}; training volumes must share "
+                                 "one size (resample_in_plane=[H, W] resamples them when they are loaded)")
 
     def __len__(self) -> int:
         return self.max_iters_per_load
@@ -502,11 +570,22 @@ def chunk_bounds(n: int, n_part: int = 3) -> List[Tuple[int, int]]:
 
 @dataclass
 class TestVolume:
-    index: int
+    index: int               # the volume's position in the dataset
     image: np.ndarray        # float32 [Z, H, W], z-scored
     labels: np.ndarray       # int [Z, H, W], mapped ground truth
-    geometry: Geometry
-    path: str
+    geometry: Geometry       # of the grid the arrays are on
+    path: str                # the image file
+    files: Optional[VolumeFiles] = None
+
+    @property
+    def name(self) -> str:
+        """The image file's name ("image_12.nii.gz")."""
+        return os.path.basename(self.path)
+
+    @property
+    def number(self) -> int:
+        """The i of image_<i> (equal to `index` in this project's 0-based layout)."""
+        return self.files.number if self.files is not None else self.index
 
     def slices_with(self, class_id: int) -> List[int]:
         return np.flatnonzero((self.labels == class_id).any(axis=(1, 2))).tolist()
@@ -516,8 +595,8 @@ class TestDataset:
     """The evaluation protocol (docs/protocol.md section 10) for one fold.
 
     Args:
-        data_dir, dataset, n_volumes, image_size: as for `TrainDataset`.
-        eval_fold: the fold evaluated; its volumes sorted by index are `fold_volumes`.
+        data_dir, dataset, n_volumes, image_size, resample_in_plane: as for `TrainDataset`.
+        eval_fold: the fold evaluated; its volumes' positions, sorted, are `fold_volumes`.
         supp_idx: position in `fold_volumes` of the support volume; the others are queries.
         n_part: support slices per class and query chunks (3).
         test_classes: default: the dataset's.
@@ -526,22 +605,34 @@ class TestDataset:
 
     def __init__(self, data_dir: str, dataset: str = "SABS", eval_fold: int = 0, supp_idx: int = 0,
                  n_part: int = 3, n_volumes: Optional[int] = None,
-                 test_classes: Optional[Sequence[int]] = None, image_size: Optional[Sequence[int]] = None):
+                 test_classes: Optional[Sequence[int]] = None, image_size: Optional[Sequence[int]] = None,
+                 resample_in_plane: Optional[Sequence[int]] = None):
         self.spec = get_dataset_spec(dataset)
         if n_part < 1:
             raise ValueError(f"n_part must be at least 1, got {n_part}")
         self.data_dir, self.n_part, self.eval_fold = data_dir, int(n_part), eval_fold
         self.test_classes = list(_resolve_test_classes(self.spec, test_classes))
-        self.n_volumes = count_volumes(data_dir, n_volumes, self.spec)
+        self.layout = open_layout(data_dir, n_volumes, self.spec)
+        self.n_volumes = len(self.layout)
         self.fold_volumes = sorted(_fold(self.spec, self.n_volumes, eval_fold))
         self.select_support(supp_idx)
-        self._volumes = {i: self._load(i, image_size) for i in
-                         tqdm(self.fold_volumes, desc="loading test volumes", disable=None)}
+        self.reader = VolumeReader(self.spec, image_size, resample_in_plane)
+        self._volumes = {i: self._load(i) for i in
+                         progress(self.fold_volumes, desc="loading test volumes", unit="volume")}
+        self.reader.log_notes()
         support = self._volumes[self.support_volume]
         for volume in self._volumes.values():
             if volume.image.shape[1:] != support.image.shape[1:]:
                 raise ValueError(f"{volume.path} has in-plane size {volume.image.shape[1:]}, but the "
                                  f"support {support.path} has {support.image.shape[1:]}")
+
+    def volume(self, position: int) -> TestVolume:
+        """A loaded volume of the fold by its position."""
+        return self._volumes[position]
+
+    def file_name(self, position: int) -> str:
+        """The image file name of the volume at `position` ("image_12.nii.gz")."""
+        return self.layout[position].name
 
     def select_support(self, supp_idx: int) -> None:
         """Make fold position `supp_idx` the support volume and the others the queries
@@ -551,16 +642,15 @@ class TestDataset:
         self.support_volume = self.fold_volumes[supp_idx]
         self.query_volumes = [i for i in self.fold_volumes if i != self.support_volume]
 
-    def _load(self, index: int, image_size: Optional[Sequence[int]]) -> TestVolume:
-        path = image_path(self.data_dir, index)
-        image, geometry = load_image(path, image_size)
-        labels = load_ground_truth(label_path(self.data_dir, index), image.shape, path, self.spec)
-        return TestVolume(index, image, labels, geometry, path)
+    def _load(self, position: int) -> TestVolume:
+        files = self.layout[position]
+        volume = self.reader.read(files, ground_truth=True)
+        return TestVolume(position, volume.image, volume.ground_truth, volume.geometry, files.image, files)
 
     def support(self, class_id: int) -> Dict[str, object]:
         """The n_part support slices of `class_id` at fractions 1/6, 1/2, 5/6 of the support
         volume's slices containing it: "images" [n_part, 3, H, W], "masks" [n_part, H, W]
-        float32, "slice_indices", "volume_index"."""
+        float32, "slice_indices", "volume_index" (position), "image_name"."""
         volume = self._volumes[self.support_volume]
         with_class = volume.slices_with(class_id)
         if not with_class:
@@ -571,13 +661,15 @@ class TestDataset:
             "masks": torch.from_numpy((volume.labels[slices] == class_id).astype(np.float32)),
             "slice_indices": slices,
             "volume_index": volume.index,
+            "image_name": volume.name,
         }
 
     def queries(self, class_id: int) -> Iterator[Dict[str, object]]:
         """One dict per query volume (sorted): its n slices containing `class_id` ("images"
         [n, 3, H, W] float32, "labels" [n, H, W] int64 binary, "slice_indices"), "chunks"
-        (start, end) into those n (chunk i goes with support slice i), "volume_index",
-        "image_path", "label_volume" (full mapped [Z, H, W]), "geometry", "volume_shape".
+        (start, end) into those n (chunk i goes with support slice i), "volume_index" (its
+        position), "image_path", "image_name", "image_number" (the i of image_<i>),
+        "label_volume" (full mapped [Z, H, W]), "geometry", "volume_shape".
         A volume without the class gives n = 0 (empty tensors, chunks (0, 0)): skip it."""
         for index in self.query_volumes:
             volume = self._volumes[index]
@@ -589,6 +681,8 @@ class TestDataset:
                 "slice_indices": slices,
                 "chunks": chunk_bounds(len(slices), self.n_part),
                 "image_path": volume.path,
+                "image_name": volume.name,
+                "image_number": volume.number,
                 "label_volume": volume.labels,
                 "geometry": volume.geometry,
                 "volume_shape": tuple(volume.image.shape),

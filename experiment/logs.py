@@ -1,26 +1,15 @@
-"""Run logs and progress bars.
+"""Run logs.
 
-Progress bars go to the process's real standard error (`sys.__stderr__`), not to
-`sys.stderr`: Sacred replaces the latter with a tee into the run's cout.txt, where a bar's
-carriage-return updates would leave a stale line. Bars are also switched off when that
-stream is not a terminal (a batch job's log file), so logs hold only the log lines.
+A run's log file receives the records of the run's logger and of the project's logger
+("fafnet": progress lines of data loading and evaluation, see data/progress.py), so a batch
+job's log shows how far long work has come.
 """
 import logging
 import os
-import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from tqdm import tqdm
-
-
-def progress(iterable=None, **kwargs) -> tqdm:
-    """A tqdm progress bar on the terminal only (see the module docstring)."""
-    stream = sys.__stderr__
-    interactive = stream is not None and hasattr(stream, "isatty") and stream.isatty()
-    kwargs.setdefault("mininterval", 1.0)
-    kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, file=stream, disable=not interactive, **kwargs)
+from data.progress import PROJECT_LOGGER
 
 
 @contextmanager
@@ -31,17 +20,20 @@ def log_to_file(logger: logging.Logger, path: str) -> Iterator[logging.Handler]:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    previous_level = logger.level
-    if logger.getEffectiveLevel() > logging.INFO:
-        # An embedding application (pytest, a notebook) may have set the root to WARNING;
-        # the run's log must still get the INFO progress lines.
-        logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
+    loggers = [logger, logging.getLogger(PROJECT_LOGGER)]
+    previous_levels = [each.level for each in loggers]
+    for each in loggers:
+        if each.getEffectiveLevel() > logging.INFO:
+            # An embedding application (pytest, a notebook) may have set the root to
+            # WARNING; the run's log must still get the INFO progress lines.
+            each.setLevel(logging.INFO)
+        each.addHandler(handler)
     try:
         yield handler
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous_level)
+        for each, level in zip(loggers, previous_levels):
+            each.removeHandler(handler)
+            each.setLevel(level)
         handler.close()
 
 

@@ -18,7 +18,7 @@ TRAINING_KEY_OPTIONS = (
     "dataset", "setting", "setting2_protocol", "group", "test_classes", "use_gt", "n_shot",
     "n_steps", "optimizer", "lr", "momentum", "weight_decay", "lr_step_size", "lr_gamma",
     "grad_clip_norm", "min_size", "augment", "max_iters_per_load", "seed", "supervoxel_min_size",
-    "image_size", "pretrained_weights", "amp_bf16")
+    "image_size", "resample_in_plane", "pretrained_weights", "amp_bf16")
 PREPROCESSING_MANIFESTS = ("preprocessing_manifest.json", "synthetic_manifest.json")
 # The distributions a run computes with (requirements.txt). Sacred finds imported packages by
 # their top_level.txt, which some wheels (torch, scipy) no longer ship, so they are named here.
@@ -111,6 +111,7 @@ def protocol_record(config: Mapping, supp_indices: Iterable[int], checkpoint: st
         "supp_idx": list(supp_indices),
         "n_part": config["n_part"],
         "image_size": list(config["image_size"]),
+        "resample_in_plane": list(config["resample_in_plane"]) if config.get("resample_in_plane") else None,
         "n_volumes": config["n_volumes"],
         "checkpoint": checkpoint,
         "checkpoint_step": checkpoint_step,

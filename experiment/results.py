@@ -20,7 +20,8 @@ import numpy as np
 # Protocol fields that must agree between the runs of one fold table. The fold, the group
 # (joined), the checkpoint's path and the code commit legitimately differ between runs.
 PROTOCOL_FIELDS = ("dataset", "setting", "setting2_protocol", "supp_idx", "n_part", "image_size",
-                   "n_volumes", "checkpoint_step", "training", "pretrained_weights", "preprocessing")
+                   "resample_in_plane", "n_volumes", "checkpoint_step", "training", "pretrained_weights",
+                   "preprocessing")
 
 
 def load_results(path: str) -> Dict:
@@ -64,8 +65,19 @@ def protocol_summary(protocol: Dict) -> str:
     checkpoint = protocol.get("checkpoint") or "?"
     checkpoint += f" (step {step})" if step is not None else ""
     return (f"{protocol['dataset']} fold {protocol['eval_fold']}, {setting}, support index "
-            f"{protocol['supp_idx']}, n_part {protocol['n_part']}, checkpoint {checkpoint}, "
-            f"pretrained {protocol.get('pretrained_weights') or 'none'}")
+            f"{protocol['supp_idx']}, n_part {protocol['n_part']}, {grid_summary(protocol)}, "
+            f"checkpoint {checkpoint}, pretrained {protocol.get('pretrained_weights') or 'none'}")
+
+
+def grid_summary(protocol: Dict) -> str:
+    """'image 256 x 256 as stored' or 'resampled in-plane to 128 x 128 (images linear, labels
+    nearest; Dice on that grid)'."""
+    resampled = protocol.get("resample_in_plane")
+    if resampled:
+        return (f"resampled in-plane to {resampled[0]} x {resampled[1]} (images linear, labels "
+                "nearest; Dice on that grid)")
+    size = protocol.get("image_size")
+    return f"image {size[0]} x {size[1]} as stored" if size else "image size not recorded"
 
 
 def results_table(results: Dict) -> str:
@@ -98,6 +110,22 @@ def comparison_table(results: Dict, baseline: Dict) -> str:
     for name, dice, before in rows:
         difference = "n/a" if dice is None or before is None else f"{100 * (dice - before):+.2f}"
         lines.append(f"| {name} | {percent(dice)} | {percent(before)} | {difference} |")
+    return "\n".join(lines) + "\n"
+
+
+def curve_table(runs: Sequence[Dict]) -> str:
+    """Markdown: Dice (%) per class and mean against the training step of each run's
+    checkpoint (evaluations of one training run's snapshots), ordered by step; the header
+    names the protocol of the first run (the others must share it but for the checkpoint)."""
+    check_same_protocol([dict(r, protocol=dict(r["protocol"], checkpoint_step=None)) for r in runs])
+    runs = sorted(runs, key=lambda r: r["protocol"].get("checkpoint_step") or 0)
+    names = [entry["name"] for entry in runs[0]["classes"].values()]
+    lines = [protocol_summary(dict(runs[0]["protocol"], checkpoint="snapshots of one run", checkpoint_step=None)),
+             "", "| step | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 2) + "|"]
+    for run in runs:
+        values = [percent(entry["dice_mean"]) for entry in run["classes"].values()]
+        lines.append(f"| {run['protocol'].get('checkpoint_step')} | " + " | ".join(values)
+                     + f" | {percent(run['mean_dice'])} |")
     return "\n".join(lines) + "\n"
 
 

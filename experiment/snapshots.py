@@ -37,7 +37,7 @@ FOLDER = "snapshots"
 LATEST_NAME, FINAL_NAME = "latest.pth", "final.pth"
 _STEP_NAME = re.compile(r"^step_(\d+)\.pth$")
 # Options that did not exist in older snapshots, with the value those runs trained with.
-OPTIONS_ADDED_LATER = {"optimizer": "sgd", "group": None}
+OPTIONS_ADDED_LATER = {"optimizer": "sgd", "group": None, "resample_in_plane": None}
 
 
 class SnapshotError(ValueError):
@@ -260,8 +260,11 @@ def load_for_evaluation(model, checkpoint: str, image_size: Iterable[int]) -> Tu
     image_size = list(image_size)
     if is_project_snapshot(state):
         if list(state["image_size"]) != image_size:
-            raise SnapshotError(f"checkpoint {path} was trained with image_size={state['image_size']}; "
-                                f"evaluate it with image_size={state['image_size']}")
+            resampled = (state.get("config") or {}).get("resample_in_plane")
+            option = f"resample_in_plane={list(resampled)}" if resampled else f"image_size={state['image_size']}"
+            raise SnapshotError(f"checkpoint {path} was trained with image_size={state['image_size']}"
+                                + (f" (resample_in_plane={list(resampled)})" if resampled else "")
+                                + f"; evaluate it with {option}")
         model.load_state_dict(state["model"], strict=True)
         return path, int(state["step"]), state.get("config")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -377,7 +377,10 @@ def test_clear_errors_for_bad_folders_files_and_arguments(data, tmp_path):
     os.remove(os.path.join(broken, "image_3.nii.gz"))
     with pytest.raises(FileNotFoundError, match=r"image_3\.nii\.gz"):
         count_volumes(broken)
-    assert count_volumes(root) == N_VOLUMES and count_volumes(root, 5) == 5
+    assert count_volumes(root) == N_VOLUMES
+    # n_volumes below the count present would leave image_5 out of every fold: refused
+    with pytest.raises(ValueError, match=r"holds 6 volumes but n_volumes=5: the folds would leave out image_5"):
+        count_volumes(root, 5)
 
 
 # ----------------------------------------------------------------------------- augmentations

@@ -117,7 +117,8 @@ def test_training_run_records_config_metrics_logs_and_snapshots(straight_run):
     assert metrics["lr"]["values"] == pytest.approx([1e-3, 5e-4, 5e-4, 5e-4])   # decayed at step 2
     assert all(math.isfinite(v) and v > 0 for v in metrics["query_loss"]["values"])
     log = open(os.path.join(run_dir, "train.log")).read()
-    assert "step 4: loss" in log and "snapshot" in log
+    assert "step 4/4: loss" in log and "snapshot" in log and "left" in log
+    assert "loading training volumes: 7 volumes done in" in log
     snapshot = _model_state(final_path(run_dir))
     assert snapshot["step"] == 4 and snapshot["config"]["n_steps"] == 4
     assert {"model", "optimizer", "scheduler", "rng"} <= set(snapshot)
@@ -275,10 +276,20 @@ def test_evaluation_writes_every_output(evaluation, straight_run, phantom):
     assert run.result == pytest.approx(results["mean_dice"])
     assert results["timing"]["slices"] == 2 * 2 * len(ORGAN_SLICES)
     csv_lines = open(os.path.join(run_dir, "results.csv")).read().splitlines()
-    assert csv_lines[0] == "supp_idx,query_volume,class_id,class_name,dice,iou,n_slices"
+    assert csv_lines[0] == "supp_idx,query_volume,query_image,class_id,class_name,dice,iou,n_slices"
+    assert csv_lines[1].startswith("0,1,image_1.nii.gz,1,spleen,")
     assert len(csv_lines) == 1 + 4 + 2 + 1
-    assert csv_lines[-1].startswith(f"all,mean,all,mean over classes,{results['mean_dice']:.6f}")
-    assert os.path.isfile(os.path.join(run_dir, "test.log"))
+    assert csv_lines[-1].startswith(f"all,mean,,all,mean over classes,{results['mean_dice']:.6f}")
+    # Every volume is named by its file as well as its position.
+    assert results["fold_images"] == ["image_0.nii.gz", "image_1.nii.gz", "image_2.nii.gz"]
+    assert support["support_image"] == "image_0.nii.gz"
+    assert support["query_images"] == ["image_1.nii.gz", "image_2.nii.gz"]
+    assert [v["image"] for v in support["classes"]["1"]["per_volume"]] == ["image_1.nii.gz", "image_2.nii.gz"]
+    assert support["classes"]["1"]["support_image"] == "image_0.nii.gz"
+    # Without a terminal, data loading and evaluation report their progress in the run's log.
+    log = open(os.path.join(run_dir, "test.log")).read()
+    assert "loading test volumes: 3 volumes done in" in log
+    assert f"evaluating support index 0: {2 * 2 * len(ORGAN_SLICES)} slices done in" in log
 
 
 def test_prediction_volumes_round_trip_to_the_reported_scores(evaluation, phantom):
@@ -578,7 +589,8 @@ def test_skipped_work_is_recorded_warned_and_marked(straight_run, phantom, caplo
                                save_predictions=False, save_figures=False))
     results = json.load(open(os.path.join(run.observers[0].dir, "results.json")))
     skipped = results["skipped"]
-    assert [(s["class_id"], s["what"]) for s in skipped] == [(6, "query volume 1"), (6, "query volume 2")]
+    assert [(s["class_id"], s["what"]) for s in skipped] == [(6, "query volume 1 (image_1.nii.gz)"),
+                                                              (6, "query volume 2 (image_2.nii.gz)")]
     assert all("chunk(s) [0] empty: 4 slice(s) for n_part=5" in s["reason"] for s in skipped)
     assert "skipped class 6 (liver)" in caplog.text
     assert "| liver * |" in open(os.path.join(run.observers[0].dir, "cout.txt")).read()

@@ -15,18 +15,19 @@ The experiments read <data_root>/<folder>/supervoxels_<min size>/, data_root def
 ./data_processed, so run this on the folder the pre-processing CLI wrote.
 """
 import argparse
+import contextlib
 import os
-import re
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
+from data.layout import DatasetLayout, supervoxel_name
 from data.nifti_io import Geometry, check_finite, read_volume, write_volume
+from data.progress import log_to_console
+from data.progress import progress as progress_bar
 from data.supervoxels.felzenszwalb_3d import felzenszwalb_3d
 
-IMAGE_PATTERN = re.compile(r"^image_(\d+)\.nii\.gz$")
 FOREGROUND_THRESHOLD = 10.0  # on the [0, 255] image
 
 
@@ -90,18 +91,25 @@ def header_spacing_release_order(geometry: Geometry) -> Tuple[float, float, floa
 
 
 def list_images(data_dir: str) -> List[Tuple[int, str]]:
-    """(i, path) of every image_<i>.nii.gz in data_dir, sorted by i."""
+    """(i, path) of every image_<i>.nii[.gz] in data_dir, sorted by i (data/layout.py: any
+    integers i, a volume file named otherwise is an error)."""
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--data-dir {data_dir!r} is not a directory")
-    found = [(int(m.group(1)), os.path.join(data_dir, name))
-             for name in os.listdir(data_dir) if (m := IMAGE_PATTERN.match(name))]
-    if not found:
-        raise FileNotFoundError(f"no image_<i>.nii.gz files in --data-dir {data_dir!r}")
-    return sorted(found)
+    return [(volume.number, volume.image) for volume in DatasetLayout(data_dir, require_labels=False).volumes]
 
 
-def supervoxel_path(data_dir: str, min_size: int, index: int) -> str:
-    return os.path.join(data_dir, f"supervoxels_{min_size}", f"superpix-MIDDLE_{index}.nii.gz")
+def output_folder(data_dir: str, min_size: int, out_dir: Optional[str] = None) -> str:
+    """Where the supervoxels go: `out_dir` if given, else <data_dir>/supervoxels_<min_size>/.
+    The latter is refused when the release's place beside the data folder already holds
+    supervoxels of that size: the experiments could not tell which of the two to read."""
+    if out_dir is not None:
+        return out_dir
+    inside, beside = DatasetLayout(data_dir, require_labels=False).supervoxel_folders(min_size)
+    if os.path.isdir(beside):
+        raise ValueError(f"{beside} already holds supervoxels of min size {min_size} for {data_dir} "
+                         f"(the release's place); writing {inside} too would make the experiments' "
+                         f"choice ambiguous: pass --out-dir to write elsewhere")
+    return inside
 
 
 def is_done(out_path: str, image_path: str) -> bool:
@@ -112,10 +120,11 @@ def is_done(out_path: str, image_path: str) -> bool:
 
 
 def generate_supervoxels(data_dir: str, min_size: int, overwrite: bool = False,
-                         scale: float = 1.0, sigma: float = 0.0,
-                         progress: bool = True) -> List[str]:
-    """Write supervoxels for every image in data_dir; returns the paths written this call
-    (volumes skipped because their output is done, see `is_done`, are not listed).
+                         scale: float = 1.0, sigma: float = 0.0, progress: bool = True,
+                         out_dir: Optional[str] = None) -> List[str]:
+    """Write supervoxels for every image in data_dir into `output_folder`; returns the paths
+    written this call (volumes skipped because their output is done, see `is_done`, are not
+    listed).
 
     Raises:
         FileNotFoundError, ValueError: naming the folder or image (missing, unreadable,
@@ -124,11 +133,14 @@ def generate_supervoxels(data_dir: str, min_size: int, overwrite: bool = False,
     if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 1:
         raise ValueError(f"min_size must be a positive integer, got {min_size!r}")
     images = list_images(data_dir)
+    folder = output_folder(data_dir, min_size, out_dir)
     written = []
-    # A progress bar on a terminal only; closed on errors so the error starts its own line.
-    with tqdm(images, desc=f"supervoxels_{min_size}", disable=None if progress else True) as bar:
-        for index, image_path in bar:
-            out_path = supervoxel_path(data_dir, min_size, index)
+    # A bar on a terminal, log lines in a batch job's log (data/progress.py); closed on errors
+    # so the error starts its own line.
+    with (progress_bar(images, desc=f"supervoxels_{min_size}", unit="volume") if progress
+          else contextlib.nullcontext(images)) as bar:
+        for number, image_path in bar:
+            out_path = os.path.join(folder, supervoxel_name(number))
             if not overwrite and is_done(out_path, image_path):
                 continue
             image, geometry = read_volume(image_path, dtype=np.float64, require_finite=True)
@@ -152,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "superpix-MIDDLE_<i>.nii.gz")
     parser.add_argument("--min-size", required=True, type=int,
                         help="minimum supervoxel size in voxels (5000 abdominal, 1000 CMR)")
+    parser.add_argument("--out-dir", default=None,
+                        help="write the supervoxel files here instead of <data-dir>/supervoxels_<min-size>/ "
+                             "(e.g. to compare with supervoxels made elsewhere)")
     parser.add_argument("--overwrite", action="store_true",
                         help="recompute volumes whose output already exists")
     parser.add_argument("--scale", type=float, default=1.0,
@@ -167,13 +182,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     naming the file and exit status 1, without a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    log_to_console()
     try:
+        folder = output_folder(args.data_dir, args.min_size, args.out_dir)
         written = generate_supervoxels(args.data_dir, args.min_size, overwrite=args.overwrite,
-                                       scale=args.scale, sigma=args.sigma)
+                                       scale=args.scale, sigma=args.sigma, out_dir=args.out_dir)
     except (OSError, ValueError) as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")
-    print(f"wrote {len(written)} supervoxel volume(s) to "
-          f"{os.path.join(args.data_dir, f'supervoxels_{args.min_size}')}")
+    print(f"wrote {len(written)} supervoxel volume(s) to {folder}")
     return 0
 
 

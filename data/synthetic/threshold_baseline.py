@@ -78,16 +78,18 @@ def best_threshold_dice(volumes: Sequence[Tuple[np.ndarray, np.ndarray]], organ:
 
 def load_volumes(data_dir: str, indices: Optional[Sequence[int]] = None
                  ) -> Tuple[list, list]:
-    """(image, label) pairs of image_<i>.nii.gz / label_<i>.nii.gz, and the indices read."""
-    from dataloaders.datasets import find_volume_indices, image_path, label_path, load_labels
-    indices = list(find_volume_indices(data_dir) if indices is None else indices)
-    if not indices:
-        raise FileNotFoundError(f"no image_<i>.nii.gz files in {data_dir}")
+    """(image, label) pairs of the folder's volumes (data/layout.py), all or those at the
+    positions `indices`, and the positions read."""
+    from data.layout import DatasetLayout
+    from dataloaders.datasets import load_labels
+    layout = DatasetLayout(data_dir)
+    indices = list(range(len(layout)) if indices is None else indices)
     volumes = []
     for i in indices:
+        files = layout[i]
         # The stored intensities (not z-scored, unlike the experiments' load_image).
-        image, _ = read_volume(image_path(data_dir, i), dtype=np.float32)
-        volumes.append((image, load_labels(label_path(data_dir, i), image.shape, image_path(data_dir, i))))
+        image, geometry = read_volume(files.image, dtype=np.float32)
+        volumes.append((image, load_labels(files.label, image.shape, files.image, like_geometry=geometry)))
     return volumes, indices
 
 
@@ -114,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--organs", type=int, nargs="+", default=list(DEFAULT_ORGANS),
                         help="label ids (default: 1 2 3 6, the SABS test organs)")
     parser.add_argument("--volumes", type=int, nargs="+", default=None,
-                        help="volume indices (default: every volume in the folder)")
+                        help="volume positions in the folder's order by number (default: every volume)")
     args = parser.parse_args(argv)
     print(threshold_table(args.data_dir, args.organs, args.volumes))
 
