@@ -13,6 +13,8 @@ atomically, and finished volumes are skipped unless `overwrite` is set. A re-run
 folder or route no longer matches the manifest refuses, naming the difference.
 """
 import argparse
+import dataclasses
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -20,13 +22,14 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
-from data.nifti_io import NIFTI_SUFFIXES, Geometry, check_finite, read_volume, write_volume
-from data.preprocess_manifest import (RawCase, Route, build_manifest, check_manifest,
+from data.nifti_io import NIFTI_SUFFIXES, Geometry, check_finite, on_reference_grid, read_volume, write_volume
+from data.preprocess_manifest import (RawCase, Route, build_manifest, check_manifest, read_manifest,
                                       write_manifest)
+from data.progress import log_to_console, progress
 
 Source = TypeVar("Source")
+log = logging.getLogger("fafnet.preprocess")
 
 # The MRI routes' arithmetic (docs/protocol.md section 12). "release": the raw pixel type is
 # kept, so on integer data (int16 DICOM and NIfTI) the clip value and every resampled value
@@ -40,10 +43,13 @@ MR_SIZE_YX = (256, 256)
 
 @dataclass(frozen=True)
 class ProcessedVolume:
-    """A pre-processed image, its label map (both (z, y, x)) and their common geometry."""
+    """A pre-processed image, its label map (both (z, y, x)) and their common geometry;
+    `notes` say what was done to the raw files beyond the route (a label reoriented onto its
+    image's grid), and go into the manifest."""
     image: np.ndarray
     label: np.ndarray
     geometry: Geometry
+    notes: Tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -135,13 +141,6 @@ def read_raw_image(path: str) -> Tuple[np.ndarray, Geometry]:
     return array, geometry
 
 
-def check_same_shape(image_path: str, image_shape: Sequence[int],
-                     label_path: str, label_shape: Sequence[int]) -> None:
-    if tuple(image_shape) != tuple(label_shape):
-        raise ValueError(f"label {label_path} has shape {tuple(label_shape)} (z, y, x) but its "
-                         f"image {image_path} has shape {tuple(image_shape)}")
-
-
 def checked_label_values(label: np.ndarray, path: str, allowed: Iterable[int]) -> np.ndarray:
     """Return the label map in the smallest unsigned dtype that holds `allowed`, after
     checking that every value is one the dataset defines (raises naming `path`)."""
@@ -165,6 +164,18 @@ def read_label(path: str, allowed: Iterable[int]) -> Tuple[np.ndarray, Geometry]
     if array.ndim != 3:
         raise ValueError(f"label {path} is not a 3D volume (array shape {array.shape})")
     return checked_label_values(array, path, allowed), geometry
+
+
+def read_label_on_image_grid(path: str, allowed: Iterable[int], image_path: str, image_shape: Sequence[int],
+                             image_geometry: Geometry) -> Tuple[np.ndarray, Tuple[str, ...]]:
+    """A raw label map (`read_label`) voxel for voxel on its image's grid: as stored when the
+    two headers describe one grid, reoriented when the label is stored with permuted or
+    flipped axes (its header saying so), else an error naming both files
+    (data/nifti_io.on_reference_grid). Returns the label and the notes of what was done."""
+    label, geometry = read_label(path, allowed)
+    label, note = on_reference_grid(label, geometry, image_geometry, tuple(image_shape), f"label {path}",
+                                    image_path)
+    return label, ((f"label: {note}",) if note else ())
 
 
 def smallest_label_dtype(max_value: int) -> np.dtype:
@@ -344,6 +355,14 @@ def existing_outputs(out_dir: str) -> List[str]:
     return [os.path.join(out_dir, n) for n in sorted(names, key=natural_sort_key)]
 
 
+def _kept_notes(earlier: Optional[dict], pending: Sequence[int]) -> dict:
+    """{index: notes} of the earlier manifest's volumes that this run keeps as they are."""
+    if not earlier:
+        return {}
+    return {i: list(v["notes"]) for i, v in enumerate(earlier.get("volumes", []))
+            if i not in pending and v.get("notes")}
+
+
 def write_processed(volume: ProcessedVolume, out_dir: str, index: int) -> Tuple[str, str]:
     """Write image and label atomically; the image last, so a volume whose image exists is
     complete (the label was written before it)."""
@@ -384,21 +403,29 @@ def run_preprocessing(sources: Sequence[Source], out_dir: str,
         check_manifest(out_dir, manifest, found)
     pending = [i for i in range(len(sources))
                if overwrite or not all(map(os.path.isfile, output_paths(out_dir, i)))]
-    # Progress bars only on a terminal (None), and closed on errors so the error's line
-    # starts on a line of its own.
-    with tqdm(pending, desc=f"checking {name}", unit="vol",
-              disable=None if pending else True) as bar:
+    # A bar on a terminal, log lines in a batch job (data/progress.py); closed on errors so
+    # the error's line starts on a line of its own.
+    with progress(pending, desc=f"checking {name}", unit="volume") as bar:
         for i in bar:
             validate(sources[i])
     os.makedirs(out_dir, exist_ok=True)
     if overwrite:  # no output of an earlier run may survive next to the new manifest
         for path in found:
             os.remove(path)
+    earlier = None if overwrite else read_manifest(out_dir)
     write_manifest(out_dir, manifest)
-    with tqdm(pending, desc=f"pre-processing {name}", unit="vol",
-              disable=None if pending else True) as bar:
+    notes = _kept_notes(earlier, pending)
+    with progress(pending, desc=f"pre-processing {name}", unit="volume") as bar:
         for i in bar:
-            write_processed(process(sources[i]), out_dir, i)
+            volume = process(sources[i])
+            write_processed(volume, out_dir, i)
+            if volume.notes:
+                notes[i] = list(volume.notes)
+                log.warning("image_%d from %s: %s", i, describe(sources[i]).case, "; ".join(volume.notes))
+    if notes:
+        for i, volume_notes in notes.items():
+            manifest["volumes"][i]["notes"] = volume_notes
+        write_manifest(out_dir, manifest)
     return [path for i in range(len(sources)) for path in output_paths(out_dir, i)]
 
 
@@ -453,22 +480,21 @@ def validate_nifti_pair(pair: Tuple[str, str], allowed_labels: Iterable[int]) ->
     """Raise if an (image, label) NIfTI pair is unreadable (truncated or damaged included),
     has non-finite image voxels, mismatched shapes or unknown label values."""
     image_path, label_path = pair
-    image, _ = read_raw_image(image_path)
-    label, _ = read_label(label_path, allowed_labels)
-    check_same_shape(image_path, image.shape, label_path, label.shape)
+    image, geometry = read_raw_image(image_path)
+    read_label_on_image_grid(label_path, allowed_labels, image_path, image.shape, geometry)
 
 
 def preprocess_nifti_mr_pair(pair: Tuple[str, str], allowed_labels: Iterable[int],
                              new_spacing_xyz: Sequence[float],
                              arithmetic: str = DEFAULT_MR_ARITHMETIC) -> ProcessedVolume:
     """Read an (image, label) NIfTI pair and run the MRI route (`preprocess_mr`) in its raw
-    pixel type or float32 (`arithmetic`). The label is taken on the image's grid (its own
-    header may differ by rounding only)."""
+    pixel type or float32 (`arithmetic`). The label is brought onto the image's grid
+    (`read_label_on_image_grid`)."""
     image_path, label_path = pair
     array, geometry = read_raw_image(image_path)
-    label, _ = read_label(label_path, allowed_labels)
-    check_same_shape(image_path, array.shape, label_path, label.shape)
-    return preprocess_mr(array, label, geometry, new_spacing_xyz, arithmetic=arithmetic)
+    label, notes = read_label_on_image_grid(label_path, allowed_labels, image_path, array.shape, geometry)
+    volume = preprocess_mr(array, label, geometry, new_spacing_xyz, arithmetic=arithmetic)
+    return dataclasses.replace(volume, notes=notes)
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
@@ -477,6 +503,7 @@ def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
     (or an unreadable or unwritable file) ends the program with one line naming it (exit
     status 1) instead of a traceback."""
     args = parser.parse_args(argv)
+    log_to_console()
     try:
         paths = preprocess(args.raw_dir, args.out_dir, args.overwrite)
     except (OSError, ValueError) as err:

@@ -7,6 +7,7 @@ by hand."""
 import hashlib
 import json
 import os
+import shutil
 
 import cv2
 import nibabel as nib
@@ -729,3 +730,63 @@ def test_truncated_png_mask_is_named_in_one_line(tmp_path, capfd):
                           "with the IEND chunk)\n")
     assert error.count("\n") == 1      # nothing from libpng
     assert files_in(out) == []
+
+
+# ----------------------------------------------------------------------------- label geometry
+
+def write_mirrored_x(array, path, spacing, origin=(-40.0, 25.0, 12.0), direction=DIRECTION):
+    """Write `array` stored mirrored along x with a header that says so: every voxel keeps its
+    world position (what another tool may legitimately write)."""
+    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    nx = array.shape[2]
+    new_origin = np.asarray(origin) + d @ np.array([(nx - 1) * spacing[0], 0.0, 0.0])
+    d[:, 0] *= -1
+    write_nifti(np.ascontiguousarray(array[:, :, ::-1]), path, spacing, tuple(new_origin), tuple(d.ravel()))
+
+
+def test_sabs_label_stored_mirrored_is_reoriented_and_recorded(sabs_run, tmp_path):
+    raw, out, _ = sabs_run
+    mirrored_raw, mirrored_out = tmp_path / "raw", tmp_path / "out"
+    shutil.copytree(raw, mirrored_raw)
+    _, label = make_sabs_volume(180)
+    write_mirrored_x(label, str(mirrored_raw / "label" / "label0001.nii.gz"), SABS_SPACING)
+    sabs.preprocess_sabs(str(mirrored_raw), str(mirrored_out))
+    for name in ("label_0.nii.gz", "label_1.nii.gz", "image_0.nii.gz"):
+        np.testing.assert_array_equal(read(str(mirrored_out / name))[0], read(str(out / name))[0])
+    volumes = read_manifest(mirrored_out)["volumes"]
+    assert volumes[0]["notes"] == ["label: stored with other axes (x, y, z -> -x, y, z): reoriented onto "
+                                   "its image's grid"]
+    assert "notes" not in volumes[1]
+    # A re-run keeps the finished volumes, and their notes.
+    sabs.preprocess_sabs(str(mirrored_raw), str(mirrored_out))
+    assert read_manifest(mirrored_out)["volumes"][0]["notes"] == volumes[0]["notes"]
+
+
+@pytest.mark.parametrize("spacing, origin, message", [
+    ((1.4, 0.8, 2.5), (-40.0, 25.0, 12.0), r"spacing \(1\.4, 0\.8, 2\.5\) vs \(0\.7, 0\.8, 2\.5\)"),
+    (SABS_SPACING, (-30.0, 25.0, 12.0), r"origin \(-30\.0, 25\.0, 12\.0\) vs \(-40\.0, 25\.0, 12\.0\)"),
+])
+def test_a_raw_label_on_another_grid_fails_before_writing(sabs_run, tmp_path, spacing, origin, message):
+    raw, _, _ = sabs_run
+    bad_raw, out = tmp_path / "raw", tmp_path / "out"
+    shutil.copytree(raw, bad_raw)
+    _, label = make_sabs_volume(220)
+    write_nifti(label, str(bad_raw / "label" / "label0003.nii.gz"), spacing, origin)
+    with pytest.raises(ValueError, match=r"label .*label0003\.nii\.gz does not lie on the voxel grid of its "
+                                         r"image .*img0003\.nii\.gz \(" + message):
+        sabs.preprocess_sabs(str(bad_raw), str(out))
+    assert files_in(out) == []
+
+
+def test_cmr_label_stored_mirrored_gives_the_same_output(tmp_path):
+    image, label = make_mr_volume((200, 500, 600))
+    outputs = {}
+    for kind in ("plain", "mirrored"):
+        raw, out = tmp_path / kind / "raw", tmp_path / kind / "out"
+        write_nifti(image, str(raw / "patient1_C0.nii.gz"), MR_SPACING)
+        label_path = str(raw / "patient1_C0_manual.nii.gz")
+        (write_mirrored_x if kind == "mirrored" else write_nifti)(label, label_path, MR_SPACING)
+        cmr.preprocess_cmr(str(raw), str(out))
+        outputs[kind] = read(str(out / "label_0.nii.gz"))[0]
+    assert not np.array_equal(read(str(tmp_path / "mirrored" / "raw" / "patient1_C0_manual.nii.gz"))[0], label)
+    np.testing.assert_array_equal(outputs["mirrored"], outputs["plain"])

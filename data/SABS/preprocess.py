@@ -19,10 +19,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data.preprocess_common import (ProcessedVolume, build_parser, check_same_shape,
-                                    extract_inplane_window, nifti_pair_case, pair_by_key,
-                                    read_label, read_raw_image, require_dir, resample_image,
-                                    resample_label, run_cli, run_preprocessing,
+from data.preprocess_common import (ProcessedVolume, build_parser, extract_inplane_window, nifti_pair_case,
+                                    pair_by_key, read_label_on_image_grid, read_raw_image, require_dir,
+                                    resample_image, resample_label, run_cli, run_preprocessing,
                                     strip_nifti_suffix)
 from data.preprocess_manifest import Route
 
@@ -72,9 +71,9 @@ def validate_sabs_pair(pair: Tuple[str, str]) -> None:
     """Raise if the pair cannot be read completely, the image has non-finite voxels, shapes
     differ, or the label has undefined values."""
     image_path, label_path = pair
-    image_shape = read_raw_image(image_path)[0].shape
-    label, _ = read_label(label_path, LABEL_VALUES)
-    check_same_shape(image_path, image_shape, label_path, label.shape)
+    image, geometry = read_raw_image(image_path)
+    image_shape = image.shape
+    read_label_on_image_grid(label_path, LABEL_VALUES, image_path, image_shape, geometry)
     if min(image_shape[1:]) <= 2 * BORDER:
         raise ValueError(f"image {image_path} has in-plane size {image_shape[1:]}, too small to "
                          f"crop {BORDER} pixels from each border")
@@ -83,9 +82,8 @@ def validate_sabs_pair(pair: Tuple[str, str]) -> None:
 def preprocess_sabs_volume(image_path: str, label_path: str) -> ProcessedVolume:
     """Window, crop and resample one CT volume and its label map (steps 1-3 above)."""
     hu, geometry = read_raw_image(image_path)
-    # The label is taken on the image's grid: its own header may differ in rounding only.
-    label, _ = read_label(label_path, LABEL_VALUES)
-    check_same_shape(image_path, hu.shape, label_path, label.shape)
+    # The label on the image's grid (reoriented if stored with other axes, else refused).
+    label, notes = read_label_on_image_grid(label_path, LABEL_VALUES, image_path, hu.shape, geometry)
     image = window_ct(hu)
     crop_size = [n - 2 * BORDER for n in image.shape[1:]]
     image, cropped = extract_inplane_window(image, geometry, (BORDER, BORDER), crop_size, 0.0)
@@ -94,7 +92,7 @@ def preprocess_sabs_volume(image_path: str, label_path: str) -> ProcessedVolume:
     new_spacing = (sx * SPACING_FACTOR, sy * SPACING_FACTOR, sz)
     image, out_geometry = resample_image(image, cropped, new_spacing)
     label, _ = resample_label(label, cropped, new_spacing)
-    return ProcessedVolume(image, label, out_geometry)
+    return ProcessedVolume(image, label, out_geometry, notes)
 
 
 def preprocess_sabs(raw_dir: str, out_dir: str, overwrite: bool = False) -> List[str]:
