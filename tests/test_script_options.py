@@ -33,7 +33,8 @@ def recorded_experiment_calls(script, tmp_path, **env):
     fake.chmod(0o755)
     calls_file = tmp_path / "calls.txt"
     environment = dict(os.environ, PYTHON=str(fake), CALLS=str(calls_file),
-                       RUNS_ROOT=str(tmp_path / "runs"), DEMO_DIR=str(tmp_path / "demo"), **env)
+                       RUNS_ROOT=str(tmp_path / "runs"), DEMO_DIR=str(tmp_path / "demo"),
+                       OUT=str(tmp_path / "out"), **env)
     result = subprocess.run(["bash", os.path.join(ROOT, "script", script)], env=environment,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -61,6 +62,8 @@ def assert_experiment_accepts(call):
     ("train.sh", {"FOLDS": "0", "SETTING": "2", "PROTOCOL": "groups", "DATASET": "SYNTHETIC"},
      ["train.py", "train.py"]),
     ("evaluate.sh", {"FOLDS": "0", "DATASET": "SYNTHETIC", "SUPP_IDX": "0 1"}, ["test.py"]),
+    # Without snapshots on disk the glob stays a pattern: one evaluation for it, one for final.pth.
+    ("real_cmr.sh", {"DATA_ROOT": "/data/CMR"}, ["train.py", "test.py", "test.py"]),
 ])
 def test_scripts_pass_only_options_the_experiments_declare(script, env, expected, tmp_path):
     calls = recorded_experiment_calls(script, tmp_path, **env)
