@@ -485,6 +485,21 @@ class TrainDataset(Dataset):
             "slice_indices": [int(s) for s in slices],
         }
 
+    # ------------------------------------------------------------------ provenance (issue 18)
+    # What a run records about its training data (experiment/training_data.py). Kept apart from
+    # the loading code above; a rewrite of file discovery re-implements this method.
+
+    def source_files(self) -> List[str]:
+        """Every file training reads, in this order: the image of each training volume (in
+        `volume_indices` order), then their label files (read for use_gt or setting 2), then
+        their supervoxel files (self-supervised episodes)."""
+        images = [image_path(self.data_dir, i) for i in self.volume_indices]
+        labels = [label_path(self.data_dir, i) for i in self.volume_indices] \
+            if self.use_gt or self.setting == 2 else []
+        supervoxels = [] if self.use_gt else [
+            supervoxel_path(self.data_dir, i, self.supervoxel_min_size) for i in self.volume_indices]
+        return images + labels + supervoxels
+
 
 # ----------------------------------------------------------------------------- evaluation
 

@@ -7,7 +7,10 @@ Every results.json carries a "protocol" record (see `experiment.provenance`). Tw
 joined into one table only when their protocols agree on every field of `PROTOCOL_FIELDS`;
 otherwise the aggregation stops and names the field, so that numbers made differently are
 never averaged silently. With the `groups` protocol of setting 2, each fold has one run per
-class group and the table joins the groups' classes into one row.
+class group and the table joins the groups' classes into one row. A run whose checkpoint was
+trained on volumes of the fold it evaluates (test-set leakage) is never joined. A class that
+could not be evaluated (skipped) has no score: every table marks it, and every mean over
+classes or folds says which it covers.
 """
 import csv
 import io
