@@ -21,6 +21,7 @@ Runs: Sacred's FileStorageObserver records each run (config.json, run.json with 
 commit, the source files and the package versions, metrics.json, cout.txt) in
 ``<runs_dir>/train/<id>/`` or ``<runs_dir>/test/<id>/``, next to the run's own outputs.
 """
+import math
 import os
 import sys
 import warnings
@@ -38,6 +39,7 @@ from dataloaders.dataset_specs import DATASETS  # noqa: E402
 from dataloaders.datasets import SETTING2_PROTOCOLS  # noqa: E402
 from experiment.devices import DEVICE_CHOICES, default_num_workers, device_type  # noqa: E402
 from experiment.provenance import record_dependencies  # noqa: E402
+from experiment.runs import Terminated  # noqa: E402
 from experiment.snapshots import KEEP_CHOICES  # noqa: E402
 from experiment.train_step import COMPILE_TARGETS  # noqa: E402
 from models.pretrained import default_pretrained_weights  # noqa: E402
@@ -57,7 +59,7 @@ NO_PRETRAINED = "none"   # pretrained_weights=none: train from the random initia
 FREE_ON_RESUME = frozenset({
     "resume", "n_steps", "snapshot_interval", "keep_snapshots", "print_interval", "device",
     "num_workers", "runs_dir", "data_root", "data_dir", "lr_milestones", "channels_last",
-    "cudnn_benchmark", "cuda_graph", "compile",
+    "cudnn_benchmark", "cuda_graph", "compile", "resume_other_data",
     # Resumed weights come from the snapshot, whatever pretrained file started the run.
     "pretrained_weights", "pretrained_allow_partial"})
 
@@ -70,6 +72,15 @@ def spec(dataset: str):
     return DATASETS[dataset]
 
 
+def release_milestones(lr_step_size, n_steps) -> Optional[list]:
+    """The release's milestones lr_step_size, 2 lr_step_size, ... before n_steps; None when
+    either is not an integer >= 1 (validation then names that option: Sacred computes the
+    config scopes before any check can run)."""
+    if not (_positive_int(lr_step_size) and _positive_int(n_steps)):
+        return None
+    return list(range(lr_step_size, n_steps, lr_step_size))
+
+
 def class_groups(dataset: str):
     """The two class groups of the `groups` protocol of setting 2 (empty when the dataset
     defines none)."""
@@ -80,7 +91,7 @@ def shared_options():
     """Options of training and evaluation (a Sacred config scope; comments show in print_config)."""
     dataset = "SABS"                # SABS, CHAOST2, CMR, Prostate_MRI or SYNTHETIC (named configs too)
     data_root = "./data_processed"  # pre-processed datasets live in <data_root>/<dataset folder>
-    data_dir = os.path.join(data_root, spec(dataset).folder)  # this dataset's folder
+    data_dir = os.path.join(data_root, spec(dataset).folder) if isinstance(data_root, str) else None  # this dataset's folder
     # [H, W]: resample every volume in-plane to this grid when it is loaded, for training and
     # evaluation alike (images linear, labels and supervoxels nearest; Dice is then computed
     # on this grid). None: volumes are used as stored (the release).
@@ -126,7 +137,7 @@ def training_options(dataset):
     weight_decay = 5e-4
     lr_step_size = 3000             # lr *= lr_gamma every this many steps ...
     lr_gamma = 0.98
-    lr_milestones = list(range(lr_step_size, n_steps, lr_step_size))  # ... at these steps
+    lr_milestones = release_milestones(lr_step_size, n_steps)  # ... at these steps
     grad_clip_norm = None           # clip the total gradient norm to this (None: release, off)
     # A random start (no pretrained weights; the demo): every bottleneck's last BatchNorm weight
     # at 0 so each residual block starts as the identity (False: the release's initialisation).
@@ -140,6 +151,9 @@ def training_options(dataset):
     compile = None                  # torch.compile: None, "encoder" or "model" (forward + losses)
     num_workers = default_num_workers()  # data-loading processes (0: in the main process)
     resume = None                   # a training run folder or snapshot to continue
+    # Resume although the training files differ from those the snapshot trained on (names or
+    # sha256; recorded in the run's data_manifest.json). False: such a resume is an error.
+    resume_other_data = False
 
 
 def evaluation_options(device):
@@ -154,6 +168,9 @@ def evaluation_options(device):
     eval_graphs = False             # CUDA: replay each predict call from a captured graph
     save_predictions = True         # write prediction volumes (NIfTI)
     save_figures = True             # write one PNG per class
+    # Evaluate a checkpoint whose training volumes include volumes of the evaluated fold
+    # (recorded in results.json; the fold table refuses such a run). False: an error.
+    allow_leakage = False
 
 
 # ----------------------------------------------------------------------------- validation
@@ -186,7 +203,8 @@ def _is_int(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float: inf passes `v >= 0` and then poisons every weight."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _positive_int(value) -> bool:
@@ -196,7 +214,11 @@ def _positive_int(value) -> bool:
 def _checks(config: Dict) -> Dict[str, tuple]:
     """option -> (predicate, what a good value is)."""
     positive = (_positive_int, "must be an integer >= 1")
+    path = (lambda v: isinstance(v, str) and v != "", "must be a folder path (a string)")
     checks = {
+        "data_root": path, "data_dir": path, "runs_dir": path,
+        # Sacred seeds numpy's legacy generator with it, which takes 0 .. 2**32 - 1.
+        "seed": (lambda v: _is_int(v) and 0 <= v < 2 ** 32, f"must be an integer from 0 to {2 ** 32 - 1}"),
         "eval_fold": (lambda v: v in range(5), "must be 0, 1, 2, 3 or 4"),
         "setting": (lambda v: v in (1, 2), "must be 1 or 2"),
         "setting2_protocol": (lambda v: v in SETTING2_PROTOCOLS,
@@ -218,22 +240,22 @@ def _checks(config: Dict) -> Dict[str, tuple]:
         "supervoxel_min_size": positive,
         "supp_idx": (_supp_indices_ok,
                      "must be a fold position (an integer >= 0) or a non-empty list of them"),
-        "lr": (lambda v: _is_number(v) and v >= 0, "must be a number >= 0"),
-        "weight_decay": (lambda v: _is_number(v) and v >= 0, "must be a number >= 0"),
-        "momentum": (lambda v: _is_number(v) and v >= 0, "must be a number >= 0"),
-        "lr_gamma": (lambda v: _is_number(v) and v >= 0, "must be a number >= 0"),
-        "grad_clip_norm": (lambda v: v is None or (_is_number(v) and v > 0), "must be None or a number > 0"),
+        "lr": (lambda v: _is_number(v) and v >= 0, "must be a finite number >= 0"),
+        "weight_decay": (lambda v: _is_number(v) and v >= 0, "must be a finite number >= 0"),
+        "momentum": (lambda v: _is_number(v) and v >= 0, "must be a finite number >= 0"),
+        "lr_gamma": (lambda v: _is_number(v) and v >= 0, "must be a finite number >= 0"),
+        "grad_clip_norm": (lambda v: v is None or (_is_number(v) and v > 0), "must be None or a number > 0, finite"),
         "optimizer": (lambda v: v in OPTIMIZERS, "must be 'sgd' (release) or 'adam'"),
         "keep_snapshots": (lambda v: v in KEEP_CHOICES, f"must be one of {', '.join(KEEP_CHOICES)}"),
         "lr_milestones": (lambda v: isinstance(v, (list, tuple)) and all(_positive_int(m) for m in v),
                           "must be a list of positive step numbers"),
         "threshold_head_init_scale": (lambda v: _is_number(v) and v > 0,
-                                      "must be a number > 0 (1.0: the release's initialisation)"),
+                                      "must be a number > 0, finite (1.0: the release's initialisation)"),
     }
     checks["compile"] = (lambda v: v in COMPILE_TARGETS, "must be None, 'encoder' or 'model'")
     for name in ("use_gt", "augment", "amp_bf16", "save_predictions", "save_figures", "channels_last",
                  "pretrained_allow_partial", "cudnn_benchmark", "cuda_graph", "eval_graphs",
-                 "zero_init_residual", "save_initial_snapshot"):
+                 "zero_init_residual", "save_initial_snapshot", "resume_other_data", "allow_leakage"):
         checks[name] = (lambda v: isinstance(v, bool), "must be True or False")
     return checks
 
@@ -314,6 +336,10 @@ def run_commandline(ex: Experiment, argv: Optional[Sequence[str]] = None) -> Non
     except USER_ERRORS as err:
         print(f"{os.path.basename(argv[0])}: error: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt as err:   # Ctrl-C or SIGTERM (experiment.runs.sigterm_interrupts)
+        print(f"{os.path.basename(argv[0])}: interrupted ({err or 'Ctrl-C'}); the run is recorded as "
+              f"INTERRUPTED (a training run continues with resume=<its run folder>)", file=sys.stderr)
+        sys.exit(143 if isinstance(err, Terminated) else 130)
 
 
 def observer_run_dir(run) -> str:

@@ -7,9 +7,12 @@ as a Sacred experiment.
     python test.py with SYNTHETIC eval_fold=0 checkpoint=untrained     # baseline
 
 `checkpoint` is a snapshot of this project (train.py), a training run folder (its final or
-latest snapshot), a folder of training runs (its latest completed run), a checkpoint of the
-authors' release (recognised by its key names and converted), or "untrained" (the seeded
-initialisation, plus `pretrained_weights` if given).
+latest snapshot), a folder of training runs (its newest completed run trained on this
+dataset, fold and setting), a checkpoint of the authors' release (recognised by its key names
+and converted), or "untrained" (the seeded initialisation, plus `pretrained_weights` if
+given). A checkpoint trained on volumes of the evaluated fold is refused (test-set leakage)
+unless `allow_leakage=True`; one that does not record its training volumes (older snapshots,
+release checkpoints) is evaluated with a warning. results.json records which case applied.
 
 For each support index and test class, the fold's volume `supp_idx` gives n_part support
 slices; each other volume of the fold is a query whose slices containing the class are split
@@ -17,7 +20,9 @@ into n_part chunks, chunk i segmented with support slice i through the model's b
 `predict`. Dice and IoU are computed per query volume over its evaluated slices; a class's
 score is the mean over query volumes, averaged over the support indices when several are
 given. A query volume without the class, an empty chunk, or a support volume without the
-class is recorded as skipped (results.json "skipped", a warning, an asterisk in the table).
+class is recorded as skipped (results.json "skipped", a warning, an asterisk in the table);
+means over classes cover the classes with a score and say so. A run where no class could be
+evaluated fails, after writing results.json.
 
 Outputs in <runs_dir>/test/<id>/: results.json (with the protocol record), results.csv,
 predictions/ (NIfTI volumes with the query's geometry: one per query volume and class, and
@@ -44,9 +49,11 @@ from experiment.inference_graphs import GraphedPredict
 from experiment.logs import log_to_file, slug
 from experiment.metrics import binary_confusion, dice_from_counts, iou_from_counts
 from experiment.provenance import protocol_record
-from experiment.results import csv_text, results_table
+from experiment.results import csv_text, mean_coverage, results_table, scored_classes
 from experiment.rng import seed_everything
-from experiment.snapshots import load_for_evaluation
+from experiment.runs import record_process, sigterm_interrupts
+from experiment.snapshots import LoadedCheckpoint, SnapshotError, load_for_evaluation
+from experiment.training_data import OVERLAP, UNCHECKED, leakage_record
 from models import build_model
 
 UNTRAINED = "untrained"
@@ -60,22 +67,60 @@ def main(_config, _run, _log):
     if run_dir is None:
         raise RuntimeError("test.py writes its results into its run folder; do not run it unobserved")
     _run.info["pid"] = os.getpid()
-    results = evaluate(_config, run_dir, _log)
+    record_process(run_dir, dict(_run.info))
+    with sigterm_interrupts():
+        results = evaluate(_config, run_dir, _log)
     _run.info["mean_dice"] = results["mean_dice"]
     for entry in results["classes"].values():
-        _run.log_scalar(f"dice_{slug(entry['name'])}", entry["dice_mean"])
+        if entry["dice_mean"] is not None:   # a skipped class has no score to log
+            _run.log_scalar(f"dice_{slug(entry['name'])}", entry["dice_mean"])
     _run.log_scalar("mean_dice", results["mean_dice"])
     return results["mean_dice"]
 
 
-def load_weights(model: torch.nn.Module, checkpoint: Optional[str], image_size) -> Tuple[str, Optional[int], Optional[Dict]]:
-    """Load `checkpoint` into `model` (strict): (source, training step, training config)."""
+class NothingEvaluatedError(ValueError):
+    """Every test class was skipped: the run has no score (results.json lists the skips)."""
+
+
+def load_weights(model: torch.nn.Module, checkpoint: Optional[str], image_size,
+                 wanted: Optional[Dict] = None) -> LoadedCheckpoint:
+    """Load `checkpoint` into `model` (strict). `wanted`: what a run picked from a folder of
+    training runs must have been trained on (see `checkpoint_wanted`)."""
     if checkpoint is None:
         raise ValueError("checkpoint is not set: pass checkpoint=<snapshot, training run folder or "
                          "release file>, or checkpoint=untrained for the untrained baseline")
     if checkpoint == UNTRAINED:
-        return UNTRAINED, 0, None
-    return load_for_evaluation(model, checkpoint, image_size)
+        return LoadedCheckpoint(UNTRAINED, 0, None, None)
+    return load_for_evaluation(model, checkpoint, image_size, wanted)
+
+
+def checkpoint_wanted(config: Dict) -> Dict:
+    """The training options a run chosen from a folder of runs must share with this
+    evaluation: dataset, fold and setting (with its protocol and group)."""
+    wanted = {"dataset": config["dataset"], "eval_fold": config["eval_fold"], "setting": config["setting"]}
+    if config["setting"] == 2:
+        wanted["setting2_protocol"] = config["setting2_protocol"]
+        if config["setting2_protocol"] == "groups":
+            wanted["group"] = config["group"]
+    return wanted
+
+
+def check_leakage(config: Dict, loaded: LoadedCheckpoint, fold_volumes: List[int], logger) -> Dict:
+    """The leakage record of results.json; a checkpoint trained on volumes of the evaluated
+    fold is refused unless allow_leakage=True, one that cannot be checked gets a warning."""
+    record = leakage_record(loaded.training_data, loaded.config, config["dataset"], config["eval_fold"],
+                            fold_volumes, untrained=loaded.path == UNTRAINED)
+    record["allow_leakage"] = config["allow_leakage"]
+    if record["status"] == OVERLAP and not config["allow_leakage"]:
+        raise SnapshotError(f"checkpoint={config['checkpoint']!r}: {loaded.path} was {record['reason']}, so its "
+                            f"scores would measure training data; evaluate the checkpoint trained with "
+                            f"eval_fold={config['eval_fold']}, or pass allow_leakage=True to evaluate it "
+                            f"anyway (recorded, and refused by the fold table)")
+    if record["status"] == OVERLAP:
+        logger.warning("allow_leakage=True: %s was %s", loaded.path, record["reason"])
+    elif record["status"] == UNCHECKED:
+        logger.warning("test-set leakage cannot be checked for %s: %s", loaded.path, record["reason"])
+    return record
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -193,7 +238,8 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
         pretrained = config["pretrained_weights"] if config["checkpoint"] == UNTRAINED else None
         model = build_model(config["image_size"], device, pretrained, config["channels_last"],
                             config["pretrained_allow_partial"])
-        source, step, training_config = load_weights(model, config["checkpoint"], config["image_size"])
+        loaded = load_weights(model, config["checkpoint"], config["image_size"], checkpoint_wanted(config))
+        source, step = loaded.path, loaded.step
         model.eval()
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = config["cudnn_benchmark"]
@@ -204,6 +250,7 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
                               supp_idx=indices[0], n_part=config["n_part"], n_volumes=config["n_volumes"],
                               test_classes=list(config["test_classes"]), image_size=config["image_size"],
                               resample_in_plane=config["resample_in_plane"])
+        leakage = check_leakage(config, loaded, dataset.fold_volumes, logger)
         timer, skips = Timer(), Skips()
         per_support = {}
         for supp_idx in indices:
@@ -236,11 +283,16 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
                 "support_image": dataset.file_name(dataset.support_volume),
                 "query_volumes": list(dataset.query_volumes),
                 "query_images": [dataset.file_name(v) for v in dataset.query_volumes], "classes": classes}
-        results = results_summary(config, indices, dataset, source, step, training_config, per_support,
-                                  skips, timer, device)
+        results = results_summary(config, indices, dataset, loaded, leakage, per_support, skips, timer, device)
         write_results(run_dir, results)
         print(results_table(results))
-        logger.info("results in %s (mean Dice %.4f)", run_dir, results["mean_dice"])
+        if results["mean_dice"] is None:
+            raise NothingEvaluatedError(
+                f"no test class could be evaluated ({len(skips.entries)} skip(s), first: class "
+                f"{skips.entries[0]['class_id']}, {skips.entries[0]['what']}: {skips.entries[0]['reason']}); "
+                f"{os.path.join(run_dir, 'results.json')} lists them")
+        logger.info("results in %s (mean Dice %.4f over %s)", run_dir, results["mean_dice"],
+                    mean_coverage(results["classes"]))
     return results
 
 
@@ -268,11 +320,11 @@ def _mean(values: List[Optional[float]]) -> Optional[float]:
     return float(np.mean(values)) if values else None
 
 
-def results_summary(config: Dict, indices: List[int], dataset: TestDataset, source: str, step: Optional[int],
-                    training_config: Optional[Dict], per_support: Dict, skips: Skips, timer: Timer,
-                    device: torch.device) -> Dict:
+def results_summary(config: Dict, indices: List[int], dataset: TestDataset, loaded: LoadedCheckpoint,
+                    leakage: Dict, per_support: Dict, skips: Skips, timer: Timer, device: torch.device) -> Dict:
     """results.json: the protocol record, each support index's classes, and per class the
-    mean over support indices (of the means over query volumes)."""
+    mean over support indices (of the means over query volumes). Means over classes cover
+    the classes with a score ("mean_classes"; None when none has one)."""
     classes = {}
     for class_id in map(str, config["test_classes"]):
         entries = [s["classes"][class_id] for s in per_support.values()]
@@ -284,11 +336,15 @@ def results_summary(config: Dict, indices: List[int], dataset: TestDataset, sour
         }
     for entry in per_support.values():
         entry["mean_dice"] = _mean([c["dice_mean"] for c in entry["classes"].values()])
+        entry["mean_classes"] = scored_classes(entry["classes"])
+    protocol = protocol_record(config, indices, loaded.path, loaded.step, loaded.config, loaded.training_data)
+    protocol["leakage"] = leakage
     return {
-        "protocol": protocol_record(config, indices, source, step, training_config),
+        "protocol": protocol,
         "skipped": skips.entries,
         "classes": classes,
         "mean_dice": _mean([c["dice_mean"] for c in classes.values()]),
+        "mean_classes": scored_classes(classes),
         "mean_iou": _mean([c["iou_mean"] for c in classes.values()]),
         "supports": per_support,
         "fold_volumes": dataset.fold_volumes,
@@ -322,8 +378,8 @@ def write_results(run_dir: str, results: Dict) -> None:
     for class_id, entry in results["classes"].items():
         rows.append(["all", "mean", "", class_id, entry["name"], _number(entry["dice_mean"]),
                      _number(entry["iou_mean"]), ""])
-    rows.append(["all", "mean", "", "all", "mean over classes", _number(results["mean_dice"]),
-                 _number(results["mean_iou"]), ""])
+    rows.append(["all", "mean", "", "all", f"mean over {mean_coverage(results['classes'])}",
+                 _number(results["mean_dice"]), _number(results["mean_iou"]), ""])
     atomic_write_text(csv_text(rows), os.path.join(run_dir, "results.csv"))
 
 

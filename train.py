@@ -9,19 +9,23 @@ run.json (git commit, source files, package versions, status), metrics.json and 
 train.log; tensorboard/ (event files) and progress.png (loss, learning rate and gradient norm
 curves, redrawn at every snapshot); snapshots/ (experiment/snapshots.py: latest.pth with
 everything resume needs while the run trains, final.pth at the end, the weights of older
-snapshot steps in step_XXXXXXX.pth). Since an episode depends only on (seed, global step), a
-resumed run continues with exactly the episodes the interrupted run would have seen and
-reaches the same weights.
+snapshot steps in step_XXXXXXX.pth); data_manifest.json (the fold, the training volumes and
+every training file with its sha256, also kept in each snapshot: experiment/training_data.py).
+Since an episode depends only on (seed, global step), a resumed run continues with exactly the
+episodes the interrupted run would have seen and reaches the same weights; resuming on other
+files is refused unless resume_other_data=True. Weights that became NaN or infinite are never
+saved (the run fails), and SIGTERM ends the run as INTERRUPTED, resumable at once.
 """
 import os
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
 
 from config import (FREE_ON_RESUME, NO_PRETRAINED, Experiment, configure_experiment, observer_run_dir,
                     run_commandline, training_options)
+from data.atomic import atomic_write_json
 from data.progress import duration_text, progress
 from dataloaders.dataset_specs import SYNTHETIC_DATASETS
 from dataloaders.datasets import TrainDataset
@@ -29,8 +33,11 @@ from experiment.curves import TrainingCurves
 from experiment.devices import resolve_device
 from experiment.logs import log_to_file
 from experiment.rng import seed_everything
-from experiment.snapshots import (SnapshotError, SnapshotWriter, load_for_resume,
+from experiment.runs import record_process, sigterm_interrupts
+from experiment.snapshots import (NonFiniteWeightsError, SnapshotError, SnapshotWriter, load_for_resume,
                                   restore_training_state, resume_differences)
+from experiment.training_data import (DATA_MANIFEST_NAME, describe_differences, resume_data_differences,
+                                     training_data_record)
 from experiment.train_step import LOSS_NAMES, NonFiniteLossError, TrainStep, optimizer_implementation
 from models import build_model, scale_threshold_head, zero_init_residual
 from models.pretrained import ACCEPTED_FORMATS
@@ -66,7 +73,9 @@ def main(_config, _run, _log):
     if run_dir is None:
         raise RuntimeError("train.py needs a run folder for its snapshots; do not run it unobserved")
     _run.info["pid"] = os.getpid()   # lets experiment.runs tell a killed run from a live one
-    summary = train(_config, run_dir, _log, log_scalar=_run.log_scalar)
+    record_process(run_dir, dict(_run.info))
+    with sigterm_interrupts():
+        summary = train(_config, run_dir, _log, log_scalar=_run.log_scalar)
     _run.info.update(summary)
     return summary["final_snapshot"]
 
@@ -92,19 +101,26 @@ def train(config: Dict, run_dir: str, logger, log_scalar: Optional[Callable] = N
                         model.encoder.pretrained_tensors_loaded, config["pretrained_weights"])
         optimizer = build_optimizer(model, config, device)
         scheduler = build_scheduler(optimizer, config["lr_milestones"], config["lr_gamma"])
-        start_step = 0
+        start_step, resumed = 0, None
         if config["resume"]:
-            start_step = resume_from(config, model, optimizer, scheduler, logger)
+            start_step, resumed = resume_from(config, model, optimizer, scheduler, logger)
         if start_step >= config["n_steps"]:
             raise ValueError(f"resume: the snapshot is at step {start_step}, not before "
                              f"n_steps={config['n_steps']}; raise n_steps to train further")
         dataset = make_train_dataset(config)
-        loop = TrainingLoop(model, optimizer, scheduler, device, config, run_dir, logger, log_scalar)
+        data_record = training_data_record(dataset, config["dataset"], config["data_dir"])
+        manifest = dict(data_record)
+        if resumed is not None:
+            manifest["resume"] = check_resumed_data(config, resumed, data_record, logger)
+        atomic_write_json(manifest, os.path.join(run_dir, DATA_MANIFEST_NAME))
+        loop = TrainingLoop(model, optimizer, scheduler, device, config, run_dir, logger, log_scalar,
+                            data_record)
         return loop.run(dataset, start_step)
 
 
-def resume_from(config: Dict, model, optimizer, scheduler, logger) -> int:
-    """Restore a snapshot's states after checking it was trained with this run's options."""
+def resume_from(config: Dict, model, optimizer, scheduler, logger) -> Tuple[int, Dict]:
+    """Restore a snapshot's states after checking it was trained with this run's options.
+    Returns (step, {"path", "training_data": the snapshot's record or None})."""
     path, state = load_for_resume(config["resume"])
     different = resume_differences(state["config"], config, FREE_ON_RESUME)
     if different:
@@ -112,7 +128,29 @@ def resume_from(config: Dict, model, optimizer, scheduler, logger) -> int:
                             f"resuming would not continue that run: {'; '.join(different)}")
     step = restore_training_state(state, model, optimizer, scheduler, config["lr_milestones"])
     logger.info("resumed from %s at step %d", path, step)
-    return step
+    return step, {"path": path, "training_data": state.get("training_data")}
+
+
+def check_resumed_data(config: Dict, resumed: Dict, data_record: Dict, logger) -> Dict:
+    """The resumed snapshot must have trained on the files this run reads (names and
+    sha256); resume_other_data=True continues on other files with a warning. Returns what
+    the run's data_manifest.json records about the check."""
+    saved, path = resumed["training_data"], resumed["path"]
+    if saved is None:
+        logger.warning("resume: %s records no training data (an older snapshot), so whether this "
+                       "run reads the same files cannot be checked", path)
+        return {"from": path, "checked": False, "differences": [], "resume_other_data": config["resume_other_data"]}
+    differences = resume_data_differences(saved, data_record)
+    if differences and not config["resume_other_data"]:
+        raise SnapshotError(
+            f"resume={config['resume']!r}: {path} was trained on other data than data_dir="
+            f"{config['data_dir']!r} holds: {describe_differences(differences)}. Resume on the data the "
+            f"run trained on, or pass resume_other_data=True to continue on these files (recorded)")
+    if differences:
+        logger.warning("resume_other_data=True: continuing %s on other data: %s", path,
+                       describe_differences(differences))
+    return {"from": path, "checked": True, "differences": differences,
+            "resume_other_data": config["resume_other_data"]}
 
 
 def build_optimizer(model: torch.nn.Module, config: Dict, device: torch.device = torch.device("cpu")
@@ -154,11 +192,12 @@ class TrainingLoop:
     """Optimisation over episodes `start_step .. n_steps - 1` with logging, curves and snapshots."""
 
     def __init__(self, model, optimizer, scheduler, device: torch.device, config: Dict,
-                 run_dir: str, logger, log_scalar: Optional[Callable]):
+                 run_dir: str, logger, log_scalar: Optional[Callable], training_data: Optional[Dict] = None):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.device, self.config = device, config
         self.run_dir, self.logger, self.log_scalar = run_dir, logger, log_scalar
-        self.snapshots = SnapshotWriter(run_dir, config, config["image_size"], config["keep_snapshots"])
+        self.snapshots = SnapshotWriter(run_dir, config, config["image_size"], config["keep_snapshots"],
+                                        training_data)
         self.last_snapshot: Optional[str] = None
         self.step = TrainStep(model, optimizer, scheduler, device=device, grad_clip_norm=config["grad_clip_norm"],
                               amp_bf16=config["amp_bf16"], channels_last=config["channels_last"],
@@ -223,7 +262,12 @@ class TrainingLoop:
             )) from None
 
     def save_snapshot(self, step: int, final: bool) -> str:
-        self.last_snapshot = self.snapshots.save(step, self.model, self.optimizer, self.scheduler, final)
+        try:
+            self.last_snapshot = self.snapshots.save(step, self.model, self.optimizer, self.scheduler, final)
+        except NonFiniteWeightsError as error:
+            # Losses can stay finite (clamped probabilities) while weights are not.
+            raise NonFiniteWeightsError(f"{error}; training stopped. Last good snapshot: "
+                                        f"{self.last_snapshot or 'none written yet'}") from None
         self.logger.info("step %d: snapshot %s", step, self.last_snapshot)
         return self.last_snapshot
 

@@ -9,7 +9,10 @@
 `aggregate` collects one evaluation run per fold (with the groups protocol: one per fold and
 group) into the literature's table (Dice per organ and the mean over organs, one row per
 fold, then mean +- std over folds) and writes it as ``<out>.md`` and ``<out>.csv``. It
-refuses runs whose protocols differ, naming the field. `runs` reports a run killed without
+refuses runs whose protocols differ, naming the field, and runs whose checkpoint was trained
+on volumes of the fold they evaluate (test-set leakage); a run whose leakage could not be
+checked gets a warning. A class a fold skipped shows as "n/a *" and the notes under the table
+say which classes and folds each mean covers. `runs` reports a run killed without
 a chance to say so (SIGKILL, a lost node) as DIED instead of RUNNING.
 """
 import argparse
@@ -18,12 +21,15 @@ from typing import Optional, Sequence
 
 from data.atomic import atomic_write_text
 from experiment.results import (aggregate_folds, comparison_table, curve_table, fold_table_csv,
-                                fold_table_header, fold_table_markdown, load_results, results_table)
+                                fold_table_header, fold_table_markdown, leakage_warnings, load_results,
+                                results_table)
 from experiment.runs import list_runs, read_run_json, run_status
 
 
 def _aggregate_command(args: argparse.Namespace) -> int:
     header, rows = aggregate_folds(args.runs, metric=args.metric)
+    for line in leakage_warnings(args.runs):
+        print(f"warning: {line}", file=sys.stderr)
     markdown = fold_table_markdown(header, rows, title=fold_table_header(args.runs))
     print(f"{args.metric} (%) over {len(rows) - 2} fold(s):\n")
     print(markdown)

@@ -62,12 +62,22 @@ def weights_name(path: Optional[str]) -> Optional[str]:
     return os.path.basename(path)
 
 
-def training_record(training_config: Optional[Mapping]) -> Optional[Dict]:
-    """The key options of the training run a checkpoint came from (None for release
-    checkpoints and the untrained baseline)."""
+# What the training record adds about the fold a checkpoint was trained for: it differs
+# between the folds of one table by design (experiment/results.py does not compare it).
+TRAINING_FOLD_FIELDS = ("eval_fold", "volume_indices", "image_files")
+
+
+def training_record(training_config: Optional[Mapping],
+                    training_data: Optional[Mapping] = None) -> Optional[Dict]:
+    """The key options of the training run a checkpoint came from, with its held-out fold
+    and training volumes (their indices and image file names; None for snapshots written
+    before they were recorded). None for release checkpoints and the untrained baseline."""
     if training_config is None:
         return None
     record = {name: training_config.get(name) for name in TRAINING_KEY_OPTIONS}
+    record["eval_fold"] = training_config.get("eval_fold")
+    record["volume_indices"] = list(training_data["volume_indices"]) if training_data else None
+    record["image_files"] = list(training_data["image_files"]) if training_data else None
     if "setting2_protocol" not in training_config and "exclude_rule" in training_config:
         # Snapshots of format v1 named the release's AND rule exclude_rule="all".
         record["setting2_protocol"] = {"all": "release"}.get(training_config["exclude_rule"],
@@ -97,9 +107,10 @@ def preprocessing_record(data_dir: str) -> Optional[Dict]:
 
 
 def protocol_record(config: Mapping, supp_indices: Iterable[int], checkpoint: str,
-                    checkpoint_step: Optional[int], training_config: Optional[Mapping]) -> Dict:
+                    checkpoint_step: Optional[int], training_config: Optional[Mapping],
+                    training_data: Optional[Mapping] = None) -> Dict:
     """The protocol fields of a results.json (see the module docstring)."""
-    training = training_record(training_config)
+    training = training_record(training_config, training_data)
     pretrained = training["pretrained_weights"] if training else weights_name(config["pretrained_weights"])
     return {
         "dataset": config["dataset"],

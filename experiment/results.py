@@ -7,7 +7,10 @@ Every results.json carries a "protocol" record (see `experiment.provenance`). Tw
 joined into one table only when their protocols agree on every field of `PROTOCOL_FIELDS`;
 otherwise the aggregation stops and names the field, so that numbers made differently are
 never averaged silently. With the `groups` protocol of setting 2, each fold has one run per
-class group and the table joins the groups' classes into one row.
+class group and the table joins the groups' classes into one row. A run whose checkpoint was
+trained on volumes of the fold it evaluates (test-set leakage) is never joined. A class that
+could not be evaluated (skipped) has no score: every table marks it, and every mean over
+classes or folds says which it covers.
 """
 import csv
 import io
@@ -16,6 +19,8 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from experiment.provenance import TRAINING_FOLD_FIELDS
 
 # Protocol fields that must agree between the runs of one fold table. The fold, the group
 # (joined), the checkpoint's path and the code commit legitimately differ between runs.
@@ -51,6 +56,26 @@ def csv_text(rows: Sequence[Sequence]) -> str:
 
 def percent(value: Optional[float]) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.2f}"
+
+
+def scored_classes(classes: Dict[str, Dict]) -> List[str]:
+    """The class ids (as in results.json) whose Dice could be computed."""
+    return [class_id for class_id, entry in classes.items() if entry.get("dice_mean") is not None]
+
+
+def mean_coverage(classes: Dict[str, Dict]) -> str:
+    """What a mean over classes covers: "classes" when every class has a score, else
+    "1 of 2 classes (spleen)"."""
+    scored = scored_classes(classes)
+    if len(scored) == len(classes):
+        return "classes"
+    names = ", ".join(classes[c]["name"] for c in scored) or "none"
+    return f"{len(scored)} of {len(classes)} classes ({names})"
+
+
+def _mean_label(classes: Dict[str, Dict]) -> str:
+    coverage = mean_coverage(classes)
+    return "**mean**" if coverage == "classes" else f"**mean** of {coverage}"
 
 
 def protocol_summary(protocol: Dict) -> str:
@@ -90,7 +115,8 @@ def results_table(results: Dict) -> str:
         mark = " *" if class_id in skipped_classes else ""
         lines.append(f"| {entry['name']}{mark} | {percent(entry['dice_mean'])} | "
                      f"{percent(entry['iou_mean'])} | {entry['n_query_volumes']} |")
-    lines.append(f"| **mean** | {percent(results['mean_dice'])} | {percent(results['mean_iou'])} | |")
+    lines.append(f"| {_mean_label(results['classes'])} | {percent(results['mean_dice'])} | "
+                 f"{percent(results['mean_iou'])} | |")
     for skip in results.get("skipped", []):
         lines.append(f"\n\\* skipped: class {skip['class_id']} ({skip['class_name']}), "
                      f"{skip['what']}: {skip['reason']}")
@@ -104,9 +130,12 @@ def comparison_table(results: Dict, baseline: Dict) -> str:
         raise ValueError(f"{results['_path']} and {baseline['_path']} evaluate different classes "
                          f"({list(results['classes'])} vs {list(baseline['classes'])})")
     lines = ["| class | Dice (%) | baseline Dice (%) | difference (points) |", "|---|---|---|---|"]
-    rows = [(entry["name"], entry["dice_mean"], baseline["classes"][class_id]["dice_mean"])
-            for class_id, entry in results["classes"].items()]
-    rows.append(("**mean**", results["mean_dice"], baseline["mean_dice"]))
+    skipped = {str(s["class_id"]) for run in (results, baseline) for s in run.get("skipped", [])}
+    rows = [(entry["name"] + (" *" if class_id in skipped else ""), entry["dice_mean"],
+             baseline["classes"][class_id]["dice_mean"]) for class_id, entry in results["classes"].items()]
+    mine, theirs = mean_coverage(results["classes"]), mean_coverage(baseline["classes"])
+    label = "**mean**" if mine == theirs == "classes" else f"**mean** (of {mine}; baseline of {theirs})"
+    rows.append((label, results["mean_dice"], baseline["mean_dice"]))
     for name, dice, before in rows:
         difference = "n/a" if dice is None or before is None else f"{100 * (dice - before):+.2f}"
         lines.append(f"| {name} | {percent(dice)} | {percent(before)} | {difference} |")
@@ -139,7 +168,7 @@ GROUP_TRAINING_OPTIONS = ("group", "test_classes")
 def _comparable(protocol: Dict, name: str):
     value = protocol.get(name)
     if name == "training" and value is not None:
-        value = {k: v for k, v in value.items() if k not in GROUP_TRAINING_OPTIONS}
+        value = {k: v for k, v in value.items() if k not in GROUP_TRAINING_OPTIONS + TRAINING_FOLD_FIELDS}
     return value
 
 
@@ -188,6 +217,44 @@ def _joined_classes(fold_runs: Sequence[Dict]) -> Dict[str, Dict]:
     return joined
 
 
+def leaked_volumes(results: Dict) -> List[int]:
+    """The evaluated fold's volumes that the run's checkpoint was trained on (its leakage
+    record, or its training record against its fold's volumes); empty when none or unknown."""
+    protocol = results["protocol"]
+    leakage = protocol.get("leakage") or {}
+    overlap = set(leakage.get("overlap") or [])
+    training = protocol.get("training") or {}
+    # Volume indices name the same volumes only within one dataset.
+    if training.get("volume_indices") and results.get("fold_volumes") and training.get("dataset") == protocol["dataset"]:
+        overlap |= set(training["volume_indices"]) & set(results["fold_volumes"])
+    return sorted(overlap)
+
+
+def check_no_leakage(runs: Sequence[Dict]) -> None:
+    """Raise ValueError naming the first run whose checkpoint trained on its test volumes."""
+    for results in runs:
+        leaked = leaked_volumes(results)
+        if leaked:
+            allowed = (results["protocol"].get("leakage") or {}).get("allow_leakage")
+            raise ValueError(f"{results['_path']}: its checkpoint was trained on volume(s) {leaked} of "
+                             f"evaluated fold {results['protocol']['eval_fold']}"
+                             + (" (evaluated with allow_leakage=True)" if allowed else "")
+                             + "; a fold table of test scores must not include it")
+
+
+def leakage_warnings(paths: Sequence[str]) -> List[str]:
+    """One line per run whose leakage could not be checked (older snapshots, release
+    checkpoints), for the fold table's user to see."""
+    lines = []
+    for path in paths:
+        results = load_results(path)
+        leakage = results["protocol"].get("leakage")
+        if leakage is None or leakage.get("status") == "unchecked":
+            reason = leakage["reason"] if leakage else "results.json predates the leakage record"
+            lines.append(f"{results['_path']}: test-set leakage was not checked ({reason})")
+    return lines
+
+
 def aggregate_folds(paths: Sequence[str], metric: str = "dice") -> Tuple[List[str], List[List]]:
     """Collect evaluation runs (one per fold, or one per fold and group) into the literature's
     table.
@@ -195,8 +262,11 @@ def aggregate_folds(paths: Sequence[str], metric: str = "dice") -> Tuple[List[st
     Returns (header, rows): header = ["fold", <class names...>, "Mean"]; one row per fold
     (sorted by fold) with the metric in percent, then a "mean" and a "std" row over folds
     (std is the sample standard deviation, ddof=1; 0 with a single fold). A fold's "Mean" is
-    its mean over classes, as the literature reports it. Raises ValueError when the runs'
-    protocols differ (naming the field), a fold appears twice, or the folds' classes differ.
+    its mean over classes, as the literature reports it. A class a fold could not evaluate
+    (skipped) is None there: the fold's Mean covers its other classes and the class's mean
+    and std its other folds (`fold_table_notes` says so). Raises ValueError when the runs'
+    protocols differ (naming the field), a run's checkpoint was trained on its test volumes,
+    a fold appears twice, or the folds' classes differ.
     """
     if metric not in ("dice", "iou"):
         raise ValueError(f"metric must be 'dice' or 'iou', got {metric!r}")
@@ -204,6 +274,7 @@ def aggregate_folds(paths: Sequence[str], metric: str = "dice") -> Tuple[List[st
         raise ValueError("aggregate needs at least one evaluation run")
     runs = [load_results(path) for path in paths]
     check_same_protocol(runs)
+    check_no_leakage(runs)
     by_fold = {fold: _joined_classes(fold_runs) for fold, fold_runs in _runs_by_fold(runs).items()}
     class_ids = sorted(next(iter(by_fold.values())), key=int)
     for fold, classes in by_fold.items():
@@ -214,12 +285,50 @@ def aggregate_folds(paths: Sequence[str], metric: str = "dice") -> Tuple[List[st
     header = ["fold"] + [first[c]["name"] for c in class_ids] + ["Mean"]
     table = []
     for fold in sorted(by_fold):
-        values = [100.0 * by_fold[fold][c][f"{metric}_mean"] for c in class_ids]
-        table.append([fold] + values + [float(np.mean(values))])
-    values = np.array([row[1:] for row in table], dtype=np.float64)
-    std = values.std(axis=0, ddof=1) if len(table) > 1 else np.zeros(values.shape[1])
-    rows = table + [["mean"] + list(values.mean(axis=0))] + [["std"] + list(std)]
+        values = [_percent_or_none(by_fold[fold][c][f"{metric}_mean"]) for c in class_ids]
+        table.append([fold] + values + [_mean_or_none(values)])
+    columns = list(zip(*[row[1:] for row in table]))
+    rows = table + [["mean"] + [_mean_or_none(c) for c in columns]] + [["std"] + [_std_or_none(c) for c in columns]]
     return header, rows
+
+
+def _percent_or_none(value: Optional[float]) -> Optional[float]:
+    return None if value is None else 100.0 * value
+
+
+def _mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def _std_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return float(np.std(present, ddof=1)) if len(present) > 1 else 0.0
+
+
+def fold_table_notes(header: List[str], rows: List[List]) -> List[str]:
+    """What the means of a table with missing (skipped) values cover, one line per fold row
+    or class column concerned; empty for a complete table."""
+    per_fold = [r for r in rows if r[0] not in ("mean", "std")]
+    names = header[1:-1]
+    notes = []
+    for row in per_fold:
+        missing = [n for n, v in zip(names, row[1:-1]) if v is None]
+        if missing:
+            covered = [n for n, v in zip(names, row[1:-1]) if v is not None]
+            notes.append(f"fold {row[0]}: {', '.join(missing)} skipped; its Mean covers "
+                         f"{', '.join(covered) or 'no class'}")
+    for position, name in enumerate(names, start=1):
+        present = sum(row[position] is not None for row in per_fold)
+        if present < len(per_fold):
+            notes.append(f"{name}: mean ± std over {present} of {len(per_fold)} folds")
+    return notes
+
+
+def _cell(value: Optional[float]) -> str:
+    return "n/a *" if value is None else f"{value:.2f}"
 
 
 def fold_table_header(paths: Sequence[str]) -> str:
@@ -231,18 +340,41 @@ def fold_table_header(paths: Sequence[str]) -> str:
 
 
 def fold_table_markdown(header: List[str], rows: List[List], title: str = "") -> str:
-    """Markdown table: one row per fold, then a 'mean +- std' row (values in percent)."""
+    """Markdown table: one row per fold, then a 'mean +- std' row (values in percent); a
+    skipped value shows as "n/a *", a mean that covers fewer classes or folds carries an
+    asterisk, and the notes below say what each such mean covers."""
     per_fold = [r for r in rows if r[0] not in ("mean", "std")]
     mean = next(r for r in rows if r[0] == "mean")
     std = next(r for r in rows if r[0] == "std")
     lines = ([title, ""] if title else []) + [
         "| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
     for row in per_fold:
-        lines.append("| " + " | ".join([str(row[0])] + [f"{v:.2f}" for v in row[1:]]) + " |")
+        partial = any(v is None for v in row[1:-1])
+        cells = [_cell(v) for v in row[1:-1]] + [_cell(row[-1]) + (" *" if partial and row[-1] is not None else "")]
+        lines.append("| " + " | ".join([str(row[0])] + cells) + " |")
+    incomplete = [any(r[k] is None for r in per_fold) for k in range(1, len(header) - 1)]
+    incomplete.append(any(v is None for r in per_fold for v in r[1:-1]))   # the Mean column
     lines.append("| mean ± std | " + " | ".join(
-        f"{m:.2f} ± {s:.2f}" for m, s in zip(mean[1:], std[1:])) + " |")
+        "n/a *" if m is None else f"{m:.2f} ± {s:.2f}" + (" *" if partial else "")
+        for m, s, partial in zip(mean[1:], std[1:], incomplete)) + " |")
+    notes = fold_table_notes(header, rows)
+    if notes:
+        lines += [""] + [f"\\* {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 
 def fold_table_csv(header: List[str], rows: List[List]) -> str:
-    return csv_text([header] + [[r[0]] + [f"{v:.4f}" for v in r[1:]] for r in rows])
+    """CSV of the table (values in percent, 4 decimals); a skipped value is empty, and a
+    table with skipped values gets a last column "note" saying what each mean covers."""
+    def value(v: Optional[float]) -> str:
+        return "" if v is None else f"{v:.4f}"
+
+    table = [header] + [[r[0]] + [value(v) for v in r[1:]] for r in rows]
+    notes = fold_table_notes(header, rows)
+    if notes:
+        table[0] = header + ["note"]
+        for line in table[1:]:
+            line.append("; ".join(n for n in notes if n.startswith(f"fold {line[0]}:"))
+                        if line[0] not in ("mean", "std")
+                        else "; ".join(n for n in notes if not n.startswith("fold ")))
+    return csv_text(table)

@@ -17,16 +17,20 @@ seven full ones. Snapshots of format v1 (every `step_XXXXXXX.pth` full) still lo
 
 Files are read with `torch.load(weights_only=True)`: no code in a file runs on load.
 """
+import errno
 import os
 import re
+import shutil
 from collections import Counter
-from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 
 from data.atomic import atomic_path, remove_stale_temporaries
 from experiment.rng import capture_rng_state, restore_rng_state
-from experiment.runs import COMPLETED, RUNNING, run_status
+from experiment.runs import COMPLETED, RUNNING, list_runs, run_status
+from models.encoder import image_sides_for_feature
+from models.fafnet import feature_size_of_state
 from models.release import convert_release_checkpoint
 
 SNAPSHOT_FORMAT = "fafnet-snapshot-v2"
@@ -42,6 +46,28 @@ OPTIONS_ADDED_LATER = {"optimizer": "sgd", "group": None, "resample_in_plane": N
 
 class SnapshotError(ValueError):
     """A snapshot cannot be used for what it was given for (message names option and file)."""
+
+
+class NonFiniteWeightsError(FloatingPointError):
+    """The model's weights hold NaN or infinite values, so they are not saved (training) or
+    not evaluated (a checkpoint)."""
+
+
+def non_finite_tensors(state: Mapping[str, torch.Tensor]) -> List[str]:
+    """Names of the floating-point tensors of a state dict (parameters and buffers) that hold
+    a NaN or an infinite value."""
+    return [name for name, tensor in state.items()
+            if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+
+
+def describe_non_finite(state: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """'303 of 646 tensors (parameters and buffers) hold NaN or infinite values (first: x)',
+    or None when every tensor is finite."""
+    bad = non_finite_tensors(state)
+    if not bad:
+        return None
+    return (f"{len(bad)} of {len(state)} tensors (parameters and buffers) hold NaN or infinite "
+            f"values (first: {bad[0]})")
 
 
 # ----------------------------------------------------------------------------- paths
@@ -84,12 +110,14 @@ def newest_snapshot(run_dir: str) -> Optional[str]:
     return steps[-1][1] if steps else None
 
 
-def resolve_checkpoint(path: str, option: str = "checkpoint") -> str:
+def resolve_checkpoint(path: str, option: str = "checkpoint", wanted: Optional[Mapping] = None) -> str:
     """Turn what a user names as a checkpoint into a file path.
 
     Accepts a file; a training run folder (its newest snapshot, see `newest_snapshot`); or a
-    folder of Sacred runs such as ``runs/.../train`` (the newest snapshot of its
-    highest-numbered run whose status is COMPLETED).
+    folder of Sacred runs such as ``runs/.../train``: the newest snapshot of its
+    highest-numbered COMPLETED run whose config.json agrees with `wanted` (option -> value,
+    e.g. the evaluated dataset and fold; None: any run). A folder without such a run is an
+    error listing the runs found.
     """
     if os.path.isfile(path):
         return path
@@ -98,13 +126,42 @@ def resolve_checkpoint(path: str, option: str = "checkpoint") -> str:
     own = newest_snapshot(path)
     if own is not None:
         return own
-    runs = sorted((int(name), os.path.join(path, name)) for name in os.listdir(path)
-                  if name.isdigit() and os.path.isdir(os.path.join(path, name)))
-    for _, run_dir in reversed(runs):
-        if run_status(run_dir) == COMPLETED and newest_snapshot(run_dir):
+    found = []
+    for run_id, run_dir in reversed(list_runs(path)):
+        status, config = run_status(run_dir), _run_config(run_dir)
+        if status == COMPLETED and newest_snapshot(run_dir) and _agrees(config, wanted):
             return newest_snapshot(run_dir)
-    raise FileNotFoundError(f"{option}={path!r}: no snapshots/{FINAL_NAME}, {LATEST_NAME} or "
-                            f"step_*.pth in it and no completed training run below it")
+        found.append(f"run {run_id} ({_describe_run(config, wanted)}{status or 'no run.json'})")
+    if wanted is None:
+        raise FileNotFoundError(f"{option}={path!r}: no snapshots/{FINAL_NAME}, {LATEST_NAME} or "
+                                f"step_*.pth in it and no completed training run below it")
+    wish = ", ".join(f"{k}={v!r}" for k, v in wanted.items())
+    raise FileNotFoundError(f"{option}={path!r}: no completed training run with {wish} in it; found: "
+                            + ("; ".join(found) if found else "no run folders"))
+
+
+def _run_config(run_dir: str) -> Optional[Dict]:
+    """A run folder's Sacred config.json, or None."""
+    import json
+    try:
+        with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _agrees(config: Optional[Mapping], wanted: Optional[Mapping]) -> bool:
+    if wanted is None:
+        return True
+    return config is not None and all(config.get(k, OPTIONS_ADDED_LATER.get(k)) == v for k, v in wanted.items())
+
+
+def _describe_run(config: Optional[Mapping], wanted: Optional[Mapping]) -> str:
+    if wanted is None:
+        return ""
+    if config is None:
+        return "no config.json, "
+    return "".join(f"{k}={config.get(k, OPTIONS_ADDED_LATER.get(k))!r}, " for k in wanted)
 
 
 # ----------------------------------------------------------------------------- saving
@@ -118,23 +175,68 @@ def _config_record(config: Mapping) -> Dict:
 
 
 def _save(state: Dict, path: str) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """torch.save through `atomic_path`; a full disk is reported as such (torch's own error
+    names a C++ source file and a byte offset, not the cause)."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as err:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not _disk_full(err, folder):
+            raise
+        raise OSError(errno.ENOSPC, f"no space left on {folder}: the snapshot {os.path.basename(path)} "
+                                    f"was not written ({_free_text(folder)}); the previous snapshot "
+                                    f"is intact, free space and resume") from None
+
+
+# A snapshot write that fails with less than this free on its file system is taken for a full
+# disk: torch's writer reports ENOSPC as "unexpected pos" or "file write failed".
+_FULL_DISK_MARGIN = 64 << 20
+
+
+def _disk_full(err: BaseException, folder: str) -> bool:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    if "No space left" in str(err):
+        return True
+    if isinstance(err, RuntimeError):
+        try:
+            return shutil.disk_usage(folder).free < _FULL_DISK_MARGIN
+        except OSError:
+            return False
+    return False
+
+
+def _free_text(folder: str) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2 ** 20:.0f} MiB free"
+    except OSError:
+        return "free space unknown"
 
 
 class SnapshotWriter:
     """Writes a training run's snapshots in the layout of the module docstring."""
 
     def __init__(self, run_dir: str, config: Mapping, image_size: Iterable[int],
-                 keep: str = "weights"):
+                 keep: str = "weights", training_data: Optional[Mapping] = None):
+        """`training_data`: the run's record of its fold, volumes and files
+        (experiment/training_data.py), kept in every snapshot for resume and evaluation."""
         if keep not in KEEP_CHOICES:
             raise ValueError(f"keep_snapshots={keep!r} must be one of {KEEP_CHOICES}")
         self.run_dir, self.keep = run_dir, keep
         self.header = {"format": SNAPSHOT_FORMAT, "image_size": list(image_size),
                        "config": _config_record(config)}
+        if training_data is not None:
+            self.header["training_data"] = _config_record(training_data)
 
     def _weights(self, step: int, model) -> Dict:
-        return {**self.header, "kind": WEIGHTS, "step": int(step), "model": model.state_dict()}
+        """The weights record of `step`; refuses weights that are not all finite, which
+        would overwrite the last good snapshot with a model that predicts nothing."""
+        weights = model.state_dict()
+        problem = describe_non_finite(weights)
+        if problem:
+            raise NonFiniteWeightsError(f"step {step}: {problem}; the snapshot was not written")
+        return {**self.header, "kind": WEIGHTS, "step": int(step), "model": weights}
 
     def save_weights(self, step: int, model) -> str:
         """Save the model weights of `step` as step_XXXXXXX.pth (whatever `keep` says);
@@ -244,20 +346,30 @@ def restore_training_state(state: Dict, model, optimizer, scheduler, milestones:
     return int(state["step"])
 
 
-def load_for_evaluation(model, checkpoint: str, image_size: Iterable[int]) -> Tuple[str, Optional[int], Optional[Dict]]:
-    """Load weights into `model` (strict) from a snapshot of this project (full or weights
-    only), a training run folder, a folder of training runs, or a checkpoint of the authors'
-    release (recognised by its key names and converted).
+class LoadedCheckpoint(NamedTuple):
+    """What evaluation knows about the weights it loaded."""
+    path: str
+    step: Optional[int]                 # training step (None: release checkpoint, plain state dict)
+    config: Optional[Dict]              # the training run's config
+    training_data: Optional[Dict]       # its fold, volumes and files (experiment/training_data.py)
 
-    Returns (path, training step or None, the training run's config or None).
+
+def load_for_evaluation(model, checkpoint: str, image_size: Iterable[int],
+                        wanted: Optional[Mapping] = None) -> LoadedCheckpoint:
+    """Load weights into `model` (strict) from a snapshot of this project (full or weights
+    only), a training run folder, a folder of training runs (the newest completed run whose
+    config agrees with `wanted`, see `resolve_checkpoint`), or a checkpoint of the authors'
+    release (recognised by its key names and converted). Weights of another image size, or
+    with NaN or infinite values, are refused naming the file.
     """
     option = "checkpoint"
     try:
-        path = resolve_checkpoint(checkpoint, option)
+        path = resolve_checkpoint(checkpoint, option, wanted)
     except FileNotFoundError as err:
         raise SnapshotError(str(err)) from None
     state = read_snapshot_file(path, f"{option}={checkpoint!r}")
     image_size = list(image_size)
+    loaded = LoadedCheckpoint(path, None, None, None)
     if is_project_snapshot(state):
         if list(state["image_size"]) != image_size:
             resampled = (state.get("config") or {}).get("resample_in_plane")
@@ -265,18 +377,56 @@ def load_for_evaluation(model, checkpoint: str, image_size: Iterable[int]) -> Tu
             raise SnapshotError(f"checkpoint {path} was trained with image_size={state['image_size']}"
                                 + (f" (resample_in_plane={list(resampled)})" if resampled else "")
                                 + f"; evaluate it with {option}")
-        model.load_state_dict(state["model"], strict=True)
-        return path, int(state["step"]), state.get("config")
+        weights = state["model"]
+        loaded = LoadedCheckpoint(path, int(state["step"]), state.get("config"), state.get("training_data"))
+    else:
+        weights = _plain_weights(state, model, path, image_size)
+    _load_fitting(model, weights, path, image_size)
+    problem = describe_non_finite(model.state_dict())
+    if problem:
+        raise NonFiniteWeightsError(f"checkpoint {path}: {problem}; these weights cannot be evaluated")
+    return loaded
+
+
+def _plain_weights(state, model, path: str, image_size: List[int]) -> Dict:
+    """This project's names for a plain state dict (ours, or the release's converted)."""
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise SnapshotError(f"checkpoint {path}: expected a state dict, got {type(state).__name__}")
     if set(state) == set(model.state_dict()):
-        model.load_state_dict(state, strict=True)
-        return path, None, None
+        return state
     try:
-        model.load_state_dict(convert_release_checkpoint(state), strict=True)
-    except (ValueError, RuntimeError) as err:
+        return convert_release_checkpoint(state)
+    except ValueError as err:
         raise SnapshotError(f"checkpoint {path}: neither this project's snapshot nor a loadable release "
                             f"checkpoint for image_size={image_size}: {err}") from None
-    return path, None, None
+
+
+def _load_fitting(model, weights: Mapping[str, torch.Tensor], path: str, image_size: List[int]) -> None:
+    """load_state_dict(strict=True) after checking that every tensor has the model's shape;
+    a state dict of another image size says which size it fits (a raw `size mismatch`
+    traceback would not)."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise SnapshotError(f"checkpoint {path}: neither this project's snapshot nor a loadable release "
+                            f"checkpoint for image_size={image_size}: missing {missing[:5]}, "
+                            f"unexpected {unexpected[:5]}")
+    wrong = [name for name, tensor in own.items() if tuple(weights[name].shape) != tuple(tensor.shape)]
+    if wrong:
+        raise SnapshotError(f"checkpoint {path} does not fit image_size={image_size}: {_size_hint(weights, wrong)}")
+    model.load_state_dict(weights, strict=True)
+
+
+def _size_hint(weights: Mapping[str, torch.Tensor], wrong: List[str]) -> str:
+    """Which image size a state dict fits, when its AFF Linear shape tells; else the
+    mismatching tensors."""
+    fitted = feature_size_of_state(weights)
+    if fitted is not None:
+        heights, widths = (image_sides_for_feature(side) for side in fitted)
+        return (f"its weights were made for {fitted[0]} x {fitted[1]} feature maps, i.e. image_size="
+                f"[{heights[0]}, {widths[0]}] (any of {heights[0]}..{heights[-1]} by "
+                f"{widths[0]}..{widths[-1]}); evaluate it with image_size=[{heights[0]}, {widths[0]}]")
+    shown = ", ".join(f"{name} {list(weights[name].shape)}" for name in wrong[:3])
+    return f"{len(wrong)} tensor(s) have other shapes: {shown}" + (" ..." if len(wrong) > 3 else "")

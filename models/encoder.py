@@ -42,6 +42,17 @@ def feature_size(height: int, width: int) -> Tuple[int, int]:
     return sizes[0], sizes[1]
 
 
+def image_sides_for_feature(side: int) -> range:
+    """Every input side length whose feature map has `side` pixels (the inverse of
+    `feature_size` per axis; 257..260 -> 65). Empty for side < 1."""
+    if side < 1:
+        return range(0)
+    # feature_size is monotone in the input side, with steps of 4 input pixels per feature pixel.
+    first = next(n for n in range(max(1, 4 * side - 8), 4 * side + 8) if feature_size(n, n)[0] == side)
+    last = next(n for n in range(first + 4, first - 1, -1) if feature_size(n, n)[0] == side)
+    return range(first, last + 1)
+
+
 def _build_backbone() -> nn.Module:
     """torchvision ResNet-101 with layer2/layer3 dilated; its classifier is dropped."""
     backbone = resnet101(weights=None, replace_stride_with_dilation=[True, True, False])

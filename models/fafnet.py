@@ -17,6 +17,24 @@ THRESHOLD_SLOPE = 0.5     # P = 1 - sigmoid(0.5 * (d - T))
 QUERY_CLASS_WEIGHTS = (0.1, 1.0)
 
 
+# The one weight whose shape depends on the image size: the AFF amplitude branch's Linear,
+# [h * (w // 2 + 1), h * w] for feature maps of h x w pixels.
+SIZE_DEPENDENT_WEIGHT = "icm.aff.amplitude.spectrum_linear.weight"
+
+
+def feature_size_of_state(state) -> Optional[Tuple[int, int]]:
+    """The feature-map size (h, w) a FAF-Net state dict (this project's names) was made for,
+    read from the shape of `SIZE_DEPENDENT_WEIGHT`; None when the dict lacks it or no single
+    size fits."""
+    weight = state.get(SIZE_DEPENDENT_WEIGHT) if hasattr(state, "get") else None
+    if not torch.is_tensor(weight) or weight.dim() != 2:
+        return None
+    n_out, n_in = weight.shape
+    fits = [(h, n_in // h) for h in range(1, n_in + 1)
+            if n_in % h == 0 and h * ((n_in // h) // 2 + 1) == n_out]
+    return fits[0] if len(fits) == 1 else None
+
+
 def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
     """float16/bfloat16 -> float32; float32 and float64 unchanged."""
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))

@@ -14,7 +14,7 @@
 #   CHECKPOINT [<the unit's folder>/train]
 #                        what to evaluate; "{fold}" and "{group}" are replaced by the fold and
 #                        group. A snapshot, a training run folder, a folder of training runs
-#                        (its latest completed run), a release checkpoint, or "untrained"
+#                        (its newest completed run of that fold), a release checkpoint, or "untrained"
 #   SUPP_IDX [config: 2] which volume(s) of the fold are the support ("2", or "0 1 2": each
 #                        is evaluated and reported, then averaged)
 #   AGGREGATE [1]        0: skip the fold table (e.g. one Slurm task per fold)

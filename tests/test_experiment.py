@@ -126,6 +126,33 @@ def test_training_run_records_config_metrics_logs_and_snapshots(straight_run):
     assert older["step"] == 2 and older["kind"] == "weights" and "optimizer" not in older
 
 
+def test_training_records_its_fold_volumes_and_files(straight_run, phantom):
+    import hashlib
+    run, _ = straight_run
+    run_dir = run.observers[0].dir
+    manifest = json.load(open(os.path.join(run_dir, "data_manifest.json")))
+    assert manifest["dataset"] == "SYNTHETIC" and manifest["eval_fold"] == 0
+    assert manifest["volume_indices"] == list(range(3, 10))                 # fold 0 holds 0, 1, 2
+    assert manifest["image_files"] == [f"image_{i}.nii.gz" for i in range(3, 10)]
+    # Setting 2 reads labels, self-supervision the supervoxels: 3 files per training volume.
+    names = [f["name"] for f in manifest["files"]]
+    assert names == [name for i in range(3, 10) for name in (
+        f"image_{i}.nii.gz", f"label_{i}.nii.gz", f"supervoxels_1000/superpix-MIDDLE_{i}.nii.gz")]
+    for entry in manifest["files"]:
+        data = open(os.path.join(phantom, entry["name"]), "rb").read()
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size"] == len(data)
+    for snapshot in (final_path(run_dir), step_path(run_dir, 2)):
+        assert _model_state(snapshot)["training_data"] == manifest
+
+
+def test_a_dataset_source_files_are_the_files_it_reads(phantom):
+    dataset = train_script.make_train_dataset({
+        **train_script.ex.run("print_config", named_configs=["SYNTHETIC"], config_updates={
+            **TRAINING, **base_config(phantom, "unused")}).config, "use_gt": True, "setting": 1, "test_classes": [1]})
+    assert dataset.source_files() == [os.path.join(phantom, f"{kind}_{i}.nii.gz")
+                                      for i in range(3, 10) for kind in ("image", "label")]
+
+
 @pytest.fixture(scope="module")
 def nan_run(phantom, tmp_path_factory):
     """Same options as `straight_run`, but the query loss is NaN at step 3."""
@@ -199,6 +226,20 @@ def test_resume_refuses_a_snapshot_of_other_options(straight_run, phantom, tmp_p
     ({"optimizer": "rmsprop"}, "optimizer='rmsprop' must be 'sgd' \\(release\\) or 'adam'"),
     ({"n_steps": 0}, "n_steps=0 must be an integer >= 1"),
     ({"channels_last": "yes"}, "channels_last='yes' must be True or False"),
+    # Values Sacred's config scopes used to choke on before any check ran (derived options).
+    ({"n_steps": "abc"}, "n_steps='abc' must be an integer >= 1"),
+    ({"n_steps": 2.5}, "n_steps=2.5 must be an integer >= 1"),
+    ({"lr_step_size": 0}, "lr_step_size=0 must be an integer >= 1"),
+    ({"data_root": 5}, "data_root=5 must be a folder path"),
+    ({"seed": "abc"}, "seed='abc' must be an integer from 0 to 4294967295"),
+    ({"seed": -1}, "seed=-1 must be an integer from 0 to 4294967295"),
+    # Non-finite numbers pass `v >= 0`.
+    ({"lr": float("inf")}, "lr=inf must be a finite number >= 0"),
+    ({"momentum": float("nan")}, "momentum=nan must be a finite number >= 0"),
+    ({"weight_decay": float("inf")}, "weight_decay=inf must be a finite number >= 0"),
+    ({"lr_gamma": float("inf")}, "lr_gamma=inf must be a finite number >= 0"),
+    ({"grad_clip_norm": float("inf")}, "grad_clip_norm=inf must be None or a number > 0, finite"),
+    ({"threshold_head_init_scale": float("nan")}, "threshold_head_init_scale=nan must be a number > 0, finite"),
 ])
 def test_bad_options_fail_before_the_run_starts(updates, message, tmp_path):
     script = test_script if "supp_idx" in updates else train_script
@@ -260,6 +301,11 @@ def test_evaluation_writes_every_output(evaluation, straight_run, phantom):
     assert protocol["checkpoint"] == final_path(straight_run[0].observers[0].dir)
     assert protocol["checkpoint_step"] == 4 and protocol["training"]["n_steps"] == 4
     assert protocol["supp_idx"] == [0] and protocol["setting"] == 2 and protocol["setting2_protocol"] == "any"
+    # The training record names the fold and volumes the checkpoint trained on: none is tested here.
+    assert protocol["training"]["eval_fold"] == 0 and protocol["training"]["volume_indices"] == list(range(3, 10))
+    assert protocol["training"]["image_files"] == [f"image_{i}.nii.gz" for i in range(3, 10)]
+    assert protocol["leakage"]["status"] == "clean" and protocol["leakage"]["overlap"] == []
+    assert results["mean_classes"] == ["1", "6"]
     assert results["fold_volumes"] == [0, 1, 2]
     support = results["supports"]["0"]
     assert support["support_volume"] == 0 and support["query_volumes"] == [1, 2]
@@ -358,7 +404,7 @@ def test_release_checkpoint_loads_into_the_same_weights(straight_run, tmp_path):
     path = str(tmp_path / "release_fold0.pth")
     torch.save(release, path)
     model = test_script.build_model((SIZE, SIZE), torch.device("cpu"))
-    assert test_script.load_weights(model, path, (SIZE, SIZE)) == (path, None, None)
+    assert test_script.load_weights(model, path, (SIZE, SIZE)) == (path, None, None, None)
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, own[name]), name
 
@@ -616,3 +662,225 @@ def test_eval_graphs_off_cuda_evaluates_exactly_as_without(straight_run, phantom
         assert results["evaluation"]["eval_graphs"] is graphs   # recorded with the result
         means.append(results["classes"]["6"]["dice_mean"])
     assert means[0] == means[1]
+
+
+# ----------------------------------------------------------------------------- issue 18
+
+
+def _copy_phantom(phantom, folder):
+    import shutil
+    shutil.copytree(phantom, folder)
+    return str(folder)
+
+
+def test_a_checkpoint_trained_on_the_evaluated_fold_is_refused(straight_run, phantom, tmp_path, capsys):
+    straight, runs_dir = straight_run
+    # The run held out fold 0 (volumes 0, 1, 2); fold 1 holds volumes 2, 3, 4, and it trained on 3 and 4.
+    with pytest.raises(ValueError, match=r"was trained on fold 0's training volumes, which include volume\(s\) "
+                                         r"3 \(image_3.nii.gz\), 4 \(image_4.nii.gz\) of evaluated fold 1, so its "
+                                         r"scores would measure training data.*allow_leakage=True"):
+        run_test(base_config(phantom, str(tmp_path), checkpoint=straight.result, eval_fold=1))
+    # A folder of runs gives only a run trained for the evaluated fold; none here.
+    with pytest.raises(ValueError, match=r"no completed training run with dataset='SYNTHETIC', eval_fold=1, "
+                                         r"setting=2, setting2_protocol='any' in it; found: run 1 \(.*eval_fold=0"):
+        run_test(base_config(phantom, str(tmp_path), checkpoint=os.path.join(runs_dir, "train"), eval_fold=1))
+    # allow_leakage=True evaluates it, records it, and the fold table refuses the run.
+    run = run_test(base_config(phantom, str(tmp_path), checkpoint=straight.result, eval_fold=1, allow_leakage=True,
+                               test_classes=[6], save_predictions=False, save_figures=False))
+    leakage = json.load(open(os.path.join(run.observers[0].dir, "results.json")))["protocol"]["leakage"]
+    assert leakage["status"] == "overlap" and leakage["overlap"] == [3, 4] and leakage["allow_leakage"] is True
+    import utils
+    assert utils.main(["aggregate", run.observers[0].dir]) == 2
+    assert "trained on volume(s) [3, 4] of evaluated fold 1 (evaluated with allow_leakage=True)" in \
+        capsys.readouterr().err
+
+
+def test_an_older_snapshot_is_evaluated_with_a_leakage_warning(straight_run, phantom, tmp_path, caplog):
+    straight, _ = straight_run
+    older = _model_state(step_path(straight.observers[0].dir, 2))
+    del older["training_data"]                               # as snapshots before issue 18
+    path = str(tmp_path / "older.pth")
+    torch.save(older, path)
+    run = run_test(base_config(phantom, str(tmp_path), checkpoint=path, eval_fold=1, test_classes=[6],
+                               save_predictions=False, save_figures=False))
+    leakage = json.load(open(os.path.join(run.observers[0].dir, "results.json")))["protocol"]["leakage"]
+    assert leakage["status"] == "unchecked" and "eval_fold=0" in leakage["reason"]
+    assert "test-set leakage cannot be checked" in caplog.text
+
+
+def test_resume_on_other_data_is_refused_naming_the_file(straight_run, phantom, tmp_path):
+    straight, _ = straight_run
+    other = _copy_phantom(phantom, tmp_path / "other")
+    image, geometry = read_volume(os.path.join(other, "image_5.nii.gz"))
+    image[0, 0, 0] += 1.0
+    write_volume(image, geometry, os.path.join(other, "image_5.nii.gz"))
+    with pytest.raises(ValueError, match=r"was trained on other data than data_dir=.*other.* holds: image_5.nii.gz "
+                                         r"has another sha256 .*resume_other_data=True"):
+        run_train(base_config(other, str(tmp_path / "runs"), resume=straight.observers[0].dir, n_steps=6))
+
+
+def test_resume_other_data_continues_and_says_what_differed():
+    logged = []
+
+    class Log:
+        def warning(self, *args):
+            logged.append(args[0] % args[1:])
+
+    saved = {"files": [{"name": "image_3.nii.gz", "sha256": "a" * 64}]}
+    now = {"files": [{"name": "image_3.nii.gz", "sha256": "b" * 64}]}
+    config = {"resume": "runs/train/1", "data_dir": "/data", "resume_other_data": True}
+    record = train_script.check_resumed_data(config, {"path": "latest.pth", "training_data": saved}, now, Log())
+    assert record["resume_other_data"] is True and record["differences"][0].startswith("image_3.nii.gz has another")
+    assert "continuing latest.pth on other data: image_3.nii.gz" in logged[0]
+    with pytest.raises(ValueError, match="image_3.nii.gz has another sha256"):
+        train_script.check_resumed_data({**config, "resume_other_data": False},
+                                        {"path": "latest.pth", "training_data": saved}, now, Log())
+
+
+def test_non_finite_weights_stop_training_before_a_snapshot(phantom, tmp_path, monkeypatch):
+    """Weights can turn NaN/inf while the losses stay finite (lr=1e999 did; here an unused layer4
+    weight is set to inf after each update): no snapshot with them is written and the run fails."""
+    class PoisoningSGD(torch.optim.SGD):
+        def step(self, closure=None):
+            result = super().step(closure)
+            with torch.no_grad():
+                self.poisoned.fill_(float("inf"))
+            return result
+
+    def poisoning_optimizer(model, config, device=torch.device("cpu")):
+        optimizer = PoisoningSGD(model.parameters(), lr=config["lr"], momentum=config["momentum"])
+        optimizer.poisoned = model.encoder.backbone.layer4[0].conv1.weight
+        return optimizer
+
+    monkeypatch.setattr(train_script, "build_optimizer", poisoning_optimizer)
+    runs_dir = str(tmp_path / "runs")
+    with pytest.raises(FloatingPointError, match=r"step 2: 1 of \d+ tensors \(parameters and buffers\) hold NaN "
+                                                 r"or infinite values \(first: encoder.backbone.layer4.0.conv1.weight\); "
+                                                 r"the snapshot was not written; training stopped. Last good "
+                                                 r"snapshot: none written yet"):
+        run_train(base_config(phantom, runs_dir, n_steps=2))
+    run_dir = os.path.join(runs_dir, "train", "1")
+    assert json.load(open(os.path.join(run_dir, "run.json")))["status"] == "FAILED"
+    folder = os.path.join(run_dir, "snapshots")
+    assert not os.path.isdir(folder) or not os.listdir(folder)
+
+
+def test_evaluation_refuses_non_finite_weights_and_names_the_size_a_state_dict_fits(straight_run, tmp_path):
+    straight, _ = straight_run
+    weights = _model_state(straight.result)["model"]
+    plain = str(tmp_path / "plain.pth")
+    torch.save(weights, plain)
+    other_size = test_script.build_model((64, 64), torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"plain.pth does not fit image_size=\[64, 64\]: its weights were made for "
+                                         r"17 x 17 feature maps, i.e. image_size=\[65, 65\] \(any of 65..68 by "
+                                         r"65..68\); evaluate it with image_size=\[65, 65\]"):
+        test_script.load_weights(other_size, plain, (64, 64))
+    weights["icm.out_proj.bias"][0] = float("nan")
+    weights["encoder.threshold_head.0.weight"].fill_(float("inf"))
+    torch.save(weights, plain)
+    model = test_script.build_model((SIZE, SIZE), torch.device("cpu"))
+    with pytest.raises(FloatingPointError, match=r"checkpoint .*plain.pth: 2 of \d+ tensors \(parameters and "
+                                                 r"buffers\) hold NaN or infinite values"):
+        test_script.load_weights(model, plain, (SIZE, SIZE))
+
+
+def test_a_skipped_class_is_marked_and_nothing_evaluated_fails(phantom, tmp_path, capsys):
+    data = _copy_phantom(phantom, tmp_path / "no_liver_in_support")
+    label, geometry = read_volume(os.path.join(data, "label_0.nii.gz"), dtype=np.uint8)
+    label[label == 6] = 0                                   # volume 0, the support, has no liver
+    write_volume(label, geometry, os.path.join(data, "label_0.nii.gz"))
+    runs = str(tmp_path / "runs")
+    run = run_test(base_config(data, runs, checkpoint="untrained", save_predictions=False, save_figures=False))
+    results = json.load(open(os.path.join(run.observers[0].dir, "results.json")))
+    assert results["classes"]["6"]["dice_mean"] is None and results["mean_classes"] == ["1"]
+    assert results["mean_dice"] == results["classes"]["1"]["dice_mean"]
+    out = capsys.readouterr().out
+    assert "| liver * | n/a | n/a | 0 |" in out and "| **mean** of 1 of 2 classes (spleen) |" in out
+    csv_last = open(os.path.join(run.observers[0].dir, "results.csv")).read().splitlines()[-1]
+    assert csv_last.startswith("all,mean,,all,mean over 1 of 2 classes (spleen),")
+    import utils
+    assert utils.main(["aggregate", run.observers[0].dir]) == 0      # the fold table marks it
+    assert "n/a *" in capsys.readouterr().out
+    # Only the liver: nothing can be evaluated. The run fails, results.json still shows why.
+    with pytest.raises(ValueError, match=r"no test class could be evaluated \(1 skip\(s\), first: class 6, "
+                                         r"support volume 0: class 6 does not occur"):
+        run_test(base_config(data, runs, checkpoint="untrained", test_classes=[6], save_predictions=False,
+                             save_figures=False))
+    failed = os.path.join(runs, "test", "2")
+    assert json.load(open(os.path.join(failed, "run.json")))["status"] == "FAILED"
+    assert json.load(open(os.path.join(failed, "results.json")))["skipped"][0]["class_id"] == 6
+    assert "must be real number" not in capsys.readouterr().err
+
+
+def _train_argv(data_dir, runs_dir, **options):
+    values = {**TRAINING, **base_config(data_dir, runs_dir), **options}
+    return ["train.py", "with", "SYNTHETIC"] + [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                                               for k, v in values.items()]
+
+
+def test_a_full_disk_is_the_last_line(phantom, tmp_path, monkeypatch, capsys):
+    import shutil
+    from collections import namedtuple
+
+    import config as config_module
+
+    def no_space(obj, path, *args, **kwargs):   # what torch's zip writer raises on a full disk
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 123 vs 456")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", no_space)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, (10 << 30) - 4096, 4096))
+    runs_dir = str(tmp_path / "runs")
+    with pytest.raises(SystemExit) as exit_code:
+        config_module.run_commandline(train_script.ex, _train_argv(phantom, runs_dir, n_steps=2))
+    assert exit_code.value.code == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    folder = os.path.join(runs_dir, "train", "1", "snapshots")
+    assert last.startswith(f"train.py: error: [Errno 28] no space left on {folder}: the snapshot final.pth "
+                           f"was not written")
+
+
+def test_sigterm_interrupts_a_run_that_can_be_resumed_at_once(phantom, tmp_path):
+    """A real train.py process, sent SIGTERM after its first snapshot: run.json says
+    INTERRUPTED (not RUNNING for 300 s), and the pid was in info.json before Sacred's first
+    heartbeat."""
+    import signal
+    import subprocess
+    import time
+
+    from experiment.runs import run_status
+    from experiment.snapshots import load_for_resume
+    runs_dir = str(tmp_path / "runs")
+    argv = _train_argv(phantom, runs_dir, n_steps=1000, keep_snapshots="none")
+    process = subprocess.Popen([sys.executable] + argv, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    run_dir = os.path.join(runs_dir, "train", "1")
+    info = os.path.join(run_dir, "info.json")
+    try:
+        deadline = time.monotonic() + 240
+        while not os.path.isfile(info) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert json.load(open(info))["pid"] == process.pid
+        assert json.load(open(os.path.join(run_dir, "run.json")))["heartbeat"] is None
+        while not os.path.isfile(latest_path(run_dir)) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert os.path.isfile(latest_path(run_dir))
+        process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143
+    assert stderr.strip().splitlines()[-1].startswith("train.py: interrupted (terminated by SIGTERM)")
+    assert json.load(open(os.path.join(run_dir, "run.json")))["status"] == "INTERRUPTED"
+    assert run_status(run_dir) == "INTERRUPTED"
+    path, state = load_for_resume(run_dir)                   # not refused as still running
+    assert path == latest_path(run_dir) and state["step"] >= 2
+
+
+def test_a_bad_number_on_the_command_line_is_one_line(tmp_path):
+    import subprocess
+    done = subprocess.run([sys.executable, "train.py", "with", "SYNTHETIC", "n_steps=abc", f"runs_dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "train.py: error: config option n_steps='abc' must be an integer >= 1"

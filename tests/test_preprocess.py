@@ -790,3 +790,93 @@ def test_cmr_label_stored_mirrored_gives_the_same_output(tmp_path):
         outputs[kind] = read(str(out / "label_0.nii.gz"))[0]
     assert not np.array_equal(read(str(tmp_path / "mirrored" / "raw" / "patient1_C0_manual.nii.gz"))[0], label)
     np.testing.assert_array_equal(outputs["mirrored"], outputs["plain"])
+
+
+# ----------------------------------------------------------------------------- the release's precision
+
+def release_mr_steps(image: sitk.Image, new_spacing) -> np.ndarray:
+    """The release notebooks' MRI steps written out from scratch (reference for the tests
+    below): the integer array clipped in numpy with `array[array > p] = p`, put back on the
+    image's own geometry, resampled with SimpleITK's linear ResampleImageFilter in its pixel
+    type, then cropped to 256 x 256 around the centre."""
+    array = sitk.GetArrayFromImage(image)
+    top = float(np.percentile(array, 99.5))
+    array[array > top] = top
+    clipped = sitk.GetImageFromArray(array)
+    clipped.CopyInformation(image)
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetInterpolator(sitk.sitkLinear)
+    resampler.SetOutputDirection(clipped.GetDirection())
+    resampler.SetOutputOrigin(clipped.GetOrigin())
+    resampler.SetOutputSpacing(new_spacing)
+    factor = np.array(clipped.GetSpacing()) * 1.0 / np.array(new_spacing)
+    resampler.SetSize([int(n + 1) for n in np.array(clipped.GetSize()) * factor])
+    resampled = sitk.GetArrayFromImage(resampler.Execute(clipped))
+    out = np.full((resampled.shape[0], 256, 256), resampled.min(), dtype=resampled.dtype)
+    rows, cols = resampled.shape[1:]
+    r0, c0 = rows // 2 - 128, cols // 2 - 128
+    rs, cs = slice(max(r0, 0), min(r0 + 256, rows)), slice(max(c0, 0), min(c0 + 256, cols))
+    out[:, rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0] = resampled[:, rs, cs]
+    return out
+
+
+def just_below_integers(image: sitk.Image, new_spacing) -> int:
+    """How many resampled values of `image` (interpolated in double) lie less than 1e-6 below
+    an integer: where truncation depends on the last bits of the geometry."""
+    resampled = sitk.GetArrayFromImage(sitk.Resample(
+        sitk.Cast(image, sitk.sitkFloat64), [int(n + 1) for n in np.array(image.GetSize()) * (
+            np.array(image.GetSpacing()) / np.array(new_spacing))],
+        sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), new_spacing, image.GetDirection(), 0.0,
+        sitk.sitkFloat64))
+    gap = np.ceil(resampled) - resampled
+    return int(np.count_nonzero((gap > 0) & (gap < 1e-6)))
+
+
+def test_integer_nifti_route_truncates_as_the_release_voxel_for_voxel(tmp_path):
+    """An int16 NIfTI with an oblique direction: its sform (float32 products of spacing and
+    direction) and its pixdim give spacings that differ in the 8th digit. The release reads the
+    header with SimpleITK (spacing from pixdim); resampling on the other spacing put some
+    interpolated values a rounding error below an integer, which truncated one grey level low."""
+    rng = np.random.default_rng(0)
+    array = rng.normal(300, 80, (6, 200, 200)).clip(0, 2000).astype(np.int16)
+    oblique = np.array([[0.9998, 0.0199987, 0.0], [-0.0199987, 0.9998, 0.0], [0.0, 0.0, 1.0]])
+    u, _, vt = np.linalg.svd(oblique)
+    image_path, label_path = str(tmp_path / "p1_C0.nii.gz"), str(tmp_path / "p1_C0_manual.nii.gz")
+    write_nifti(array, image_path, (1.54, 1.54, 8.0), origin=(-150.3, -120.7, 33.1),
+                direction=tuple((u @ vt).ravel()))
+    write_nifti(np.zeros(array.shape, np.uint16), label_path, (1.54, 1.54, 8.0), origin=(-150.3, -120.7, 33.1),
+                direction=tuple((u @ vt).ravel()))
+    spacing = (1.25, 1.25, 7.99)
+    reference = release_mr_steps(sitk.ReadImage(image_path), spacing)
+    assert just_below_integers(sitk.ReadImage(image_path), spacing) > 0   # the case is exercised
+    ours = cmr.preprocess_cmr_volume(image_path, label_path).image
+    assert ours.dtype == reference.dtype == np.int16
+    assert ours.shape == reference.shape
+    assert np.count_nonzero(ours != reference) == 0
+
+
+def test_integer_dicom_route_truncates_as_the_release_voxel_for_voxel(tmp_path):
+    """A CHAOS-format patient (uint16 DICOM, 10 slices 7.7 mm apart, so the series spacing is
+    7.699999999999999 and every output slice interpolates a hair past an input slice): the
+    CLI's integer route equals the release's steps on the series read as int16, row-flipped
+    with its geometry, voxel for voxel."""
+    rng = np.random.default_rng(1)
+    volume = rng.normal(300, 80, (10, 128, 128)).clip(0, 2000).astype(np.uint16)
+    names = [f"IMG-0002-{10 - i:05d}" for i in range(10)]
+    t2 = tmp_path / "raw" / "1" / "T2SPIR"
+    write_dicom_series(volume, str(t2 / "DICOM_anon"), (1.5, 1.4), 7.7, [n + ".dcm" for n in names])
+    os.makedirs(t2 / "Ground")
+    for name in names:
+        cv2.imwrite(str(t2 / "Ground" / f"{name}.png"), np.zeros((128, 128), np.uint8))
+    patient = chaos.find_chaos_patients(str(tmp_path / "raw"))[0]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(chaos.series_files(patient)[0])
+    reader.SetOutputPixelType(sitk.sitkInt16)
+    series = reader.Execute()
+    flipped, geometry = flip_rows(sitk.GetArrayFromImage(series), Geometry.of(series))
+    release_input = geometry.apply(sitk.GetImageFromArray(flipped))
+    assert just_below_integers(release_input, chaos.TARGET_SPACING) > 0
+    reference = release_mr_steps(release_input, chaos.TARGET_SPACING)
+    ours = chaos.preprocess_chaos_patient(patient).image
+    assert ours.shape == reference.shape
+    assert np.count_nonzero(ours.astype(np.int64) != reference) == 0

@@ -166,3 +166,82 @@ def test_metrics_and_tables_work_without_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+# ----------------------------------------------------------------------------- skipped classes, leakage
+
+
+def write_skipping_run(folder, fold, dice):
+    """A run whose second class (liver) was skipped: its scores are None, as test.py writes them."""
+    path = write_results(folder, fold, [dice, 0.0])
+    record = json.load(open(os.path.join(path, "results.json")))
+    record["classes"]["6"].update(dice_mean=None, iou_mean=None, n_query_volumes=0)
+    record["mean_dice"], record["mean_iou"] = dice, dice / 2
+    record["skipped"] = [{"class_id": 6, "class_name": "liver", "supp_idx": 2, "what": "support volume 2",
+                          "reason": "class 6 does not occur in the support volume"}]
+    json.dump(record, open(os.path.join(path, "results.json"), "w"))
+    return path
+
+
+def test_a_skipped_class_is_marked_in_every_table_and_means_say_what_they_cover(tmp_path, capsys):
+    skipping = write_skipping_run(tmp_path / "f0", 0, 0.5)
+    complete = write_results(tmp_path / "f1", 1, [0.7, 0.9])
+    text = tables.results_table(tables.load_results(skipping))
+    assert "| liver * | n/a | n/a | 0 |" in text
+    assert "| **mean** of 1 of 2 classes (spleen) | 50.00 | 25.00 | |" in text
+    header, rows = tables.aggregate_folds([skipping, complete])
+    assert rows[0] == [0, pytest.approx(50.0), None, pytest.approx(50.0)]     # fold 0's Mean: spleen only
+    assert rows[2][1:] == pytest.approx([60.0, 90.0, 65.0])                  # liver: fold 1 only
+    assert rows[3][2] == 0.0
+    markdown = tables.fold_table_markdown(header, rows)
+    assert "| 0 | 50.00 | n/a * | 50.00 * |" in markdown
+    assert "| mean ± std | 60.00 ± 14.14 | 90.00 ± 0.00 * | 65.00 ± 21.21 * |" in markdown
+    assert "\\* fold 0: liver skipped; its Mean covers spleen" in markdown
+    assert "\\* liver: mean ± std over 1 of 2 folds" in markdown
+    csv_lines = tables.fold_table_csv(header, rows).splitlines()
+    assert csv_lines[0] == "fold,spleen,liver,Mean,note"
+    assert csv_lines[1] == "0,50.0000,,50.0000,fold 0: liver skipped; its Mean covers spleen"
+    assert csv_lines[3] == "mean,60.0000,90.0000,65.0000,liver: mean ± std over 1 of 2 folds"
+    comparison = tables.comparison_table(tables.load_results(complete), tables.load_results(skipping))
+    assert "| liver * | 90.00 | n/a | n/a |" in comparison
+    assert "| **mean** (of classes; baseline of 1 of 2 classes (spleen)) | 80.00 | 50.00 | +30.00 |" in comparison
+    out = str(tmp_path / "table")
+    assert utils.main(["aggregate", skipping, complete, "--out", out]) == 0
+    assert "n/a *" in open(out + ".md", encoding="utf-8").read()
+
+
+def test_fold_table_refuses_runs_whose_checkpoint_trained_on_their_test_volumes(tmp_path, capsys):
+    leaked = {"status": "overlap", "overlap": [3, 4], "allow_leakage": True, "reason": "..."}
+    clean = {"status": "clean", "overlap": [], "allow_leakage": False, "reason": ""}
+    good = write_results(tmp_path / "a", 0, [0.5, 0.9], leakage=clean)
+    bad = write_results(tmp_path / "b", 1, [0.6, 0.8], leakage=leaked)
+    with pytest.raises(ValueError, match=r"b/results.json: its checkpoint was trained on volume\(s\) \[3, 4\] "
+                                         r"of evaluated fold 1 \(evaluated with allow_leakage=True\)"):
+        tables.aggregate_folds([good, bad])
+    # Also from the training record alone: fold 1 holds volumes 3..5, the checkpoint trained on 3..9.
+    record = json.load(open(os.path.join(good, "results.json")))
+    record["protocol"].update(eval_fold=1, leakage=None)
+    record["protocol"]["training"].update(dataset="SABS", eval_fold=0, volume_indices=list(range(3, 10)))
+    record["fold_volumes"] = [3, 4, 5]
+    os.makedirs(tmp_path / "c")
+    json.dump(record, open(tmp_path / "c" / "results.json", "w"))
+    with pytest.raises(ValueError, match=r"trained on volume\(s\) \[3, 4, 5\] of evaluated fold 1;"):
+        tables.aggregate_folds([str(tmp_path / "c")])
+    record["protocol"]["training"]["dataset"] = "CHAOST2"     # another dataset's volume 3 is another volume
+    json.dump(record, open(tmp_path / "c" / "results.json", "w"))
+    assert tables.aggregate_folds([str(tmp_path / "c")])[1][0][0] == 1
+    # A run whose leakage was not checked joins the table with a warning.
+    unchecked = write_results(tmp_path / "d", 1, [0.6, 0.8], leakage={**clean, "status": "unchecked",
+                                                                        "reason": "an older snapshot"})
+    assert utils.main(["aggregate", good, unchecked]) == 0
+    assert "warning: " in capsys.readouterr().err
+
+
+def test_training_fold_fields_do_not_stop_folds_joining(tmp_path):
+    a = write_results(tmp_path / "a", 0, [0.5, 0.9], training={
+        "n_steps": 42000, "optimizer": "sgd", "group": None, "test_classes": [1, 6], "eval_fold": 0,
+        "volume_indices": [6, 7, 8], "image_files": ["image_6.nii.gz"]})
+    b = write_results(tmp_path / "b", 1, [0.6, 0.8], training={
+        "n_steps": 42000, "optimizer": "sgd", "group": None, "test_classes": [1, 6], "eval_fold": 1,
+        "volume_indices": [0, 1, 2], "image_files": ["image_0.nii.gz"]})
+    assert [r[0] for r in tables.aggregate_folds([a, b])[1]] == [0, 1, "mean", "std"]

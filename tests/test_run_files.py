@@ -240,3 +240,102 @@ def test_killed_runs_show_as_died(tmp_path):
     assert run_status(silent, now) == DIED                # no heartbeat for two hours
     assert run_status(done, now) == "COMPLETED"
     assert run_status(str(tmp_path / "5")) is None
+
+
+def test_snapshot_with_non_finite_weights_is_refused_and_the_last_good_one_kept(tmp_path):
+    model, optimizer, scheduler = _training_objects()
+    run = str(tmp_path)
+    writer = snapshots.SnapshotWriter(run, {}, (8, 8))
+    writer.save(2, model, optimizer, scheduler)
+    good = open(snapshots.latest_path(run), "rb").read()
+    with torch.no_grad():
+        model.linear.weight[0, 0] = float("inf")
+        model.linear.bias[3] = float("nan")
+    with pytest.raises(snapshots.NonFiniteWeightsError,
+                       match=r"step 4: 2 of 2 tensors \(parameters and buffers\) hold NaN or infinite values"):
+        writer.save(4, model, optimizer, scheduler)
+    with pytest.raises(snapshots.NonFiniteWeightsError, match="step 6: 2 of 2"):
+        writer.save_weights(6, model)
+    assert open(snapshots.latest_path(run), "rb").read() == good        # untouched
+    assert sorted(os.listdir(os.path.join(run, "snapshots"))) == ["latest.pth", "step_0000002.pth"]
+
+
+@pytest.mark.parametrize("failure", ["torch", "oserror"])
+def test_a_full_disk_is_named_and_the_last_snapshot_survives(tmp_path, monkeypatch, failure):
+    import errno
+    import shutil
+    from collections import namedtuple
+    model, optimizer, scheduler = _training_objects()
+    run = str(tmp_path)
+    writer = snapshots.SnapshotWriter(run, {}, (8, 8))
+    writer.save(2, model, optimizer, scheduler)
+    good = open(snapshots.latest_path(run), "rb").read()
+    real_save = torch.save
+
+    def full_disk(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)           # a partial temporary, then the failure
+        if failure == "torch":                           # what torch's zip writer raises
+            raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 832 vs 730")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, (10 << 30) - 4096, 4096))
+    with pytest.raises(OSError, match=f"no space left on {os.path.join(run, 'snapshots')}: the snapshot "
+                                      f"step_0000004.pth was not written .*the previous snapshot is intact") as error:
+        writer.save(4, model, optimizer, scheduler)
+    assert error.value.errno == errno.ENOSPC
+    assert open(snapshots.latest_path(run), "rb").read() == good
+    # No temporary is left; the failed step's weights file does not exist.
+    assert sorted(os.listdir(os.path.join(run, "snapshots"))) == ["latest.pth", "step_0000002.pth"]
+    if failure == "torch":   # with space to spare, torch's error is not taken for a full disk
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 0, 10 << 30))
+        with pytest.raises(RuntimeError, match="unexpected pos"):
+            writer.save(4, model, optimizer, scheduler)
+
+
+
+def test_a_folder_of_runs_gives_the_newest_completed_run_of_the_evaluated_fold(tmp_path):
+    runs = str(tmp_path / "train")
+
+    def run(run_id, status, **config):
+        run_dir = _fake_run(runs, run_id, status, ["final.pth"])
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump({"dataset": "SABS", "setting": 1, "eval_fold": 0, **config}, f)
+        return run_dir
+
+    fold0 = run(1, "COMPLETED")
+    fold1 = run(2, "COMPLETED", eval_fold=1)
+    run(3, "FAILED")                                       # newer, fold 0, but failed
+    run(4, "COMPLETED", setting=2)                         # newer, fold 0, but setting 2
+    wanted = {"dataset": "SABS", "eval_fold": 0, "setting": 1}
+    assert snapshots.resolve_checkpoint(runs, wanted=wanted) == snapshots.final_path(fold0)
+    assert snapshots.resolve_checkpoint(runs, wanted={**wanted, "eval_fold": 1}) == snapshots.final_path(fold1)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint='.*train': no completed training run with "
+                                                r"dataset='SABS', eval_fold=4, setting=1 in it; found: run 4 "
+                                                r"\(dataset='SABS', eval_fold=0, setting=2, COMPLETED\); run 3 "):
+        snapshots.resolve_checkpoint(runs, wanted={**wanted, "eval_fold": 4})
+
+
+def test_resume_data_differences_name_the_first_differing_files():
+    from experiment.training_data import describe_differences, resume_data_differences
+    saved = {"files": [{"name": "image_3.nii.gz", "sha256": "a" * 64}, {"name": "image_4.nii.gz", "sha256": "b" * 64},
+                       {"name": "supervoxels_1000/superpix-MIDDLE_3.nii.gz", "sha256": "c" * 64}]}
+    assert resume_data_differences(saved, saved) == []
+    now = {"files": [{"name": "image_3.nii.gz", "sha256": "d" * 64}, {"name": "image_5.nii.gz", "sha256": "b" * 64},
+                     {"name": "supervoxels_1000/superpix-MIDDLE_3.nii.gz", "sha256": "c" * 64}]}
+    differences = resume_data_differences(saved, now)
+    assert differences == [f"image_3.nii.gz has another sha256 (snapshot {'a' * 12}... vs now {'d' * 12}...)",
+                           "image_5.nii.gz was not in the snapshot's training data",
+                           "image_4.nii.gz of the snapshot's training data is not read now"]
+    assert describe_differences(differences * 2).endswith("; and 3 more")
+
+
+def test_run_start_records_the_pid_before_sacreds_first_heartbeat(tmp_path):
+    from experiment.runs import record_process
+    host = {"hostname": socket.gethostname()}
+    run = _run_json(tmp_path / "1", status="RUNNING", start_time=datetime.datetime.utcnow().isoformat(),
+                    heartbeat=None, host=host)
+    record_process(run, {"pid": 2 ** 22 + 11})             # a process that is gone
+    assert json.load(open(os.path.join(run, "info.json"))) == {"pid": 2 ** 22 + 11}
+    assert run_status(run) == DIED                          # at once, not after DEAD_AFTER_S
