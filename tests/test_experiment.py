@@ -803,7 +803,7 @@ def test_a_skipped_class_is_marked_and_nothing_evaluated_fails(phantom, tmp_path
     assert "n/a *" in capsys.readouterr().out
     # Only the liver: nothing can be evaluated. The run fails, results.json still shows why.
     with pytest.raises(ValueError, match=r"no test class could be evaluated \(1 skip\(s\), first: class 6, "
-                                         r"support volume 0: class 6 does not occur"):
+                                         r"support volume 0 \(image_0\.nii\.gz\): class 6 does not occur"):
         run_test(base_config(data, runs, checkpoint="untrained", test_classes=[6], save_predictions=False,
                              save_figures=False))
     failed = os.path.join(runs, "test", "2")
