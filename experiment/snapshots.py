@@ -251,12 +251,23 @@ def load_for_evaluation(model, checkpoint: str, image_size: Iterable[int]) -> Tu
 
     Returns (path, training step or None, the training run's config or None).
     """
-    option = "checkpoint"
+    path, state = read_checkpoint(checkpoint)
+    return load_checkpoint_state(model, path, state, image_size)
+
+
+def read_checkpoint(checkpoint: str, option: str = "checkpoint") -> Tuple[str, Dict]:
+    """(path, contents) of what a user names as a checkpoint (`resolve_checkpoint`); errors
+    are SnapshotErrors naming `option` ("checkpoint", segment.py's "--checkpoint")."""
     try:
         path = resolve_checkpoint(checkpoint, option)
     except FileNotFoundError as err:
         raise SnapshotError(str(err)) from None
-    state = read_snapshot_file(path, f"{option}={checkpoint!r}")
+    return path, read_snapshot_file(path, f"{option}={checkpoint!r}")
+
+
+def load_checkpoint_state(model, path: str, state, image_size: Iterable[int]) -> Tuple[str, Optional[int], Optional[Dict]]:
+    """The second half of `load_for_evaluation`: load the contents `state` of the file `path`
+    (`read_checkpoint`) into `model`."""
     image_size = list(image_size)
     if is_project_snapshot(state):
         if list(state["image_size"]) != image_size:
@@ -280,3 +291,13 @@ def load_for_evaluation(model, checkpoint: str, image_size: Iterable[int]) -> Tu
         raise SnapshotError(f"checkpoint {path}: neither this project's snapshot nor a loadable release "
                             f"checkpoint for image_size={image_size}: {err}") from None
     return path, None, None
+
+
+def saved_training_config(path: str, state, option: str = "checkpoint") -> Dict:
+    """The config a project snapshot's run trained with, the options that older snapshots lack
+    filled in with the values those runs used. Other files (the authors' release checkpoints)
+    carry no config: SnapshotError naming `option` and the file."""
+    if not is_project_snapshot(state) or not isinstance(state.get("config"), dict):
+        raise SnapshotError(f"{option} {path} is not a training snapshot of this project: it holds no "
+                            "saved config saying which dataset and pre-processing it was trained with")
+    return {**OPTIONS_ADDED_LATER, **_translate_legacy(state["config"])}
