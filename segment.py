@@ -31,15 +31,15 @@ import torch
 
 from data.atomic import atomic_write_bytes, atomic_write_json
 from data.nifti_io import Geometry, nifti_bytes
-from data.preprocess_common import MR_ARITHMETIC
+from data.preprocess_common import DEFAULT_MR_ARITHMETIC, MR_ARITHMETIC
 from data.progress import log_to_console, progress
 from data.resample import resample_onto, slice_positions_on
 from data.routes import (PREPROCESS_CHOICES, Preprocessing, apply_route, check_route_output, choose_preprocessing,
                          scan_warnings)
 from data.scans import Scan, read_scan, scan_name
 from dataloaders.dataset_specs import DatasetSpec, get_dataset_spec
-from dataloaders.datasets import VolumeReader, load_labels, present_values, slices_containing, support_slice_positions, \
-    to_network_images
+from dataloaders.datasets import (VolumeReader, load_labels, present_values, slices_containing,
+                                  support_slice_positions, to_network_images)
 from experiment.devices import DEVICE_CHOICES, default_eval_batch_size, default_eval_channels_last, resolve_device
 from experiment.figures import PREDICTION_COLOUR, SUPPORT_COLOUR, TRUTH_COLOUR, Tile, tiles_figure_png
 from experiment.inference import InferenceOptions, predict_runs
@@ -53,7 +53,6 @@ from models import build_model
 PROG = "segment.py"
 USER_ERRORS = (ValueError, OSError, ArithmeticError)
 RANGE_SYNTAX = "[QUERY:][LABEL=]Z0:Z1"
-DEFAULT_ARITHMETIC = "release"
 log = logging.getLogger("fafnet.segment")
 
 EPILOG = f"""\
@@ -104,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--probabilities", action="store_true",
                         help="also write each label's foreground probability (float32)")
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES)
-    parser.add_argument("--batch-size", type=int, help="query slices per forward pass (default: 1 on a CPU, 8 on a GPU)")
+    parser.add_argument("--batch-size", type=int,
+                        help="query slices per forward pass (default: 1 on a CPU, 8 on a GPU)")
     parser.add_argument("--amp-bf16", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                         help="channels-last inputs (default: on a CPU only)")
@@ -238,12 +238,13 @@ def training_arithmetic(checkpoint: Checkpoint, asked: Optional[str], warnings: 
     try:
         record = preprocessing_record(checkpoint.data_dir) if checkpoint.data_dir else None
     except ValueError as err:
-        warnings.append(f"the training data's manifest could not be read ({err}); {DEFAULT_ARITHMETIC} arithmetic used")
+        warnings.append(f"the training data's manifest could not be read ({err}); "
+                        f"{DEFAULT_MR_ARITHMETIC} arithmetic used")
         record = None
     arithmetic = ((record or {}).get("parameters") or {}).get("arithmetic")
     if arithmetic in MR_ARITHMETIC:
         return arithmetic, f"the training data's manifest in {checkpoint.data_dir}"
-    return DEFAULT_ARITHMETIC, "the default (the training data's manifest is not here)"
+    return DEFAULT_MR_ARITHMETIC, "the default (the training data's manifest is not here)"
 
 
 def load_model(checkpoint: Checkpoint, device: torch.device, options: InferenceOptions):

@@ -14,7 +14,7 @@ scans after pre-processing and in-plane resampling).
   the organ is not.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -40,11 +40,6 @@ class Pairing:
     support_slices: List[int]
     query_slices: List[int]
     runs: List[Run]
-
-    def support_slice_of(self) -> Dict[int, int]:
-        """{query slice: the support slice that segments it}."""
-        return {self.query_slices[i]: self.support_slices[position]
-                for position, start, end in self.runs for i in range(start, end)}
 
 
 def slices_in_range(positions: np.ndarray, z0: int, z1: int) -> List[int]:

@@ -265,7 +265,8 @@ def read_checkpoint(checkpoint: str, option: str = "checkpoint") -> Tuple[str, D
     return path, read_snapshot_file(path, f"{option}={checkpoint!r}")
 
 
-def load_checkpoint_state(model, path: str, state, image_size: Iterable[int]) -> Tuple[str, Optional[int], Optional[Dict]]:
+def load_checkpoint_state(model, path: str, state,
+                          image_size: Iterable[int]) -> Tuple[str, Optional[int], Optional[Dict]]:
     """The second half of `load_for_evaluation`: load the contents `state` of the file `path`
     (`read_checkpoint`) into `model`."""
     image_size = list(image_size)

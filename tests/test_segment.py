@@ -338,12 +338,14 @@ def test_auto_takes_the_routes_output_grid_for_pre_processed():
     assert choice.applied == "none" and choice.route is None
     raw = Geometry((1.4, 1.4, 8.0), (0.0, 0.0, 0.0), IDENTITY)
     choice = choose_preprocessing("auto", cmr, np.zeros((12, 256, 256)), raw, "release", False)
-    assert choice.applied == "route" and "spacing (1.4, 1.4, 8) mm is not the route's (1.25, 1.25, 7.99)" in choice.reason
+    assert choice.applied == "route"
+    assert "spacing (1.4, 1.4, 8) mm is not the route's (1.25, 1.25, 7.99)" in choice.reason
     assert choose_preprocessing("auto", cmr, np.zeros((12, 240, 256)), community, "release", False).applied == "route"
     windowed = np.full((4, 257, 257), 255.0)
     assert choose_preprocessing("auto", sabs, windowed, raw, "release", False).applied == "none"
     hu = np.full((4, 257, 257), -1000.0)
-    assert "outside the CT window's output range" in choose_preprocessing("auto", sabs, hu, raw, "release", False).reason
+    choice = choose_preprocessing("auto", sabs, hu, raw, "release", False)
+    assert choice.applied == "route" and "outside the CT window's output range" in choice.reason
     assert choose_preprocessing("route", sabs, windowed, raw, "release", False).applied == "route"
     choice = choose_preprocessing("route", get_dataset_spec("SYNTHETIC"), windowed, raw, "release", False)
     assert choice.applied == "none" and "no pre-processing route" in choice.reason
@@ -355,7 +357,8 @@ def test_warnings_say_how_a_scan_differs_from_the_training_data():
     geometry = Geometry((0.7, 0.7, 2.5), (0.0, 0.0, 0.0), IDENTITY)
     lines = scan_warnings(get_dataset_spec("CMR"), ct, geometry, "route")
     assert len(lines) == 2
-    assert lines[0].startswith("its intensities look like CT (1st percentile -1000") and "trained on MR (CMR)" in lines[0]
+    assert lines[0].startswith("its intensities look like CT (1st percentile -1000")
+    assert lines[0].endswith("but the checkpoint was trained on MR (CMR)")
     assert lines[1] == "spacing along z is 2.5 mm, 4.0x finer than the 10 mm typical of raw CMR scans"
     mr = np.abs(ct) / 10
     assert scan_warnings(get_dataset_spec("SABS"), mr, Geometry((0.7, 0.7, 2.5), (0, 0, 0), IDENTITY), "route",
@@ -477,6 +480,8 @@ ERRORS = [
      r"moved\.nii\.gz does not lie on the voxel grid of its image .*image_1\.nii\.gz \(origin"),
     ({"--query-range": "3:12"}, r"--query-range '3:12': .*image_1\.nii\.gz has 8 slices \(0\.\.7\), so Z0:Z1 must"),
     ({"--query-range": "1:1=2:6"}, r"--query-range '1:1=2:6': query 1 does not exist"),
+    ({"--reference": ["DATA/label_1.nii.gz", "DATA/label_2.nii.gz"]},
+     r"--reference gives 2 file\(s\) for 1 --query scan\(s\); give one per query"),
 ]
 
 
@@ -485,8 +490,10 @@ def test_bad_input_is_one_line_and_writes_nothing(bad_inputs, changes, message, 
     folder, data_dir = bad_inputs
     argv = {"--checkpoint": "BAD/synthetic.pth", "--support-image": "DATA/image_0.nii.gz",
             "--support-mask": "DATA/label_0.nii.gz", "--query": "DATA/image_1.nii.gz", **changes}
-    args = [item for option, value in argv.items()
-            for item in (option, value.replace("BAD/", f"{folder}/").replace("DATA/", f"{data_dir}/"))]
+    args = []
+    for option, values in argv.items():
+        values = values if isinstance(values, list) else [values]
+        args += [option] + [v.replace("BAD/", f"{folder}/").replace("DATA/", f"{data_dir}/") for v in values]
     out = tmp_path / "out"
     status, _, stderr = run_segment(capsys, *args, "--out", out)
     assert status == 1
@@ -497,11 +504,12 @@ def test_bad_input_is_one_line_and_writes_nothing(bad_inputs, changes, message, 
 
 
 def test_command_line_help_and_exit_status(tmp_path):
-    done = subprocess.run([sys.executable, "segment.py", "--checkpoint", str(tmp_path / "none"), "--support-image",
-                           "s.nii.gz", "--support-mask", "m.nii.gz", "--query", "q.nii.gz", "--out", str(tmp_path / "o")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "segment.py", "--checkpoint", str(tmp_path / "none"),
+                           "--support-image", "s.nii.gz", "--support-mask", "m.nii.gz", "--query", "q.nii.gz",
+                           "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == f"segment.py: error: --checkpoint='{tmp_path / 'none'}': no such file or folder"
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == f"segment.py: error: --checkpoint='{tmp_path / 'none'}': no such file or folder"
     assert not (tmp_path / "o").exists()
     help_text = segment.build_parser().format_help()
     assert "example:" in help_text and "python segment.py --checkpoint runs/train/3" in help_text
