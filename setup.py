@@ -1,6 +1,6 @@
 """Installs the project's packages (editable: `make setup` runs `pip install -e .`) and builds
 the Cython extension for 3D supervoxels. The scripts at the repository root (train.py,
-test.py, config.py, utils.py) are run from there and are not installed."""
+test.py, segment.py, config.py, utils.py) are run from there and are not installed."""
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup

@@ -30,7 +30,6 @@ one with all classes per query volume), figures/ (one PNG per class), test.log. 
 support indices, predictions and figures go to supp_idx_<k>/ sub-folders.
 """
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -43,8 +42,9 @@ from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from data.nifti_io import write_volume
 from data.progress import progress
 from dataloaders.datasets import TestDataset
-from experiment.devices import autocast, resolve_device, to_device_images
+from experiment.devices import resolve_device
 from experiment.figures import class_figure_png
+from experiment.inference import InferenceOptions, Timer, predict_runs
 from experiment.inference_graphs import GraphedPredict
 from experiment.logs import log_to_file, slug
 from experiment.metrics import binary_confusion, dice_from_counts, iou_from_counts
@@ -147,13 +147,6 @@ class QueryOutcome:
 
 
 @dataclass
-class Timer:
-    """Forward-pass time and slice count (evaluation throughput)."""
-    seconds: float = 0.0
-    slices: int = 0
-
-
-@dataclass
 class Skips:
     """Work the protocol could not do, recorded with its reason."""
     entries: List[Dict] = field(default_factory=list)
@@ -168,25 +161,14 @@ class Skips:
 def segment_query(model, support: Dict, query: Dict, device: torch.device, config: Dict,
                   timer: Timer) -> np.ndarray:
     """Hard prediction [n, H, W] (bool) of one query volume's evaluated slices: chunk i
-    with support slice i, the queries of a chunk in batches of eval_batch_size. `model` is a
-    FAFNet, or a GraphedPredict of one (eval_graphs)."""
-    channels_last, predictions = config["channels_last"], []
-    for part, (start, end) in enumerate(query["chunks"]):
-        if end <= start:
-            continue
-        support_images = to_device_images(support["images"][part:part + 1], device, channels_last)
-        support_masks = support["masks"][part:part + 1].to(device)
-        query_images = to_device_images(query["images"][start:end], device, channels_last)
-        began = time.perf_counter()
-        with autocast(device, config["amp_bf16"]):
-            foreground = model.predict(support_images, support_masks, query_images,
-                                       batch_size=config["eval_batch_size"])
-        # argmax over [1 - P, P] picks the foreground exactly when P > 0.5.
-        predictions.append((foreground.float() > 0.5).cpu().numpy())
-        timer.seconds += time.perf_counter() - began   # .cpu() above waits for the device
-        timer.slices += end - start
-    height, width = query["images"].shape[-2:]
-    return np.concatenate(predictions) if predictions else np.zeros((0, height, width), dtype=bool)
+    with support slice i (experiment/inference.py, shared with segment.py), the queries of a
+    chunk in batches of eval_batch_size. `model` is a FAFNet, or a GraphedPredict of one
+    (eval_graphs)."""
+    runs = [(part, start, end) for part, (start, end) in enumerate(query["chunks"])]
+    foreground = predict_runs(model, support["images"], support["masks"], query["images"], runs, device,
+                              InferenceOptions.from_config(config), timer)
+    # argmax over [1 - P, P] picks the foreground exactly when P > 0.5.
+    return foreground > 0.5
 
 
 def query_text(query: Dict) -> str:

@@ -43,11 +43,12 @@ MR_SIZE_YX = (256, 256)
 
 @dataclass(frozen=True)
 class ProcessedVolume:
-    """A pre-processed image, its label map (both (z, y, x)) and their common geometry;
+    """A pre-processed image, its label map (both (z, y, x); the label is None for a scan
+    pre-processed without one, as segment.py does with its queries) and their common geometry;
     `notes` say what was done to the raw files beyond the route (a label reoriented onto its
     image's grid), and go into the manifest."""
     image: np.ndarray
-    label: np.ndarray
+    label: Optional[np.ndarray]
     geometry: Geometry
     notes: Tuple[str, ...] = ()
 
@@ -350,7 +351,7 @@ def mr_working_array(image: np.ndarray, arithmetic: str = DEFAULT_MR_ARITHMETIC)
     return image if arithmetic == "release" else image.astype(np.float32)
 
 
-def preprocess_mr(image: np.ndarray, label: np.ndarray, geometry: Geometry,
+def preprocess_mr(image: np.ndarray, label: Optional[np.ndarray], geometry: Geometry,
                   new_spacing_xyz: Sequence[float], size_yx: Sequence[int] = MR_SIZE_YX,
                   arithmetic: str = DEFAULT_MR_ARITHMETIC) -> ProcessedVolume:
     """The MRI route (CHAOS T2-SPIR, CMR, prostate): clip the top 0.5 % of intensities,
@@ -358,16 +359,19 @@ def preprocess_mr(image: np.ndarray, label: np.ndarray, geometry: Geometry,
     (images padded with their minimum, labels with 0).
 
     Args:
-        image, label: (z, y, x) arrays on the same grid, described by `geometry`.
+        image, label: (z, y, x) arrays on the same grid, described by `geometry`; label may
+            be None (a scan without labels: the result's label is None).
         arithmetic: "release" (default) computes in the image's raw pixel type, so integer
             data is truncated as in the literature's data; "float" computes in float32.
     """
     clipped = clip_top_percentile(mr_working_array(image, arithmetic))
     image_rs, image_geometry = resample_image(clipped, geometry, new_spacing_xyz)
-    label_rs, _ = resample_label(label, geometry, new_spacing_xyz)
     image_out, out_geometry = centre_crop_or_pad(image_rs, image_geometry, size_yx,
                                                  pad_value=float(image_rs.min()))
-    label_out, _ = centre_crop_or_pad(label_rs, image_geometry, size_yx, pad_value=0)
+    label_out = None
+    if label is not None:
+        label_rs, _ = resample_label(label, geometry, new_spacing_xyz)
+        label_out, _ = centre_crop_or_pad(label_rs, image_geometry, size_yx, pad_value=0)
     return ProcessedVolume(image_out, label_out, out_geometry)
 
 

@@ -82,3 +82,22 @@ def resample_onto(array: np.ndarray, geometry: Geometry, target: Geometry, targe
     out = sitk.Resample(image, [int(n) for n in target_shape_zyx[::-1]], sitk.Transform(), interpolator,
                         target.origin, target.spacing, target.direction, 0.0, image.GetPixelID())
     return sitk.GetArrayFromImage(out)
+
+
+def slice_positions_on(geometry: Geometry, shape_zyx: Sequence[int], target: Geometry) -> np.ndarray:
+    """float64 [Z]: where each slice of a (z, y, x) grid (`geometry`, `shape_zyx`) lies on
+    another grid `target`, as a continuous slice index of `target` (slice k's centre is at
+    k), taken at the slice's in-plane centre. Maps between a scan's own slices and the slices
+    it has after pre-processing (which may resample z) in either direction."""
+    n_z, n_y, n_x = (int(n) for n in shape_zyx)
+    index_xyz = np.stack([np.full(n_z, (n_x - 1) / 2), np.full(n_z, (n_y - 1) / 2),
+                          np.arange(n_z, dtype=np.float64)], axis=1)
+    world = _index_to_world(geometry) @ index_xyz.T + np.asarray(geometry.origin, dtype=np.float64)[:, None]
+    offset = world - np.asarray(target.origin, dtype=np.float64)[:, None]
+    return np.linalg.solve(_index_to_world(target), offset)[2]
+
+
+def _index_to_world(geometry: Geometry) -> np.ndarray:
+    """The 3 x 3 matrix from a voxel index step (x, y, z) to a world step (LPS, mm)."""
+    direction = np.asarray(geometry.direction, dtype=np.float64).reshape(3, 3)
+    return direction @ np.diag(np.asarray(geometry.spacing, dtype=np.float64))

@@ -2,8 +2,9 @@
 
 One `DatasetSpec` per dataset key: the pre-processed folder name, how many volumes it has,
 the image size the network sees, class names, the test classes, the supervoxel minimum size,
-the raw-label mapping applied at load time (CMR stores 200/500/600) and the class groups of
-setting 2's `groups` protocol (Ouyang et al.).
+the raw-label mapping applied at load time (CMR stores 200/500/600), the class groups of
+setting 2's `groups` protocol (Ouyang et al.), and what the raw scans look like (modality,
+typical spacing: segment.py's warnings).
 Folds follow the literature's rule: five contiguous folds overlapping by one volume, the
 last one also taking volume 0. For a dataset's known volume count they are the fixed lists
 that every paper uses (SABS 30, CHAOST2 20, CMR 35, Prostate_MRI 40).
@@ -20,6 +21,11 @@ class DatasetSpec:
         has no fixed count (the synthetic phantom is generated with any number of subjects).
     class_groups: setting 2's `groups` protocol trains once per group, excluding that group's
         classes, and tests on them; None where the literature defines no groups.
+    modality: "CT" or "MR", what the raw scans are (segment.py warns when a scan's intensities
+        or DICOM Modality tag say otherwise); None where no check applies (the phantom).
+    raw_spacing: (x, y, z) mm, a typical raw scan's spacing, approximate (the public releases
+        vary around it); segment.py warns when a scan is more than 2x off on an axis. None: no
+        check.
     """
     name: str
     folder: str
@@ -30,6 +36,8 @@ class DatasetSpec:
     supervoxel_min_size: int
     label_map: Optional[Dict[int, int]] = field(default=None)
     class_groups: Optional[Tuple[Tuple[int, ...], ...]] = field(default=None)
+    modality: Optional[str] = field(default=None)
+    raw_spacing: Optional[Tuple[float, float, float]] = field(default=None)
 
     def folds(self, n_volumes: Optional[int] = None) -> List[List[int]]:
         """The five evaluation folds as lists of volume indices, for `n_volumes` volumes
@@ -81,17 +89,20 @@ DATASETS: Dict[str, DatasetSpec] = {
     "SABS": DatasetSpec(
         name="SABS", folder="sabs_CT_normalized", n_volumes=30, image_size=(257, 257),
         classes=SABS_CLASSES, test_classes=(1, 2, 3, 6), supervoxel_min_size=5000,
-        class_groups=SABS_GROUPS),
+        # Synapse abdominal CT: in-plane about 0.54-0.98 mm, slices about 2.5-5 mm.
+        class_groups=SABS_GROUPS, modality="CT", raw_spacing=(0.76, 0.76, 3.0)),
     "CHAOST2": DatasetSpec(
         name="CHAOST2", folder="chaos_MR_T2_normalized", n_volumes=20, image_size=(256, 256),
         classes={1: "liver", 2: "right kidney", 3: "left kidney", 4: "spleen"},
         test_classes=(1, 2, 3, 4), supervoxel_min_size=5000,
-        class_groups=((2, 3), (1, 4))),
+        # CHAOS T2-SPIR: in-plane about 1.36-1.89 mm, slices about 5.5-9 mm.
+        class_groups=((2, 3), (1, 4)), modality="MR", raw_spacing=(1.6, 1.6, 7.7)),
     "CMR": DatasetSpec(
         name="CMR", folder="cmr_MR_normalized", n_volumes=35, image_size=(256, 256),
         classes={1: "LV myocardium", 2: "LV blood pool", 3: "RV"},
         test_classes=(1, 2, 3), supervoxel_min_size=1000,
-        label_map={200: 1, 500: 2, 600: 3}),
+        # MS-CMRSeg bSSFP: in-plane about 1.25 mm, slices about 8-13 mm.
+        label_map={200: 1, 500: 2, 600: 3}, modality="MR", raw_spacing=(1.25, 1.25, 10.0)),
     "Prostate_MRI": DatasetSpec(
         name="Prostate_MRI", folder="prostate_MR_normalized", n_volumes=40, image_size=(256, 256),
         classes={1: "bladder", 2: "bone", 3: "obturator internus", 4: "transition zone",
@@ -99,7 +110,10 @@ DATASETS: Dict[str, DatasetSpec] = {
                  8: "neurovascular bundle"},
         # The literature leaves the test classes to the user. Like CHAOST2 and CMR, every
         # class is evaluated by default; choose a subset with the `test_classes` option.
-        test_classes=(1, 2, 3, 4, 5, 6, 7, 8), supervoxel_min_size=5000),
+        test_classes=(1, 2, 3, 4, 5, 6, 7, 8), supervoxel_min_size=5000,
+        # Prostate T2-weighted MRI of several institutions: in-plane about 0.4-0.8 mm, slices
+        # about 1.5-4 mm.
+        modality="MR", raw_spacing=(0.6, 0.6, 3.0)),
     # The project's embedded phantom (data/synthetic): SABS layout, label ids and groups, a
     # small image size so that it trains on a CPU, and as many volumes as were generated.
     "SYNTHETIC": DatasetSpec(

@@ -228,14 +228,23 @@ class VolumeReader:
             if ground_truth else None
         supervoxels = load_labels(supervoxel_path, image.shape, files.image, like_geometry=geometry,
                                   notes=self.notes) if supervoxel_path else None
+        image, geometry, (labels, supervoxels) = self.to_network_grid(image, geometry, files.image,
+                                                                      labels, supervoxels)
+        return LoadedVolume(files, image, geometry, labels, supervoxels)
+
+    def to_network_grid(self, image: np.ndarray, geometry: Geometry, path: str,
+                        *label_maps: Optional[np.ndarray]) -> Tuple[np.ndarray, Geometry, List]:
+        """A pre-processed float32 [Z, H, W] image (as stored in a dataset folder) and label maps
+        on its grid (None entries stay None) on the grid the network sees: resampled in-plane
+        when `resample_in_plane` is set (image linear, labels nearest), checked against
+        `image_size`, the image z-scored. Returns (image, its geometry, the label maps)."""
         if self.resample_in_plane is not None:
             size = self.resample_in_plane
-            labels = None if labels is None else resample_volume_in_plane(labels, geometry, size, "nearest")[0]
-            if supervoxels is not None:
-                supervoxels = resample_volume_in_plane(supervoxels, geometry, size, "nearest")[0]
+            label_maps = tuple(None if m is None else resample_volume_in_plane(m, geometry, size, "nearest")[0]
+                               for m in label_maps)
             image, geometry = resample_volume_in_plane(image, geometry, size, "linear")
-        _check_in_plane(image.shape, self.image_size, files.image)
-        return LoadedVolume(files, zscore(image, files.image), geometry, labels, supervoxels)
+        _check_in_plane(image.shape, self.image_size, path)
+        return zscore(image, path), geometry, list(label_maps)
 
     def log_notes(self) -> None:
         """One log line per kind of note, with the number of files and the first of them."""
@@ -556,6 +565,17 @@ class TrainDataset(Dataset):
 
 # ----------------------------------------------------------------------------- evaluation
 
+def slices_containing(labels: np.ndarray, class_id: int) -> List[int]:
+    """Indices of the slices of a [Z, H, W] label volume that hold `class_id`."""
+    return np.flatnonzero((labels == class_id).any(axis=(1, 2))).tolist()
+
+
+def protocol_support_slices(with_class: Sequence[int], n_part: int = 3) -> List[int]:
+    """The support slices of the evaluation protocol: of the slices holding the class
+    (`with_class`, ascending), those at positions `support_slice_positions`."""
+    return [with_class[p] for p in support_slice_positions(len(with_class), n_part)]
+
+
 def support_slice_positions(count: int, n_part: int = 3) -> List[int]:
     """Positions int(f * count) for f = 1/6, 1/2, 5/6 (n_part = 3; generally (2i + 1) / (2 n_part)),
     in exact integer arithmetic."""
@@ -588,7 +608,7 @@ class TestVolume:
         return self.files.number if self.files is not None else self.index
 
     def slices_with(self, class_id: int) -> List[int]:
-        return np.flatnonzero((self.labels == class_id).any(axis=(1, 2))).tolist()
+        return slices_containing(self.labels, class_id)
 
 
 class TestDataset:
@@ -655,7 +675,7 @@ class TestDataset:
         with_class = volume.slices_with(class_id)
         if not with_class:
             raise ValueError(f"class {class_id} does not occur in the support volume {volume.path}")
-        slices = [with_class[p] for p in support_slice_positions(len(with_class), self.n_part)]
+        slices = protocol_support_slices(with_class, self.n_part)
         return {
             "images": to_network_images(volume.image[slices]),
             "masks": torch.from_numpy((volume.labels[slices] == class_id).astype(np.float32)),

@@ -4,12 +4,14 @@ Row 0 holds the support slice of each chunk with its mask; every further row is 
 volume, with the middle slice of each chunk showing the ground truth and the prediction,
 each tile captioned with that slice's Dice (and the row with the volume's Dice). With more
 than `MAX_QUERY_ROWS` query volumes the rows are the best, the median and the worst volume by
-Dice, and the title says so. Masks are drawn filled and semi-transparent with an opaque
+Dice, and the title says so. `tiles_figure_png` draws any grid of such tiles (segment.py's
+overview). Masks are drawn filled and semi-transparent with an opaque
 outline (torchvision's draw_segmentation_masks) in colours of the Okabe-Ito palette, which
 stay distinct under the common colour-vision deficiencies; where prediction and ground truth
 overlap the two fills mix.
 """
 import io
+from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -101,6 +103,43 @@ def class_figure_png(title: str, support: Dict, outcomes: Sequence, queries: Seq
               ((SUPPORT_COLOUR, "support mask"), (TRUTH_COLOUR, "ground truth"), (PREDICTION_COLOUR, "prediction"))]
     figure.legend(handles=legend, loc="outside lower center", ncols=3, fontsize=9)
     figure.suptitle(f"{title}\nshowing {choice}", fontsize=10)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One panel of `tiles_figure_png`: a slice [H, W], the (mask, colour) overlays drawn on
+    it (`overlay`), its caption, and its pixel aspect (row spacing / column spacing)."""
+    image: np.ndarray
+    masks: Sequence[Tuple[np.ndarray, Tuple[int, int, int]]]
+    caption: str
+    aspect: float = 1.0
+
+
+def tiles_figure_png(title: str, rows: Sequence[Sequence[Tile]],
+                     legend: Sequence[Tuple[Tuple[int, int, int], str]]) -> bytes:
+    """PNG bytes of a grid of tiles, one list per row (rows may differ in length), in the
+    style of the evaluation figures (segment.py's overview: the support slice with its mask,
+    then query slices with the prediction)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    n_columns = max(len(row) for row in rows)
+    figure = Figure(figsize=(2.6 * n_columns, 2.8 * len(rows) + 0.8), dpi=100, layout="constrained")
+    axes = np.atleast_2d(figure.subplots(len(rows), n_columns, squeeze=False))
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            axes[r, c].imshow(overlay(tile.image, tile.masks), aspect=tile.aspect)
+            axes[r, c].set_title(tile.caption, fontsize=8)
+    for axis in axes.ravel():
+        axis.set_axis_off()
+    handles = [Patch(color=np.array(colour) / 255, label=label) for colour, label in legend]
+    figure.legend(handles=handles, loc="outside lower center", ncols=max(1, len(handles)), fontsize=9)
+    figure.suptitle(title, fontsize=10)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()

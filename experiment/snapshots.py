@@ -362,12 +362,24 @@ def load_for_evaluation(model, checkpoint: str, image_size: Iterable[int],
     release (recognised by its key names and converted). Weights of another image size, or
     with NaN or infinite values, are refused naming the file.
     """
-    option = "checkpoint"
+    path, state = read_checkpoint(checkpoint, wanted=wanted)
+    return load_checkpoint_state(model, path, state, image_size)
+
+
+def read_checkpoint(checkpoint: str, option: str = "checkpoint",
+                    wanted: Optional[Mapping] = None) -> Tuple[str, Dict]:
+    """(path, contents) of what a user names as a checkpoint (`resolve_checkpoint`); errors
+    are SnapshotErrors naming `option` ("checkpoint", segment.py's "--checkpoint")."""
     try:
         path = resolve_checkpoint(checkpoint, option, wanted)
     except FileNotFoundError as err:
         raise SnapshotError(str(err)) from None
-    state = read_snapshot_file(path, f"{option}={checkpoint!r}")
+    return path, read_snapshot_file(path, f"{option}={checkpoint!r}")
+
+
+def load_checkpoint_state(model, path: str, state, image_size: Iterable[int]) -> LoadedCheckpoint:
+    """The second half of `load_for_evaluation`: load the contents `state` of the file `path`
+    (`read_checkpoint`) into `model`."""
     image_size = list(image_size)
     loaded = LoadedCheckpoint(path, None, None, None)
     if is_project_snapshot(state):
@@ -430,3 +442,13 @@ def _size_hint(weights: Mapping[str, torch.Tensor], wrong: List[str]) -> str:
                 f"{widths[0]}..{widths[-1]}); evaluate it with image_size=[{heights[0]}, {widths[0]}]")
     shown = ", ".join(f"{name} {list(weights[name].shape)}" for name in wrong[:3])
     return f"{len(wrong)} tensor(s) have other shapes: {shown}" + (" ..." if len(wrong) > 3 else "")
+
+
+def saved_training_config(path: str, state, option: str = "checkpoint") -> Dict:
+    """The config a project snapshot's run trained with, the options that older snapshots lack
+    filled in with the values those runs used. Other files (the authors' release checkpoints)
+    carry no config: SnapshotError naming `option` and the file."""
+    if not is_project_snapshot(state) or not isinstance(state.get("config"), dict):
+        raise SnapshotError(f"{option} {path} is not a training snapshot of this project: it holds no "
+                            "saved config saying which dataset and pre-processing it was trained with")
+    return {**OPTIONS_ADDED_LATER, **_translate_legacy(state["config"])}

@@ -34,12 +34,13 @@ import cv2
 import numpy as np
 import SimpleITK as sitk
 
-from data.nifti_io import Geometry, check_finite
+from data.nifti_io import Geometry
 from data.preprocess_common import (DEFAULT_MR_ARITHMETIC, ProcessedVolume, add_arithmetic_argument,
                                     build_parser, flip_rows, itk_error_text, mr_route,
                                     natural_sort_key, parse_arithmetic, preprocess_mr, require_dir,
                                     run_cli, run_preprocessing)
 from data.preprocess_manifest import RawCase, Route
+from data.scans import read_series, series_file_names
 
 TARGET_SPACING = (1.25, 1.25, 7.70)   # (x, y, z) mm
 GREY_TO_LABEL = {0: 0, 63: 1, 126: 2, 189: 3, 252: 4}
@@ -77,23 +78,7 @@ def series_files(patient: ChaosPatient) -> Tuple[List[str], List[str]]:
     by_name = _files_with_suffix(patient.dicom_dir, ".dcm")
     if not by_name:
         raise FileNotFoundError(f"no .dcm files in {patient.dicom_dir}")
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(patient.dicom_dir)
-    if len(series_ids) != 1:
-        raise ValueError(f"{patient.dicom_dir} must hold exactly one DICOM series, found "
-                         f"{len(series_ids)}")
-    by_position = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(patient.dicom_dir,
-                                                                      series_ids[0]))
-    left_out = sorted(set(map(os.path.abspath, by_name)) - set(map(os.path.abspath, by_position)),
-                      key=natural_sort_key)
-    if left_out or len(by_position) != len(by_name):
-        # GDCM leaves unreadable (for example truncated) files out of the series.
-        raise ValueError(f"{patient.dicom_dir}: the series has {len(by_position)} files but the "
-                         f"folder holds {len(by_name)} .dcm files"
-                         + (f"; not in the series (unreadable, truncated or from another "
-                            f"series): {', '.join(os.path.basename(p) for p in left_out[:5])}"
-                            + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
-                            if left_out else ""))
-    return by_position, by_name
+    return series_file_names(patient.dicom_dir, by_name, ".dcm files"), by_name
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -162,18 +147,10 @@ def read_chaos_patient(patient: ChaosPatient) -> Tuple[np.ndarray, np.ndarray, G
     """The T2-SPIR volume in the series' own pixel type (the integer type of the DICOM data),
     its label map (uint8, 0..4), both (z, y, x) in DICOM row order, and the series geometry."""
     by_position, by_name = series_files(patient)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(by_position)
-    try:
-        image = reader.Execute()
-    except RuntimeError as err:
-        raise ValueError(f"cannot read the DICOM series in {patient.dicom_dir}: "
-                         f"{itk_error_text(err)}") from None
     # The raw pixel type (int16 for CHAOS) is kept: the release's arithmetic (see preprocess_mr).
-    array = sitk.GetArrayFromImage(image)
-    check_finite(array, f"DICOM series {patient.dicom_dir}")
+    array, geometry, _ = read_series(by_position, patient.dicom_dir)
     label = read_masks(patient, by_position, by_name, array.shape[1:])
-    return array, label, Geometry.of(image)
+    return array, label, geometry
 
 
 def chaos_case(patient: ChaosPatient) -> RawCase:
@@ -189,12 +166,22 @@ def chaos_route(arithmetic: str = DEFAULT_MR_ARITHMETIC) -> Route:
                     grey_to_label={str(k): v for k, v in GREY_TO_LABEL.items()})
 
 
+def preprocess_chaos_arrays(image: np.ndarray, label: Optional[np.ndarray], geometry: Geometry,
+                            arithmetic: str = DEFAULT_MR_ARITHMETIC, row_flip: bool = True) -> ProcessedVolume:
+    """Steps 2-3 above on a DICOM-ordered (z, y, x) volume and its label map (or None) with
+    `geometry`. `row_flip=False` skips step 2, for arrays already in the dcm2nii layout
+    (the literature's NIfTI files)."""
+    if row_flip:
+        if label is not None:
+            label, _ = flip_rows(label, geometry)
+        image, geometry = flip_rows(image, geometry)
+    return preprocess_mr(image, label, geometry, TARGET_SPACING, arithmetic=arithmetic)
+
+
 def preprocess_chaos_patient(patient: ChaosPatient,
                              arithmetic: str = DEFAULT_MR_ARITHMETIC) -> ProcessedVolume:
     image, label, geometry = read_chaos_patient(patient)
-    image, flipped = flip_rows(image, geometry)
-    label, _ = flip_rows(label, geometry)
-    return preprocess_mr(image, label, flipped, TARGET_SPACING, arithmetic=arithmetic)
+    return preprocess_chaos_arrays(image, label, geometry, arithmetic)
 
 
 def preprocess_chaos(raw_dir: str, out_dir: str, overwrite: bool = False,

@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from data.nifti_io import Geometry
 from data.preprocess_common import (ProcessedVolume, build_parser, extract_inplane_window, nifti_pair_case,
                                     pair_by_key, read_label_on_image_grid, read_raw_image, require_dir,
                                     resample_image, resample_label, run_cli, run_preprocessing,
@@ -67,32 +68,44 @@ def sabs_route() -> Route:
         "inplane_spacing_factor": SPACING_FACTOR, "label_values": list(LABEL_VALUES)})
 
 
+def check_croppable(shape: Sequence[int], image_path: str) -> None:
+    """Raise naming the image unless its (z, y, x) `shape` leaves pixels after the border crop."""
+    if min(shape[1:]) <= 2 * BORDER:
+        raise ValueError(f"image {image_path} has in-plane size {tuple(shape[1:])}, too small to "
+                         f"crop {BORDER} pixels from each border")
+
+
 def validate_sabs_pair(pair: Tuple[str, str]) -> None:
     """Raise if the pair cannot be read completely, the image has non-finite voxels, shapes
     differ, or the label has undefined values."""
     image_path, label_path = pair
     image, geometry = read_raw_image(image_path)
-    image_shape = image.shape
-    read_label_on_image_grid(label_path, LABEL_VALUES, image_path, image_shape, geometry)
-    if min(image_shape[1:]) <= 2 * BORDER:
-        raise ValueError(f"image {image_path} has in-plane size {image_shape[1:]}, too small to "
-                         f"crop {BORDER} pixels from each border")
+    read_label_on_image_grid(label_path, LABEL_VALUES, image_path, image.shape, geometry)
+    check_croppable(image.shape, image_path)
 
 
-def preprocess_sabs_volume(image_path: str, label_path: str) -> ProcessedVolume:
-    """Window, crop and resample one CT volume and its label map (steps 1-3 above)."""
-    hu, geometry = read_raw_image(image_path)
-    # The label on the image's grid (reoriented if stored with other axes, else refused).
-    label, notes = read_label_on_image_grid(label_path, LABEL_VALUES, image_path, hu.shape, geometry)
+def preprocess_sabs_arrays(hu: np.ndarray, label: Optional[np.ndarray], geometry: Geometry,
+                           notes: Tuple[str, ...] = ()) -> ProcessedVolume:
+    """Steps 1-3 above on a CT volume in HU (z, y, x) and its label map on the same grid (or
+    None: the result's label is None), both described by `geometry`."""
     image = window_ct(hu)
     crop_size = [n - 2 * BORDER for n in image.shape[1:]]
     image, cropped = extract_inplane_window(image, geometry, (BORDER, BORDER), crop_size, 0.0)
-    label, _ = extract_inplane_window(label, geometry, (BORDER, BORDER), crop_size, 0)
     sx, sy, sz = cropped.spacing
     new_spacing = (sx * SPACING_FACTOR, sy * SPACING_FACTOR, sz)
     image, out_geometry = resample_image(image, cropped, new_spacing)
-    label, _ = resample_label(label, cropped, new_spacing)
+    if label is not None:
+        label, _ = extract_inplane_window(label, geometry, (BORDER, BORDER), crop_size, 0)
+        label, _ = resample_label(label, cropped, new_spacing)
     return ProcessedVolume(image, label, out_geometry, notes)
+
+
+def preprocess_sabs_volume(image_path: str, label_path: str) -> ProcessedVolume:
+    """Read one CT volume and its label map and run steps 1-3 (`preprocess_sabs_arrays`)."""
+    hu, geometry = read_raw_image(image_path)
+    # The label on the image's grid (reoriented if stored with other axes, else refused).
+    label, notes = read_label_on_image_grid(label_path, LABEL_VALUES, image_path, hu.shape, geometry)
+    return preprocess_sabs_arrays(hu, label, geometry, notes)
 
 
 def preprocess_sabs(raw_dir: str, out_dir: str, overwrite: bool = False) -> List[str]:
