@@ -148,6 +148,18 @@ def read_raw_image(path: str) -> Tuple[np.ndarray, Geometry]:
 _GEOMETRY_TOLERANCE = 1e-4
 
 
+def image_information(path: str, what: str) -> sitk.ImageFileReader:
+    """A SimpleITK reader of `path` with its header read (no voxels); an unreadable header is
+    a ValueError saying it cannot read `what`."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise ValueError(f"cannot read {what}: {itk_error_text(err)}") from None
+    return reader
+
+
 def release_geometry(path: str, geometry: Geometry) -> Geometry:
     """The geometry SimpleITK reads from the NIfTI header of `path`, after checking that it
     is `geometry` (nibabel's reading) up to rounding.
@@ -157,12 +169,7 @@ def release_geometry(path: str, geometry: Geometry) -> Geometry:
     the 8th digit for an oblique direction. Resampling integer data truncates every
     interpolated value, and on the other spacing some values land a rounding error below an
     integer and truncate one grey level lower than the release's (about 1 voxel in 5000)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        raise ValueError(f"cannot read the header of {path} with SimpleITK: {itk_error_text(err)}") from None
+    reader = image_information(path, f"the header of {path} with SimpleITK")
     dimension = reader.GetDimension()
     direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dimension, dimension)[:3, :3]
     itk = Geometry(tuple(float(v) for v in reader.GetSpacing()[:3]), tuple(float(v) for v in reader.GetOrigin()[:3]),

@@ -20,11 +20,15 @@
 #   SIZE [128]              resample_in_plane: every volume (images linear, labels and supervoxels
 #                           nearest) resampled from 256 x 256 to SIZE x SIZE, for training and
 #                           evaluation alike; Dice is computed on that grid. At 256 x 256 a CPU
-#                           training step takes ~9 s (42000 steps: 4 days); at 128 ~2 s
+#                           training step takes ~9 s (42000 steps: 4 days); at 128 ~2 s.
+#                           SIZE=none: the volumes as stored (256 x 256), as the release
 #   MIN_SIZE [50]           episode min foreground pixels: the release's 200 at 256 x 256 covers the
 #                           same area as 50 at 128 x 128
 #   STEPS [1000] SNAPSHOT [250]   training steps; snapshot (and curve point) interval
 #   OPTIMIZER [adam] LR [2e-4] RANDOM_START [demo] PRETRAINED []   as in script/demo.sh
+#   EXTRA []                more options for train.py and test.py (shared options only, e.g.
+#                           "amp_bf16=True"); TRAIN_EXTRA [] for train.py alone (e.g. "cuda_graph=True
+#                           channels_last=True")
 #   DEVICE [auto]  WORKERS [1]  PYTHON [.venv/bin/python or python3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,11 +49,15 @@ RANDOM_START=${RANDOM_START:-demo}
 PRETRAINED=${PRETRAINED:-}
 DEVICE=${DEVICE:-auto}
 WORKERS=${WORKERS:-1}
+EXTRA=${EXTRA:-}
+TRAIN_EXTRA=${TRAIN_EXTRA:-}
 source script/lib.sh   # PYTHON, latest_run
 RUNS="$OUT/runs"
 
-common=(CMR "data_root=$DATA_ROOT" "resample_in_plane=[$SIZE,$SIZE]" "eval_fold=$FOLD" "device=$DEVICE"
-        "runs_dir=$RUNS")
+common=(CMR "data_root=$DATA_ROOT" "eval_fold=$FOLD" "device=$DEVICE" "runs_dir=$RUNS")
+[[ "$SIZE" != none ]] && common+=("resample_in_plane=[$SIZE,$SIZE]")
+# shellcheck disable=SC2206  # EXTRA holds whitespace-separated Sacred options
+common+=($EXTRA)
 train_options=("n_steps=$STEPS" "snapshot_interval=$SNAPSHOT" print_interval=25 "num_workers=$WORKERS"
                "optimizer=$OPTIMIZER" "lr=$LR" "min_size=$MIN_SIZE" save_initial_snapshot=True)
 case "$RANDOM_START" in
@@ -57,10 +65,12 @@ case "$RANDOM_START" in
     release) ;;
     *) echo "RANDOM_START must be demo or release, got '$RANDOM_START'" >&2; exit 2 ;;
 esac
+# shellcheck disable=SC2206
+train_options+=($TRAIN_EXTRA)
 if [[ -n "$PRETRAINED" ]]; then common+=("pretrained_weights=$PRETRAINED"); else common+=(pretrained_weights=none); fi
 
 started=$(date +%s)
-echo "== FAF-Net on real CMR ($DATA_ROOT), fold $FOLD, ${SIZE} x ${SIZE}, $STEPS steps; outputs in $OUT/"
+echo "== FAF-Net on real CMR ($DATA_ROOT), fold $FOLD, in-plane size ${SIZE}, $STEPS steps; outputs in $OUT/"
 echo "== 1/2 training"
 "$PYTHON" train.py with "${common[@]}" "${train_options[@]}"
 trained=$(latest_run "$RUNS/train")

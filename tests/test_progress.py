@@ -1,7 +1,6 @@
 """Progress in a log (data/progress.py): what is done of what total, the rate and the time
 left, at a steady rate when no terminal is attached; the run logs receive the lines."""
 import logging
-import os
 
 import pytest
 

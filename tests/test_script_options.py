@@ -64,6 +64,8 @@ def assert_experiment_accepts(call):
     ("evaluate.sh", {"FOLDS": "0", "DATASET": "SYNTHETIC", "SUPP_IDX": "0 1"}, ["test.py"]),
     # Without snapshots on disk the glob stays a pattern: one evaluation for it, one for final.pth.
     ("real_cmr.sh", {"DATA_ROOT": "/data/CMR"}, ["train.py", "test.py", "test.py"]),
+    ("real_cmr.sh", {"DATA_ROOT": "/data/CMR", "SIZE": "none", "EXTRA": "amp_bf16=True",
+                     "TRAIN_EXTRA": "cuda_graph=True channels_last=True"}, ["train.py", "test.py", "test.py"]),
 ])
 def test_scripts_pass_only_options_the_experiments_declare(script, env, expected, tmp_path):
     calls = recorded_experiment_calls(script, tmp_path, **env)

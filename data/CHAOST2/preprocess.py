@@ -32,11 +32,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-import SimpleITK as sitk
 
 from data.nifti_io import Geometry
 from data.preprocess_common import (DEFAULT_MR_ARITHMETIC, ProcessedVolume, add_arithmetic_argument,
-                                    build_parser, flip_rows, itk_error_text, mr_route,
+                                    build_parser, flip_rows, image_information, mr_route,
                                     natural_sort_key, parse_arithmetic, preprocess_mr, require_dir,
                                     run_cli, run_preprocessing)
 from data.preprocess_manifest import RawCase, Route
@@ -127,12 +126,7 @@ def read_masks(patient: ChaosPatient, by_position: List[str], by_name: List[str]
 
 
 def _slice_shape(dicom_path: str) -> Tuple[int, int]:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(dicom_path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        raise ValueError(f"cannot read DICOM {dicom_path}: {itk_error_text(err)}") from None
+    reader = image_information(dicom_path, f"DICOM {dicom_path}")
     columns, rows = reader.GetSize()[:2]
     return rows, columns
 
