@@ -31,7 +31,7 @@ import torch
 
 from data.atomic import atomic_write_bytes, atomic_write_json
 from data.nifti_io import Geometry, nifti_bytes
-from data.preprocess_common import DEFAULT_MR_ARITHMETIC, MR_ARITHMETIC
+from data.preprocess_common import DEFAULT_MR_ARITHMETIC, MR_ARITHMETIC, smallest_label_dtype
 from data.progress import log_to_console, progress
 from data.resample import resample_onto, slice_positions_on
 from data.routes import (PREPROCESS_CHOICES, Preprocessing, apply_route, check_route_output, choose_preprocessing,
@@ -439,11 +439,6 @@ def segment_label(model, support: Support, query: Query, plan: LabelPlan, device
     return LabelResult(probability, mask, removed)
 
 
-def label_dtype(labels: Sequence[int]):
-    top = max(labels)
-    return np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.int32
-
-
 @dataclass
 class QueryResult:
     query: Query
@@ -468,7 +463,7 @@ def segment(model, support: Support, query: Query, device: torch.device, options
         results = {label: segment_label(model, support, query, query.plans[label], device, options, bar)
                    for label in labels}
     combined = combine_labels(labels, [results[lb].mask for lb in labels],
-                              [results[lb].probability for lb in labels], label_dtype(labels))
+                              [results[lb].probability for lb in labels], smallest_label_dtype(max(labels)))
     original = prepared.scan
     label_map = resample_onto(combined, prepared.geometry, original.geometry, original.array.shape, "nearest")
     probabilities = {label: resample_onto(results[label].probability, prepared.geometry, original.geometry,

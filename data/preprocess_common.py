@@ -222,7 +222,11 @@ def read_label_on_image_grid(path: str, allowed: Iterable[int], image_path: str,
 
 
 def smallest_label_dtype(max_value: int) -> np.dtype:
-    return np.dtype(np.uint8) if max_value <= np.iinfo(np.uint8).max else np.dtype(np.uint16)
+    """uint8, uint16 or int32: the smallest that holds label values up to `max_value`."""
+    for dtype in (np.uint8, np.uint16):
+        if max_value <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int32)
 
 
 # ----------------------------------------------------------------------------- geometry steps

@@ -10,7 +10,6 @@ arrays, optionally resampled in-plane (`resample_in_plane`: images linear, label
 supervoxels nearest), z-scored per volume, and reach the network as 3 identical channels.
 """
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -455,9 +454,10 @@ class TrainDataset(Dataset):
         held_out = set(_fold(self.spec, self.n_volumes, eval_fold))
         self.eval_fold = eval_fold
         self.volume_indices = [i for i in range(self.n_volumes) if i not in held_out]
-        supervoxel_files = None if use_gt else self.layout.supervoxel_files(self.supervoxel_min_size)
+        # One scan of the supervoxel folder serves every volume (and `source_files`).
+        self._supervoxel_files = None if use_gt else self.layout.supervoxel_files(self.supervoxel_min_size)
         self.reader = VolumeReader(self.spec, image_size, resample_in_plane)
-        self.volumes = [self._load(self.layout[i], supervoxel_files) for i in
+        self.volumes = [self._load(self.layout[i], self._supervoxel_files) for i in
                         progress(self.volume_indices, desc="loading training volumes", unit="volume")]
         self.reader.log_notes()
         self._check_same_in_plane()
@@ -493,7 +493,8 @@ class TrainDataset(Dataset):
             if self.use_gt or self.setting == 2:
                 paths.append(volume.files.label)
             if not self.use_gt:
-                paths.append(self.layout.supervoxel_path(volume.files, self.supervoxel_min_size))
+                paths.append(self.layout.supervoxel_path(volume.files, self.supervoxel_min_size,
+                                                         self._supervoxel_files))
         return paths
 
     @property
@@ -594,18 +595,22 @@ class TestVolume:
     image: np.ndarray        # float32 [Z, H, W], z-scored
     labels: np.ndarray       # int [Z, H, W], mapped ground truth
     geometry: Geometry       # of the grid the arrays are on
-    path: str                # the image file
-    files: Optional[VolumeFiles] = None
+    files: VolumeFiles       # where it came from
+
+    @property
+    def path(self) -> str:
+        """The image file."""
+        return self.files.image
 
     @property
     def name(self) -> str:
         """The image file's name ("image_12.nii.gz")."""
-        return os.path.basename(self.path)
+        return self.files.name
 
     @property
     def number(self) -> int:
         """The i of image_<i> (equal to `index` in this project's 0-based layout)."""
-        return self.files.number if self.files is not None else self.index
+        return self.files.number
 
     def slices_with(self, class_id: int) -> List[int]:
         return slices_containing(self.labels, class_id)
@@ -665,7 +670,7 @@ class TestDataset:
     def _load(self, position: int) -> TestVolume:
         files = self.layout[position]
         volume = self.reader.read(files, ground_truth=True)
-        return TestVolume(position, volume.image, volume.ground_truth, volume.geometry, files.image, files)
+        return TestVolume(position, volume.image, volume.ground_truth, volume.geometry, files)
 
     def support(self, class_id: int) -> Dict[str, object]:
         """The n_part support slices of `class_id` at fractions 1/6, 1/2, 5/6 of the support
