@@ -64,11 +64,7 @@ common=(SYNTHETIC "data_root=$DATA_ROOT" "image_size=[$SIZE,$SIZE]" eval_fold=0 
 train_options=("n_steps=$STEPS" "snapshot_interval=$SNAPSHOT" print_interval=20 "num_workers=$WORKERS"
                "optimizer=$OPTIMIZER" "lr=$LR" "min_size=$MIN_SIZE" "supervoxel_min_size=$SUPERVOXEL_MIN"
                save_initial_snapshot=True)
-case "$RANDOM_START" in
-    demo) [[ -z "$PRETRAINED" ]] && train_options+=(zero_init_residual=True threshold_head_init_scale=0.05) ;;
-    release) ;;
-    *) echo "RANDOM_START must be demo or release, got '$RANDOM_START'" >&2; exit 2 ;;
-esac
+add_random_start_options   # lib.sh: the demo's random-start options unless RANDOM_START=release
 [[ -n "$GRAD_CLIP" ]] && train_options+=("grad_clip_norm=$GRAD_CLIP")
 [[ -n "$PRETRAINED" ]] && common+=("pretrained_weights=$PRETRAINED")
 

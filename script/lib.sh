@@ -1,5 +1,5 @@
-# Shared by script/train.sh, script/evaluate.sh and script/demo.sh (sourced, not run):
-# the fold scripts' environment, the Python to use, run locks and the fold loop.
+# Shared by script/train.sh, script/evaluate.sh, script/demo.sh and script/real_cmr.sh (sourced, not run):
+# the fold scripts' environment, the Python to use, run locks, the fold loop and the random-start options.
 
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
@@ -115,4 +115,15 @@ run_folds() {
     for fold in "${failed[@]}"; do
         echo "[$run.sh] fold $fold FAILED (see $EXPERIMENT_DIR/fold$fold/ and its $run.out)" >&2
     done
+}
+
+# add_random_start_options: append the demo's random-start options (docs in script/demo.sh) to
+# the caller's train_options when RANDOM_START=demo and no PRETRAINED file is given.
+add_random_start_options() {
+    case "$RANDOM_START" in
+        demo) [[ -z "$PRETRAINED" ]] && train_options+=(zero_init_residual=True threshold_head_init_scale=0.05) ;;
+        release) ;;
+        *) echo "RANDOM_START must be demo or release, got '$RANDOM_START'" >&2; exit 2 ;;
+    esac
+    return 0
 }

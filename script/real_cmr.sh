@@ -60,11 +60,7 @@ common=(CMR "data_root=$DATA_ROOT" "eval_fold=$FOLD" "device=$DEVICE" "runs_dir=
 common+=($EXTRA)
 train_options=("n_steps=$STEPS" "snapshot_interval=$SNAPSHOT" print_interval=25 "num_workers=$WORKERS"
                "optimizer=$OPTIMIZER" "lr=$LR" "min_size=$MIN_SIZE" save_initial_snapshot=True)
-case "$RANDOM_START" in
-    demo) [[ -z "$PRETRAINED" ]] && train_options+=(zero_init_residual=True threshold_head_init_scale=0.05) ;;
-    release) ;;
-    *) echo "RANDOM_START must be demo or release, got '$RANDOM_START'" >&2; exit 2 ;;
-esac
+add_random_start_options   # lib.sh: the demo's random-start options unless RANDOM_START=release
 # shellcheck disable=SC2206
 train_options+=($TRAIN_EXTRA)
 if [[ -n "$PRETRAINED" ]]; then common+=("pretrained_weights=$PRETRAINED"); else common+=(pretrained_weights=none); fi

@@ -78,3 +78,15 @@ def test_an_undeclared_option_is_refused_by_the_check(tmp_path):
     # The check itself: the evaluation does not declare a training-only option.
     with pytest.raises(AssertionError, match="supervoxel_min_size"):
         assert_experiment_accepts(["test.py", "with", "SYNTHETIC", "supervoxel_min_size=200"])
+
+
+@pytest.mark.parametrize("script, env", [("demo.sh", {}), ("real_cmr.sh", {"DATA_ROOT": "/data/CMR"})])
+def test_random_start_options_follow_random_start_and_pretrained(script, env, tmp_path):
+    demo_options = {"zero_init_residual=True", "threshold_head_init_scale=0.05"}
+    for case, (extra, expected) in enumerate((({}, True), ({"RANDOM_START": "release"}, False),
+                                              ({"PRETRAINED": "/weights.pth"}, False))):
+        folder = tmp_path / str(case)
+        folder.mkdir()
+        calls = recorded_experiment_calls(script, folder, **env, **extra)
+        train = next(call for call in calls if call[0] == "train.py")
+        assert (demo_options <= set(train)) is expected, (extra, train)
