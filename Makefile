@@ -17,7 +17,7 @@ $(VENV)/.requirements-installed: requirements.txt
 # at once) and compiles the Cython supervoxel module in place (data/supervoxels/).
 build: $(VENV)/.project-installed
 
-$(VENV)/.project-installed: $(VENV)/.requirements-installed setup.py data/supervoxels/_felzenszwalb_3d.pyx
+$(VENV)/.project-installed: $(VENV)/.requirements-installed setup.py fafnet/supervoxels/_felzenszwalb_3d.pyx
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 	touch $@
 

@@ -1,14 +1,15 @@
-"""Installs the project's packages (editable: `make setup` runs `pip install -e .`) and builds
-the Cython extension for 3D supervoxels. The scripts at the repository root (train.py,
-test.py, segment.py, config.py, utils.py) are run from there and are not installed."""
+"""Installs the `fafnet` package (editable: `make setup` runs `pip install -e .`), builds the
+Cython extension for 3D supervoxels and declares the console scripts. The scripts at the
+repository root (train.py, test.py, segment.py, utils.py, config.py) are thin entry points
+into the same package for the release's commands."""
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
 
 extensions = [
     Extension(
-        "data.supervoxels._felzenszwalb_3d",
-        ["data/supervoxels/_felzenszwalb_3d.pyx"],
+        "fafnet.supervoxels._felzenszwalb_3d",
+        ["fafnet/supervoxels/_felzenszwalb_3d.pyx"],
         include_dirs=[numpy.get_include()],
         extra_compile_args=["-O3"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
@@ -20,7 +21,13 @@ setup(
     version="0.3.0",
     description="FAF-Net for few-shot medical image segmentation: a faithful, tested reproduction",
     python_requires=">=3.9",
-    packages=find_packages(include=["models", "models.*", "dataloaders", "dataloaders.*", "data", "data.*",
-                                    "experiment", "experiment.*", "bench", "bench.*"]),
+    packages=find_packages(include=["fafnet", "fafnet.*"]),
+    entry_points={"console_scripts": [
+        "fafnet-train = fafnet.cli.train:cli",
+        "fafnet-evaluate = fafnet.cli.evaluate:cli",
+        "fafnet-segment = fafnet.cli.segment:cli",
+        "fafnet-preprocess = fafnet.cli.preprocess:cli",
+        "fafnet-results = fafnet.cli.results:cli",
+    ]},
     ext_modules=cythonize(extensions, language_level=3),
 )

@@ -18,10 +18,10 @@ from typing import Dict, List, Optional
 import cv2
 import torch
 
-from data.atomic import atomic_write_json
-from data.synthetic.generate import generate_dataset
-from dataloaders.dataset_specs import get_dataset_spec
-from dataloaders.datasets import TrainDataset
+from fafnet.io.atomic import atomic_write_json
+from fafnet.synthetic.generate import generate_dataset
+from fafnet.datasets.specs import get_dataset_spec
+from fafnet.episodes.datasets import TrainDataset
 
 SUPERVOXEL_MIN_SIZE = get_dataset_spec("SYNTHETIC").supervoxel_min_size
 

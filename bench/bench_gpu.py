@@ -15,7 +15,7 @@ down) under its share of --budget-s; optional parts stop when the share runs out
 
 train    environment; torch.profiler breakdown of one baseline training step (kernels, launch
          time, host synchronisations, copies, FFT) and of the fastest variant; median step
-         time of the baseline (the training step before experiment.train_step: fp32,
+         time of the baseline (the training step before fafnet.training.step: fp32,
          bool(any()) in the alignment loss, .item() before backward) and of TrainStep with
          fp32 / cudnn.benchmark / bf16 autocast / channels-last / CUDA graph; then evaluation
          throughput of FAFNet.predict (query slices/s) for batch 8/16/32, bf16,
@@ -57,18 +57,18 @@ import torch
 import torch.nn.functional as F
 
 from bench.bench_model import set_batchnorm_statistics
-from data.atomic import atomic_write_json
-from data.synthetic.generate import generate_subject
-from dataloaders.dataset_specs import get_dataset_spec, make_folds
-from dataloaders.datasets import (TrainDataset, TrainVolume, _has_feasible_episode, chunk_bounds,
+from fafnet.io.atomic import atomic_write_json
+from fafnet.synthetic.generate import generate_subject
+from fafnet.datasets.specs import get_dataset_spec, make_folds
+from fafnet.episodes.datasets import (TrainDataset, TrainVolume, _has_feasible_episode, chunk_bounds,
                                   slice_class_areas, support_slice_positions, to_network_images, zscore)
-from experiment.inference_graphs import GraphedEncoder, GraphedPredict
-from experiment.logs import error_summary
-from experiment.metrics import dice_score
-from experiment.train_step import NonFiniteLossError, TrainStep, optimizer_implementation
-from models import FAFNet, masked_average_pooling, query_loss
-from models.factory import scale_threshold_head, zero_init_residual
-from models.fafnet import _at_least_float32, clamped_nll
+from fafnet.evaluation.graphs import GraphedEncoder, GraphedPredict
+from fafnet.io.logs import error_summary
+from fafnet.evaluation.metrics import dice_score
+from fafnet.training.step import NonFiniteLossError, TrainStep, optimizer_implementation
+from fafnet.models import FAFNet, masked_average_pooling, query_loss
+from fafnet.models.factory import scale_threshold_head, zero_init_residual
+from fafnet.models.fafnet import _at_least_float32, clamped_nll
 
 SECTIONS = ("train", "dice", "compile")
 SHARES = {"train": 0.50, "dice": 0.35}   # of --budget-s; compile gets what is left
@@ -150,8 +150,8 @@ def synthetic_volume(seed: int, index: int, size: int, n_slices: int) -> Tuple[n
 
 def synthetic_supervoxels(seed: int, index: int, size: int, n_slices: int, min_size: int) -> np.ndarray:
     """The supervoxel pseudo-labels of a phantom volume [Z, H, W], as
-    `python -m data.synthetic --supervoxels` writes them (the compiled module is required)."""
-    from data.supervoxels.generate_supervoxels import header_spacing_release_order, supervoxels_for_volume
+    `python -m fafnet.synthetic --supervoxels` writes them (the compiled module is required)."""
+    from fafnet.supervoxels.generate import header_spacing_release_order, supervoxels_for_volume
     image, _, geometry = generate_subject(seed, index, size=size, n_slices=n_slices)
     return supervoxels_for_volume(image, header_spacing_release_order(geometry), min_size)
 
@@ -226,7 +226,7 @@ def legacy_alignment_losses(self, support_features, support_thresholds, support_
 
 
 class LegacyStep:
-    """train.py's TrainingLoop.train_step before experiment.train_step: blocking copies of
+    """train.py's TrainingLoop.train_step before fafnet.training.step: blocking copies of
     masks and labels, query-label checks on the device, four .item() before backward, the
     gradient norm read after it, and the alignment loss above."""
 
@@ -283,7 +283,7 @@ TRAIN_VARIANTS = {   # in order of importance: a short budget drops the last one
     "baseline_bf16": ("legacy", {"amp_bf16": True}, False),
 }
 # name -> (batch size, bf16, channels_last, cudnn.benchmark, CUDA graphs: False, "encoder" or
-# "predict" (the whole predict call, experiment.inference_graphs))
+# "predict" (the whole predict call, fafnet.evaluation.graphs))
 EVAL_VARIANTS = {   # the fp32 reference first, then in order of importance
     "baseline_b8": (8, False, False, False, False),
     "fp32_b8_bench": (8, False, False, True, False),
@@ -884,7 +884,7 @@ def section_dice(args, device: torch.device, budget: Budget, record: Recorder) -
         episodes = [{k: pin(v, device) if isinstance(v, torch.Tensor) else v for k, v in e.items()} for e in episodes]
         torch.manual_seed(seed)
         template = FAFNet(image_size=(size, size))
-        if not args.dice_release_init:   # the demo's random start (models.factory)
+        if not args.dice_release_init:   # the demo's random start (fafnet.models.factory)
             zero_init_residual(template)
             scale_threshold_head(template, DEMO_THRESHOLD_SCALE)
         runs = {}

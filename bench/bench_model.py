@@ -20,8 +20,8 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from tqdm import tqdm
 
-from data.atomic import atomic_write_json
-from models import FAFNet, query_loss
+from fafnet.io.atomic import atomic_write_json
+from fafnet.models import FAFNet, query_loss
 
 
 def parse_args(argv=None) -> argparse.Namespace:

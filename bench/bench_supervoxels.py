@@ -21,7 +21,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from data.atomic import atomic_write_json
+from fafnet.io.atomic import atomic_write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMPLEMENTATIONS = {"naive": "naive NumPy-edges port", "compact": "data.supervoxels (compact)"}
@@ -65,7 +65,7 @@ def run_worker(args) -> None:
     if args.worker == "naive":
         from bench.naive_felzenszwalb import naive_felzenszwalb_3d as segment
     else:
-        from data.supervoxels.felzenszwalb_3d import felzenszwalb_3d as segment
+        from fafnet.supervoxels.felzenszwalb_3d import felzenszwalb_3d as segment
     volume = np.load(args.volume)
     rss_before = current_rss_bytes()
     start = time.perf_counter()

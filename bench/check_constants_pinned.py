@@ -48,11 +48,11 @@ def m(name, files, old, new, tests, in_scope=True) -> Mutation:
     return Mutation(name, (files,) if isinstance(files, str) else tuple(files), old, new, tests, in_scope)
 
 
-FAFNET, MODULES, ENCODER = "models/fafnet.py", "models/modules.py", "models/encoder.py"
-AUGMENT, DATASETS = "dataloaders/augment.py", "dataloaders/datasets.py"
-FELZENSZWALB = "data/supervoxels/felzenszwalb_3d.py"
-GENERATE = "data/supervoxels/generate_supervoxels.py"
-METRICS = ("experiment/metrics.py", "utils.py")
+FAFNET, MODULES, ENCODER = "fafnet/models/fafnet.py", "fafnet/models/modules.py", "fafnet/models/encoder.py"
+AUGMENT, DATASETS = "fafnet/episodes/augment.py", "fafnet/episodes/datasets.py"
+FELZENSZWALB = "fafnet/supervoxels/felzenszwalb_3d.py"
+GENERATE = "fafnet/supervoxels/generate.py"
+METRICS = ("fafnet/evaluation/metrics.py", "utils.py")
 
 MUTATIONS: List[Mutation] = [
     # prediction and losses

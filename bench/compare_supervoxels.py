@@ -1,8 +1,8 @@
 """Compare the project's 3D supervoxels with supervoxel files made elsewhere (the FSMIS
 community's `supervoxels_<min size>/superpix-MIDDLE_<i>.nii.gz`) for the same images.
 
-For every volume it runs the project's generator (data.supervoxels.generate_supervoxels:
-`supervoxels_for_volume` on the image read with data.nifti_io.read_volume, spacing from the
+For every volume it runs the project's generator (fafnet.supervoxels.generate:
+`supervoxels_for_volume` on the image read with fafnet.io.nifti.read_volume, spacing from the
 header in the release's order, as `generate_supervoxels` does) and compares the result with
 the shipped file:
 
@@ -41,10 +41,10 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path[:1]:
     sys.path.insert(0, _ROOT)
 
-from data.atomic import atomic_write_json  # noqa: E402
-from data.nifti_io import read_volume  # noqa: E402
-from data.supervoxels.felzenszwalb_3d import felzenszwalb_3d  # noqa: E402
-from data.supervoxels.generate_supervoxels import (FOREGROUND_THRESHOLD,  # noqa: E402
+from fafnet.io.atomic import atomic_write_json  # noqa: E402
+from fafnet.io.nifti import read_volume  # noqa: E402
+from fafnet.supervoxels.felzenszwalb_3d import felzenszwalb_3d  # noqa: E402
+from fafnet.supervoxels.generate import (FOREGROUND_THRESHOLD,  # noqa: E402
                                                    foreground_mask,
                                                    header_spacing_release_order,
                                                    mask_supervoxels, rescale_to_255,
@@ -275,7 +275,7 @@ def release_emulation_felzenszwalb(volume_255: np.ndarray, spacing: Sequence[flo
     two merging loops over an explicit sorted edge list, float64 thresholds; the release keeps
     the threshold in a C float, which made no difference on the CMR files). About 1 GB for a
     19 x 256 x 256 volume. Returns (D, H, W) int64 labels 0..n-1 by first occurrence."""
-    from data.supervoxels._felzenszwalb_3d import segment_edge_list
+    from fafnet.supervoxels._felzenszwalb_3d import segment_edge_list
     volume = np.ascontiguousarray(volume_255, dtype=np.float64)
     pairs, weights = release_order_edges(volume, spacing)
     order = release_edge_order(weights, sort)

@@ -86,14 +86,14 @@ def merge_sorted_edges_python(edges, costs, num_nodes: int, k: float, min_size: 
 
 def naive_felzenszwalb_3d(image, scale=1, sigma=0.8, min_size=20, spacing=(1, 1, 1),
                           loop="compiled"):
-    """Same contract as data.supervoxels.felzenszwalb_3d, the straightforward way."""
+    """Same contract as fafnet.supervoxels.felzenszwalb_3d, the straightforward way."""
     image = np.asarray(image, dtype=np.float64)
     k = float(scale) / 255.0
     if sigma > 0:
         image = ndimage.gaussian_filter(image, sigma=float(sigma) / np.asarray(spacing, float))
     edges, costs = build_sorted_edges(image, spacing)
     if loop == "compiled":
-        from data.supervoxels._felzenszwalb_3d import segment_edge_list
+        from fafnet.supervoxels._felzenszwalb_3d import segment_edge_list
         forest = segment_edge_list(edges, costs, image.size, k, int(min_size))
     elif loop == "python":
         forest = merge_sorted_edges_python(edges, costs, image.size, k, int(min_size))

@@ -23,11 +23,11 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)   # segment.py is a script at the repository root
 
-from data.atomic import atomic_write_json  # noqa: E402
-from data.layout import DatasetLayout  # noqa: E402
-from data.nifti_io import read_volume  # noqa: E402
-from dataloaders.dataset_specs import get_dataset_spec  # noqa: E402
-from experiment.results import load_results  # noqa: E402
+from fafnet.io.atomic import atomic_write_json  # noqa: E402
+from fafnet.io.layout import DatasetLayout  # noqa: E402
+from fafnet.io.nifti import read_volume  # noqa: E402
+from fafnet.datasets.specs import get_dataset_spec  # noqa: E402
+from fafnet.evaluation.results import load_results  # noqa: E402
 
 
 def raw_labels(spec) -> Dict[int, int]:
@@ -48,7 +48,7 @@ def true_ranges(label_path: str, values: Sequence[int]) -> Dict[int, Optional[tu
 
 
 def run_segment(arguments: List[str]) -> float:
-    import segment
+    from fafnet.cli import segment
     started = time.perf_counter()
     status = segment.main(arguments)
     if status != 0:

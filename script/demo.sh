@@ -56,7 +56,7 @@ echo "== FAF-Net demo on the synthetic dataset: about 12 minutes on a 2-core CPU
 echo "== outputs: $DEMO_DIR/"
 
 echo "== 1/4 synthetic data ($SUBJECTS subjects, $SLICES x $SIZE x $SIZE) and supervoxels (min size $SUPERVOXEL_MIN)"
-"$PYTHON" -m data.synthetic --out "$DATA_ROOT/synthetic_CT_normalized" --subjects "$SUBJECTS" \
+"$PYTHON" -m fafnet.synthetic --out "$DATA_ROOT/synthetic_CT_normalized" --subjects "$SUBJECTS" \
     --size "$SIZE" --slices "$SLICES" --supervoxels --min-size "$SUPERVOXEL_MIN"
 
 common=(SYNTHETIC "data_root=$DATA_ROOT" "image_size=[$SIZE,$SIZE]" eval_fold=0 "device=$DEVICE" "runs_dir=$RUNS"

@@ -57,12 +57,12 @@ def test_trace_breakdown_counts_kernels_launches_syncs_and_copies():
 
 def test_gpu_benchmark_trains_on_the_supervoxels_the_demo_writes(tmp_path):
     # bench_gpu's Dice section builds its episode labels in memory; they must be the labels
-    # `python -m data.synthetic --supervoxels` writes for the demo, voxel for voxel.
-    pytest.importorskip("data.supervoxels._felzenszwalb_3d")
+    # `python -m fafnet.synthetic --supervoxels` writes for the demo, voxel for voxel.
+    pytest.importorskip("fafnet.supervoxels._felzenszwalb_3d")
     import numpy as np
     from bench.bench_gpu import synthetic_supervoxels
-    from data.nifti_io import read_volume
-    from data.synthetic.generate import generate_dataset
+    from fafnet.io.nifti import read_volume
+    from fafnet.synthetic.generate import generate_dataset
     paths = generate_dataset(str(tmp_path), n_subjects=2, size=40, n_slices=6, seed=3, supervoxels=True,
                              supervoxel_min_size=50, progress=False)
     written, _ = read_volume(paths[-1])                      # supervoxels of subject 1

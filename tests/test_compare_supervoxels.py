@@ -94,8 +94,8 @@ def test_release_edges_cover_the_26_neighbourhood_once_with_the_spec_weights():
 def test_release_emulation_equals_the_project_without_ties():
     # Continuous intensities: no equal weights, so the edge order and hence the partition
     # cannot depend on the tie break.
-    pytest.importorskip("data.supervoxels._felzenszwalb_3d")
-    from data.supervoxels.felzenszwalb_3d import felzenszwalb_3d
+    pytest.importorskip("fafnet.supervoxels._felzenszwalb_3d")
+    from fafnet.supervoxels.felzenszwalb_3d import felzenszwalb_3d
     volume = np.random.default_rng(2).random((4, 9, 8)) * 255
     for sort in ("classic", "numpy", "stable"):
         emulated = cmp.release_emulation_felzenszwalb(volume, (3.0, 1.2, 1.2), 10, sort,
@@ -139,7 +139,7 @@ def test_real_cmr_volume_against_the_shipped_supervoxels():
     if folder is None:
         pytest.skip("real CMR data not found: set FAFNET_REAL_CMR to the folder holding "
                     "cmr_MR_normalized/ and supervoxels_1000/, or place it at ../shared/real/CMR")
-    pytest.importorskip("data.supervoxels._felzenszwalb_3d")
+    pytest.importorskip("fafnet.supervoxels._felzenszwalb_3d")
     pytest.importorskip("SimpleITK")
     # Volume 4: 11 slices, integer-valued grey values (many equal edge weights).
     image = os.path.join(folder, "cmr_MR_normalized", "image_4.nii.gz")
@@ -162,10 +162,10 @@ def test_real_cmr_volume_against_the_shipped_supervoxels():
 # ---------------------------------------------------------------- the CLI
 
 def test_cli_compares_a_folder_and_writes_json(tmp_path, capsys):
-    pytest.importorskip("data.supervoxels._felzenszwalb_3d")
+    pytest.importorskip("fafnet.supervoxels._felzenszwalb_3d")
     import json
-    from data.nifti_io import Geometry, write_volume
-    from data.supervoxels.generate_supervoxels import supervoxels_for_volume
+    from fafnet.io.nifti import Geometry, write_volume
+    from fafnet.supervoxels.generate import supervoxels_for_volume
     rng = np.random.default_rng(3)
     geometry = Geometry((1.25, 1.25, 8.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     images, shipped = tmp_path / "images", tmp_path / "sv"

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data.nifti_io import Geometry, write_volume
-from dataloaders import augment
-from dataloaders.dataset_specs import DATASETS, get_dataset_spec, group_classes, make_folds
-from dataloaders.datasets import (SETTING2_PROTOCOLS, TestDataset, TrainDataset, chunk_bounds,
+from fafnet.io.nifti import Geometry, write_volume
+from fafnet.episodes import augment
+from fafnet.datasets.specs import DATASETS, get_dataset_spec, group_classes, make_folds
+from fafnet.episodes.datasets import (SETTING2_PROTOCOLS, TestDataset, TrainDataset, chunk_bounds,
                                   consecutive_runs, count_volumes, excluded_classes_for,
                                   remaining_slices, slice_class_areas, support_slice_positions)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torchvision.models.resnet import Bottleneck
 
-from experiment.rng import seed_everything
-from models import FAFNet, build_model, scale_threshold_head, zero_init_residual
+from fafnet.runtime.rng import seed_everything
+from fafnet.models import FAFNet, build_model, scale_threshold_head, zero_init_residual
 from tests.test_experiment import base_config, run_train, train_script, write_phantom
 
 SIZE = (33, 33)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.nifti_io import Geometry, read_volume, write_volume
-from experiment.metrics import dice_score, iou_score
-from experiment.snapshots import (OPTIONS_ADDED_LATER, final_path, latest_path, list_step_snapshots,
+from fafnet.io.nifti import Geometry, read_volume, write_volume
+from fafnet.evaluation.metrics import dice_score, iou_score
+from fafnet.runtime.snapshots import (OPTIONS_ADDED_LATER, final_path, latest_path, list_step_snapshots,
                                   step_path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,18 +27,8 @@ GEOMETRY = Geometry(spacing=(1.25, 1.25, 7.7), origin=(-40.0, -40.0, 10.0),
                     direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
 
 
-def _load_script(name: str):
-    """Import train.py / test.py by path (a plain `import test` could find Python's own
-    `test` package)."""
-    spec = importlib.util.spec_from_file_location(f"fafnet_{name}_script", os.path.join(ROOT, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-train_script = _load_script("train")
-test_script = _load_script("test")
+import fafnet.cli.evaluate as test_script  # noqa: E402
+import fafnet.cli.train as train_script  # noqa: E402
 
 
 def write_phantom(data_dir: str) -> None:
@@ -157,7 +147,7 @@ def test_a_dataset_source_files_are_the_files_it_reads(phantom):
 def nan_run(phantom, tmp_path_factory):
     """Same options as `straight_run`, but the query loss is NaN at step 3."""
     runs_dir = str(tmp_path_factory.mktemp("runs_nan"))
-    import experiment.train_step as train_step
+    import fafnet.training.step as train_step
     original, calls = train_step.clamped_nll, []
 
     def nan_on_third_step(probs, labels, weights=None):
@@ -371,7 +361,7 @@ def test_combined_prediction_volume_holds_every_class(evaluation, phantom):
 
 
 def test_figure_rows_are_all_queries_or_best_median_worst():
-    from experiment.figures import choose_queries
+    from fafnet.evaluation.figures import choose_queries
     assert choose_queries([0.2, 0.9, 0.5]) == ([1, 2, 0], "all 3 query volume(s)")
     rows, how = choose_queries([0.2, 0.9, 0.5, 0.7, 0.1])
     assert rows == [1, 2, 4] and how.startswith("the best, median and worst of 5")
@@ -524,8 +514,8 @@ def test_training_run_records_sources_dependencies_and_commit(straight_run):
     experiment = json.load(open(os.path.join(run_dir, "run.json")))["experiment"]
     sources = {path for path, _ in experiment["sources"]}
     assert experiment["mainfile"] == "train.py"
-    for expected in ("train.py", "config.py", "models/fafnet.py", "models/modules.py", "models/encoder.py",
-                     "dataloaders/datasets.py", "experiment/snapshots.py", "data/nifti_io.py"):
+    for expected in ("train.py", "config.py", "fafnet/models/fafnet.py", "fafnet/models/modules.py", "fafnet/models/encoder.py",
+                     "fafnet/episodes/datasets.py", "fafnet/runtime/snapshots.py", "fafnet/io/nifti.py"):
         assert expected in sources, expected
     packages = {dependency.split("==")[0].lower() for dependency in experiment["dependencies"]}
     assert {"torch", "torchvision", "numpy", "simpleitk", "sacred", "scipy", "tqdm"} <= packages
@@ -689,7 +679,7 @@ def test_a_checkpoint_trained_on_the_evaluated_fold_is_refused(straight_run, pha
                                test_classes=[6], save_predictions=False, save_figures=False))
     leakage = json.load(open(os.path.join(run.observers[0].dir, "results.json")))["protocol"]["leakage"]
     assert leakage["status"] == "overlap" and leakage["overlap"] == [3, 4] and leakage["allow_leakage"] is True
-    import utils
+    from fafnet.cli import results as utils
     assert utils.main(["aggregate", run.observers[0].dir]) == 2
     assert "trained on volume(s) [3, 4] of evaluated fold 1 (evaluated with allow_leakage=True)" in \
         capsys.readouterr().err
@@ -798,7 +788,7 @@ def test_a_skipped_class_is_marked_and_nothing_evaluated_fails(phantom, tmp_path
     assert "| liver * | n/a | n/a | 0 |" in out and "| **mean** of 1 of 2 classes (spleen) |" in out
     csv_last = open(os.path.join(run.observers[0].dir, "results.csv")).read().splitlines()[-1]
     assert csv_last.startswith("all,mean,,all,mean over 1 of 2 classes (spleen),")
-    import utils
+    from fafnet.cli import results as utils
     assert utils.main(["aggregate", run.observers[0].dir]) == 0      # the fold table marks it
     assert "n/a *" in capsys.readouterr().out
     # Only the liver: nothing can be evaluated. The run fails, results.json still shows why.
@@ -822,7 +812,7 @@ def test_a_full_disk_is_the_last_line(phantom, tmp_path, monkeypatch, capsys):
     import shutil
     from collections import namedtuple
 
-    import config as config_module
+    from fafnet.cli import config as config_module
 
     def no_space(obj, path, *args, **kwargs):   # what torch's zip writer raises on a full disk
         raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 123 vs 456")
@@ -848,8 +838,8 @@ def test_sigterm_interrupts_a_run_that_can_be_resumed_at_once(phantom, tmp_path)
     import subprocess
     import time
 
-    from experiment.runs import run_status
-    from experiment.snapshots import load_for_resume
+    from fafnet.runtime.runs import run_status
+    from fafnet.runtime.snapshots import load_for_resume
     runs_dir = str(tmp_path / "runs")
     argv = _train_argv(phantom, runs_dir, n_steps=1000, keep_snapshots="none")
     process = subprocess.Popen([sys.executable] + argv, cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -19,14 +19,14 @@ import cv2
 import numpy as np
 import pytest
 
-from data.nifti_io import Geometry, write_volume
-from data.supervoxels.felzenszwalb_3d import felzenszwalb_3d, neighbour_weight_factors
-from data.supervoxels.generate_supervoxels import foreground_mask_2d
-from dataloaders import augment
-from dataloaders.datasets import TestDataset, TrainDataset, chunk_bounds, support_slice_positions
+from fafnet.io.nifti import Geometry, write_volume
+from fafnet.supervoxels.felzenszwalb_3d import felzenszwalb_3d, neighbour_weight_factors
+from fafnet.supervoxels.generate import foreground_mask_2d
+from fafnet.episodes import augment
+from fafnet.episodes.datasets import TestDataset, TrainDataset, chunk_bounds, support_slice_positions
 
 try:  # the metrics are moving from utils.py into the experiment package
-    from experiment.metrics import dice_from_counts
+    from fafnet.evaluation.metrics import dice_from_counts
 except ImportError:
     from utils import dice_from_counts
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import AFF, ICM, FAFNet, apply_fourier_filters, masked_average_pooling, query_loss
-from models.modules import FourierFilterGenerator
+from fafnet.models import AFF, ICM, FAFNet, apply_fourier_filters, masked_average_pooling, query_loss
+from fafnet.models.modules import FourierFilterGenerator
 
 
 def sigmoid(x: float) -> float:

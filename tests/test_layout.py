@@ -1,4 +1,4 @@
-"""The dataset folder layout (data/layout.py): the community's 1-based and gapped numbering,
+"""The dataset folder layout (fafnet/io/layout.py): the community's 1-based and gapped numbering,
 the release's supervoxel place, the files a loader must not miss, and label and supervoxel
 files checked against their image's voxel grid (data/nifti_io.on_reference_grid)."""
 import glob
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from data.layout import DatasetLayout
-from data.nifti_io import NO_GEOMETRY, Geometry, on_reference_grid, read_volume, write_volume
-from data.preprocess_common import flip_rows
-from dataloaders.datasets import TestDataset, TrainDataset, count_volumes, open_layout, slice_class_areas
-from experiment.metrics import binary_confusion
-from models import build_model
+from fafnet.io.layout import DatasetLayout
+from fafnet.io.nifti import NO_GEOMETRY, Geometry, on_reference_grid, read_volume, write_volume
+from fafnet.preprocessing.common import flip_rows
+from fafnet.episodes.datasets import TestDataset, TrainDataset, count_volumes, open_layout, slice_class_areas
+from fafnet.evaluation.metrics import binary_confusion
+from fafnet.models import build_model
 
 Z, H, W = 10, 32, 32
 # Ten volumes numbered as the CHAOS-T2 files are shipped: from 1, with gaps.

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torchvision.models.resnet import Bottleneck
 
-from models import FAFNet, query_loss
+from fafnet.models import FAFNet, query_loss
 
 SIZE = (33, 33)
 STEPS = 10

@@ -1,9 +1,9 @@
-"""Dice, IoU and confusion counts (experiment.metrics)."""
+"""Dice, IoU and confusion counts (fafnet.evaluation.metrics)."""
 import numpy as np
 import pytest
 import torch
 
-from experiment import metrics
+from fafnet.evaluation import metrics
 
 
 # ----------------------------------------------------------------------------- Dice / IoU

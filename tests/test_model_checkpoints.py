@@ -4,9 +4,9 @@ import pytest
 import torch
 import torchvision
 
-from models import FAFNet, convert_release_checkpoint, load_pretrained_backbone
-from models.encoder import _build_backbone
-from models.pretrained import DEEPLABV3_URL, IMAGENET_URL
+from fafnet.models import FAFNet, convert_release_checkpoint, load_pretrained_backbone
+from fafnet.models.encoder import _build_backbone
+from fafnet.models.pretrained import DEEPLABV3_URL, IMAGENET_URL
 
 
 class NotATensor:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import FAFNet, masked_average_pooling, query_loss
-from models.fafnet import clamped_nll
+from fafnet.models import FAFNet, masked_average_pooling, query_loss
+from fafnet.models.fafnet import clamped_nll
 
 SIZE = (49, 49)
 

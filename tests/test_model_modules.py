@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from models import AFF, ICM, apply_fourier_filters, feature_size, masked_average_pooling, query_loss
-from models.modules import inverse_real_fft2
-from models.fafnet import clamped_nll
+from fafnet.models import AFF, ICM, apply_fourier_filters, feature_size, masked_average_pooling, query_loss
+from fafnet.models.modules import inverse_real_fft2
+from fafnet.models.fafnet import clamped_nll
 
 EPS32 = torch.finfo(torch.float32).eps
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from data.nifti_io import (Geometry, check_finite, count_non_finite, nifti_bytes, read_volume,
+from fafnet.io.nifti import (Geometry, check_finite, count_non_finite, nifti_bytes, read_volume,
                            write_volume)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,7 +133,7 @@ def test_reading_and_writing_need_no_simpleitk(tmp_path):
     script = (
         "import sys; sys.modules['SimpleITK'] = None\n"
         "import numpy as np\n"
-        "from data.nifti_io import Geometry, read_volume, write_volume\n"
+        "from fafnet.io.nifti import Geometry, read_volume, write_volume\n"
         "g = Geometry((1.0, 2.0, 3.0), (4.0, 5.0, 6.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))\n"
         f"write_volume(np.ones((2, 3, 4), np.float32), g, {str(tmp_path / 'x.nii.gz')!r})\n"
         f"a, h = read_volume({str(tmp_path / 'x.nii.gz')!r})\n"

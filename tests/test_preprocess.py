@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from data.CHAOST2 import preprocess as chaos
-from data.CMR import preprocess as cmr
-from data.nifti_io import Geometry
-from data.preprocess_common import (centre_crop_or_pad, clip_top_percentile, flip_rows, mr_route,
+from fafnet.preprocessing import chaost2 as chaos
+from fafnet.preprocessing import cmr
+from fafnet.io.nifti import Geometry
+from fafnet.preprocessing.common import (centre_crop_or_pad, clip_top_percentile, flip_rows, mr_route,
                                     natural_sort_key, preprocess_mr, resample_image, resample_label,
                                     resampled_size)
-from data.preprocess_manifest import MANIFEST_NAME, raw_differences
-from data.Prostate_MRI import preprocess as prostate
-from data.SABS import preprocess as sabs
+from fafnet.preprocessing.manifest import MANIFEST_NAME, raw_differences
+from fafnet.preprocessing import prostate_mri as prostate
+from fafnet.preprocessing import sabs
 
 # A non-trivial direction (x and y axes swapped and mirrored) catches geometry mistakes that
 # an identity direction hides.

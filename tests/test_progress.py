@@ -1,12 +1,12 @@
-"""Progress in a log (data/progress.py): what is done of what total, the rate and the time
+"""Progress in a log (fafnet/io/progress.py): what is done of what total, the rate and the time
 left, at a steady rate when no terminal is attached; the run logs receive the lines."""
 import logging
 
 import pytest
 
-from data import progress as progress_module
-from data.progress import LoggedProgress, duration_text, progress
-from experiment.logs import log_to_file
+from fafnet.io import progress as progress_module
+from fafnet.io.progress import LoggedProgress, duration_text, progress
+from fafnet.io.logs import log_to_file
 
 
 class Clock:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from dataloaders.dataset_specs import get_dataset_spec
-from dataloaders.datasets import TestDataset, TrainDataset, open_layout
-from experiment.metrics import binary_confusion
-from models import build_model
+from fafnet.datasets.specs import get_dataset_spec
+from fafnet.episodes.datasets import TestDataset, TrainDataset, open_layout
+from fafnet.evaluation.metrics import binary_confusion
+from fafnet.models import build_model
 from tests.test_experiment import test_script, train_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,5 +1,5 @@
 """Result tables: reading results.json, the fold table, protocol checks, the groups join and
-the `python utils.py` command line (experiment.results, utils.py)."""
+the `python utils.py` command line (fafnet.evaluation.results, utils.py)."""
 import json
 import os
 import subprocess
@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-import utils
-from experiment import results as tables
+from fafnet.cli import results as utils
+from fafnet.evaluation import results as tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = {1: "spleen", 2: "right kidney", 3: "left kidney", 6: "liver"}
@@ -156,7 +156,7 @@ def test_metrics_and_tables_work_without_torch(tmp_path):
         "        if name == 'torch' or name.startswith('torch.'):\n"
         "            raise ImportError('torch is blocked in this test')\n"
         "sys.meta_path.insert(0, NoTorch())\n"
-        "from experiment import metrics, results\n"
+        "from fafnet.evaluation import metrics, results\n"
         "import utils\n"
         f"header, rows = results.aggregate_folds([{run!r}])\n"
         "assert rows[0][1:] == [50.0, 90.0, 70.0], rows\n"

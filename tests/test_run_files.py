@@ -1,5 +1,5 @@
 """What runs write and read back: atomic files and their modes, RNG state, devices, the
-snapshot format (layout, sizes, resume validation) and run status (experiment.*, data.atomic)."""
+snapshot format (layout, sizes, resume validation) and run status (experiment.*, fafnet.io.atomic)."""
 import datetime
 import json
 import os
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from data.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
-from experiment import snapshots
-from experiment.devices import default_num_workers, device_type, resolve_device
-from experiment.rng import capture_rng_state, restore_rng_state, seed_everything
-from experiment.runs import DIED, run_status
+from fafnet.io.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
+from fafnet.runtime import snapshots
+from fafnet.runtime.devices import default_num_workers, device_type, resolve_device
+from fafnet.runtime.rng import capture_rng_state, restore_rng_state, seed_everything
+from fafnet.runtime.runs import DIED, run_status
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -318,7 +318,7 @@ def test_a_folder_of_runs_gives_the_newest_completed_run_of_the_evaluated_fold(t
 
 
 def test_resume_data_differences_name_the_first_differing_files():
-    from experiment.training_data import describe_differences, resume_data_differences
+    from fafnet.runtime.training_data import describe_differences, resume_data_differences
     saved = {"files": [{"name": "image_3.nii.gz", "sha256": "a" * 64}, {"name": "image_4.nii.gz", "sha256": "b" * 64},
                        {"name": "supervoxels_1000/superpix-MIDDLE_3.nii.gz", "sha256": "c" * 64}]}
     assert resume_data_differences(saved, saved) == []
@@ -332,7 +332,7 @@ def test_resume_data_differences_name_the_first_differing_files():
 
 
 def test_run_start_records_the_pid_before_sacreds_first_heartbeat(tmp_path):
-    from experiment.runs import record_process
+    from fafnet.runtime.runs import record_process
     host = {"hostname": socket.gethostname()}
     run = _run_json(tmp_path / "1", status="RUNNING", start_time=datetime.datetime.utcnow().isoformat(),
                     heartbeat=None, host=host)

@@ -18,15 +18,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-import segment
-from data.nifti_io import Geometry, write_volume
-from data.resample import slice_positions_on
-from data.routes import apply_route, choose_preprocessing, scan_warnings
-from dataloaders.dataset_specs import get_dataset_spec
-from experiment.pairing import (combine_labels, largest_component, range_pairing, relative_pairing,
+from fafnet.cli import segment
+from fafnet.io.nifti import Geometry, write_volume
+from fafnet.io.resample import slice_positions_on
+from fafnet.preprocessing.routes import apply_route, choose_preprocessing, scan_warnings
+from fafnet.datasets.specs import get_dataset_spec
+from fafnet.inference.pairing import (combine_labels, largest_component, range_pairing, relative_pairing,
                                 slices_in_range)
-from experiment.snapshots import SNAPSHOT_FORMAT, SnapshotWriter
-from models import build_model
+from fafnet.runtime.snapshots import SNAPSHOT_FORMAT, SnapshotWriter
+from fafnet.models import build_model
 from tests.test_experiment import test_script
 from tests.test_preprocess import truncate, write_dicom_series
 
@@ -307,9 +307,9 @@ def test_a_dicom_series_goes_through_the_chaos_route_and_back(intensity_model, t
 
 
 def test_routes_on_arrays_equal_the_pre_processing_clis(tmp_path):
-    from data.CHAOST2 import preprocess as chaos
-    from data.preprocess_common import read_raw_image
-    from data.SABS import preprocess as sabs
+    from fafnet.preprocessing import chaost2 as chaos
+    from fafnet.preprocessing.common import read_raw_image
+    from fafnet.preprocessing import sabs
     from tests.test_preprocess import write_chaos_patient
     write_chaos_patient(tmp_path / "chaos", 1)
     patient = chaos.find_chaos_patients(str(tmp_path / "chaos"))[0]

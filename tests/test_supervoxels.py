@@ -10,9 +10,9 @@ import pytest
 
 from bench.naive_felzenszwalb import (build_sorted_edges, merge_sorted_edges_python,
                                       naive_felzenszwalb_3d)
-from data.nifti_io import Geometry, read_volume, write_volume
-from data.supervoxels import generate_supervoxels as gen
-from data.supervoxels.felzenszwalb_3d import (NEIGHBOUR_OFFSETS, felzenszwalb_3d, load_extension,
+from fafnet.io.nifti import Geometry, read_volume, write_volume
+from fafnet.supervoxels import generate as gen
+from fafnet.supervoxels.felzenszwalb_3d import (NEIGHBOUR_OFFSETS, felzenszwalb_3d, load_extension,
                                               neighbour_weight_factors)
 
 
@@ -188,7 +188,7 @@ def test_bad_arguments_are_named(kwargs, message):
 
 
 def test_missing_compiled_module_says_how_to_build(monkeypatch):
-    monkeypatch.setitem(sys.modules, "data.supervoxels._felzenszwalb_3d", None)
+    monkeypatch.setitem(sys.modules, "fafnet.supervoxels._felzenszwalb_3d", None)
     with pytest.raises(ImportError, match=r"make setup.*setup\.py build_ext --inplace"):
         felzenszwalb_3d(np.zeros((2, 2, 2)))
 
@@ -321,7 +321,7 @@ def test_non_finite_image_is_refused_and_nothing_is_written(tmp_path, capsys, fi
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "Traceback" not in error
-    assert error.startswith("python -m data.supervoxels.generate_supervoxels: error: ")
+    assert error.startswith("python -m fafnet.supervoxels.generate: error: ")
     assert str(path) in error
     assert not (tmp_path / "supervoxels_20" / "superpix-MIDDLE_0.nii.gz").exists()
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from data.synthetic import __main__ as cli
-from data.synthetic.generate import MANIFEST, generate_dataset, generate_subject
+from fafnet.synthetic import __main__ as cli
+from fafnet.synthetic.generate import MANIFEST, generate_dataset, generate_subject
 
 TARGET_ORGANS = (1, 2, 3, 6)            # spleen, right kidney, left kidney, liver
 SABS_IDS_USED = {0, 1, 2, 3, 6, 7, 8, 9}
@@ -139,7 +139,7 @@ def test_bad_arguments_are_named(tmp_path, bad):
 
 def test_supervoxels_on_request(tmp_path):
     try:
-        import data.supervoxels.generate_supervoxels  # noqa: F401 (only probing)
+        import fafnet.supervoxels.generate  # noqa: F401 (only probing)
     except ImportError as err:
         pytest.skip(f"supervoxel module not importable: {err}")
     out = tmp_path / "sv"

@@ -1,10 +1,10 @@
-"""The best single global intensity threshold (data/synthetic/threshold_baseline.py): a hand-
+"""The best single global intensity threshold (fafnet/evaluation/threshold_baseline.py): a hand-
 computed known answer, the slices it counts, the CLI on NIfTI files, and its errors."""
 import numpy as np
 import pytest
 
-from data.nifti_io import Geometry, write_volume
-from data.synthetic import threshold_baseline as tb
+from fafnet.io.nifti import Geometry, write_volume
+from fafnet.evaluation import threshold_baseline as tb
 
 GEOMETRY = Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
 

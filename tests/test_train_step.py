@@ -1,4 +1,4 @@
-"""The training step without host synchronisation (experiment.train_step) and the branchless
+"""The training step without host synchronisation (fafnet.training.step) and the branchless
 alignment loss: equal to the original formulations, bitwise on the CPU; the non-finite stop
 before the update; GPU options that fall back cleanly where they cannot run; the device-
 dependent default batch size of `FAFNet.predict`."""
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from bench.bench_gpu import legacy_alignment_losses
-from experiment.train_step import LOSS_NAMES, NonFiniteLossError, TrainStep, optimizer_implementation
-from models import FAFNet, default_predict_batch_size, query_loss
+from fafnet.training.step import LOSS_NAMES, NonFiniteLossError, TrainStep, optimizer_implementation
+from fafnet.models import FAFNet, default_predict_batch_size, query_loss
 
 SIZE = (33, 33)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +29,7 @@ original_alignment_losses = legacy_alignment_losses
 
 def original_train_step(model, optimizer, scheduler, episode, grad_clip_norm=None, amp_bf16=False,
                         channels_last=False):
-    """train.py's TrainingLoop.train_step before experiment.train_step (on the CPU)."""
+    """train.py's TrainingLoop.train_step before fafnet.training.step (on the CPU)."""
     images = [episode[key].contiguous(memory_format=torch.channels_last) if channels_last else episode[key]
               for key in ("support_images", "query_images")]
     optimizer.zero_grad(set_to_none=True)
@@ -224,7 +224,7 @@ def two_steps(model, **options):
 def test_gpu_options_fall_back_cleanly_on_the_cpu(base_model, caplog, monkeypatch):
     expected, _ = two_steps(copy.deepcopy(base_model))
     graph_model = copy.deepcopy(base_model)
-    with caplog.at_level(logging.WARNING, logger="experiment.train_step"):
+    with caplog.at_level(logging.WARNING, logger="fafnet.training.step"):
         values, step = two_steps(graph_model, cuda_graph=True)
     assert "cuda_graph needs a CUDA device" in caplog.text and not step.graph_captured
     assert values == expected
@@ -238,7 +238,7 @@ def test_gpu_options_fall_back_cleanly_on_the_cpu(base_model, caplog, monkeypatc
         caplog.clear()
         monkeypatch.setattr(torch, "compile", failing_compile)
         model = copy.deepcopy(base_model)
-        with caplog.at_level(logging.WARNING, logger="experiment.train_step"):
+        with caplog.at_level(logging.WARNING, logger="fafnet.training.step"):
             values, step = two_steps(model, compile=target)
         assert f"torch.compile of the {target} failed (RuntimeError: no C++ compiler found)" in caplog.text
         assert values == expected and step.compile_target is None
@@ -250,7 +250,7 @@ def test_gpu_options_fall_back_cleanly_on_the_cpu(base_model, caplog, monkeypatc
 
     caplog.clear()
     monkeypatch.setattr(torch, "compile", unavailable)
-    with caplog.at_level(logging.WARNING, logger="experiment.train_step"):
+    with caplog.at_level(logging.WARNING, logger="fafnet.training.step"):
         values, step = two_steps(copy.deepcopy(base_model), compile="encoder")
     assert "torch.compile is unavailable" in caplog.text and values == expected
 
@@ -302,7 +302,7 @@ def test_gpu_benchmark_imports_without_simpleitk_sacred_or_nibabel():
             "for name in ('SimpleITK', 'sacred', 'nibabel'):\n"
             "    sys.modules[name] = None\n"
             "import bench.bench_gpu\n"
-            "from data.synthetic.generate import generate_subject\n"
+            "from fafnet.synthetic.generate import generate_subject\n"
             "image, label, _ = generate_subject(0, 0, size=16, n_slices=4)\n"
             "assert image.shape == (4, 16, 16)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -311,7 +311,7 @@ def test_gpu_benchmark_imports_without_simpleitk_sacred_or_nibabel():
 
 # -- CUDA graphs of the encoder for evaluation --------------------------------------------------
 def test_graphs_for_evaluation_are_a_pass_through_off_cuda(base_model):
-    from experiment.inference_graphs import GraphedEncoder, GraphedPredict
+    from fafnet.evaluation.graphs import GraphedEncoder, GraphedPredict
 
     model = copy.deepcopy(base_model)
     episode = make_episode(7, queries=3)
@@ -331,7 +331,7 @@ def test_graphs_for_evaluation_are_a_pass_through_off_cuda(base_model):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_graphs_for_evaluation_match_the_eager_model_on_cuda(base_model):
-    from experiment.inference_graphs import GraphedEncoder, GraphedPredict
+    from fafnet.evaluation.graphs import GraphedEncoder, GraphedPredict
 
     model = copy.deepcopy(base_model).cuda()
     with torch.no_grad():
@@ -356,6 +356,6 @@ def test_graphs_for_evaluation_match_the_eager_model_on_cuda(base_model):
 
 
 def test_dropped_fast_paths_are_explained_in_one_line():
-    from experiment.logs import error_summary
+    from fafnet.io.logs import error_summary
     assert error_summary(RuntimeError("no compiler\n  File x.py, line 3\n  more")) == "RuntimeError: no compiler"
     assert error_summary(ValueError("  \n")) == "ValueError"

@@ -1,4 +1,0 @@
-"""The project's embedded synthetic abdominal dataset (SABS layout); see `generate`.
-
-    python -m data.synthetic --out data_processed/synthetic_CT_normalized --supervoxels
-"""
