@@ -14,7 +14,7 @@ $(VENV)/.requirements-installed: requirements.txt
 	touch $@
 
 # Installs the project's packages into the virtual environment (editable, so edits take effect
-# at once) and compiles the Cython supervoxel module in place (data/supervoxels/).
+# at once) and compiles the Cython supervoxel module in place (fafnet/supervoxels/).
 build: $(VENV)/.project-installed
 
 $(VENV)/.project-installed: $(VENV)/.requirements-installed setup.py fafnet/supervoxels/_felzenszwalb_3d.pyx
@@ -38,4 +38,4 @@ real-cmr:
 	DATA_ROOT="$(DATA_ROOT)" bash script/real_cmr.sh
 
 clean:
-	rm -rf build data/supervoxels/*.so data/supervoxels/_felzenszwalb_3d.c $(VENV)/.project-installed
+	rm -rf build fafnet/supervoxels/*.so fafnet/supervoxels/_felzenszwalb_3d.c $(VENV)/.project-installed

@@ -5,7 +5,6 @@ make_folds(10) gives folds of 3 volumes ({0, 1, 2} for fold 0); organs 1 (spleen
 (liver) are discs on slices 2..5, and the supervoxel files cut each slice into quadrants, so
 setting 2 leaves slices 0, 1, 6, 7 for self-supervised episodes.
 """
-import importlib.util
 import json
 import math
 import os
@@ -29,6 +28,8 @@ GEOMETRY = Geometry(spacing=(1.25, 1.25, 7.7), origin=(-40.0, -40.0, 10.0),
 
 import fafnet.cli.evaluate as test_script  # noqa: E402
 import fafnet.cli.train as train_script  # noqa: E402
+import fafnet.evaluation.protocol as evaluation_protocol  # noqa: E402
+import fafnet.training.loop as training_loop  # noqa: E402
 
 
 def write_phantom(data_dir: str) -> None:
@@ -136,7 +137,7 @@ def test_training_records_its_fold_volumes_and_files(straight_run, phantom):
 
 
 def test_a_dataset_source_files_are_the_files_it_reads(phantom):
-    dataset = train_script.make_train_dataset({
+    dataset = training_loop.make_train_dataset({
         **train_script.ex.run("print_config", named_configs=["SYNTHETIC"], config_updates={
             **TRAINING, **base_config(phantom, "unused")}).config, "use_gt": True, "setting": 1, "test_classes": [1]})
     assert dataset.source_files() == [os.path.join(phantom, f"{kind}_{i}.nii.gz")
@@ -157,7 +158,7 @@ def nan_run(phantom, tmp_path_factory):
 
     train_step.clamped_nll = nan_on_third_step   # the query loss of the training step
     try:
-        with pytest.raises(train_script.NonFiniteLossError) as error:
+        with pytest.raises(training_loop.NonFiniteLossError) as error:
             run_train(base_config(phantom, runs_dir))
     finally:
         train_step.clamped_nll = original
@@ -241,10 +242,10 @@ def test_bad_options_fail_before_the_run_starts(updates, message, tmp_path):
 def test_optimizer_option_builds_release_sgd_by_default_and_adam_on_request():
     model = torch.nn.Linear(2, 1)
     config = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "optimizer": "sgd"}
-    sgd = train_script.build_optimizer(model, config)
+    sgd = training_loop.build_optimizer(model, config)
     assert type(sgd) is torch.optim.SGD
     assert sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 5e-4
-    adam = train_script.build_optimizer(model, {**config, "optimizer": "adam"})
+    adam = training_loop.build_optimizer(model, {**config, "optimizer": "adam"})
     assert type(adam) is torch.optim.Adam
     assert adam.defaults["lr"] == 0.01 and adam.defaults["weight_decay"] == 5e-4
     # Snapshots written before the option existed were trained with SGD.
@@ -393,18 +394,18 @@ def test_release_checkpoint_loads_into_the_same_weights(straight_run, tmp_path):
     release["module.encoder.backbone.fc.weight"] = torch.zeros(1000, 2048)
     path = str(tmp_path / "release_fold0.pth")
     torch.save(release, path)
-    model = test_script.build_model((SIZE, SIZE), torch.device("cpu"))
-    assert test_script.load_weights(model, path, (SIZE, SIZE)) == (path, None, None, None)
+    model = evaluation_protocol.build_model((SIZE, SIZE), torch.device("cpu"))
+    assert evaluation_protocol.load_weights(model, path, (SIZE, SIZE)) == (path, None, None, None)
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, own[name]), name
 
     torch.save({"conv.weight": torch.zeros(1)}, str(tmp_path / "foreign.pth"))
     with pytest.raises(ValueError, match="neither this project's snapshot nor a loadable release"):
-        test_script.load_weights(model, str(tmp_path / "foreign.pth"), (SIZE, SIZE))
+        evaluation_protocol.load_weights(model, str(tmp_path / "foreign.pth"), (SIZE, SIZE))
     with pytest.raises(ValueError, match="checkpoint is not set"):
-        test_script.load_weights(model, None, (SIZE, SIZE))
+        evaluation_protocol.load_weights(model, None, (SIZE, SIZE))
     with pytest.raises(ValueError, match=r"evaluate it with image_size=\[65, 65\]"):
-        test_script.load_weights(model, snapshot, (64, 64))
+        evaluation_protocol.load_weights(model, snapshot, (64, 64))
 
 
 def test_bf16_and_channels_last_evaluation_runs(straight_run, phantom):
@@ -513,8 +514,8 @@ def test_training_run_records_sources_dependencies_and_commit(straight_run):
     run_dir = run.observers[0].dir
     experiment = json.load(open(os.path.join(run_dir, "run.json")))["experiment"]
     sources = {path for path, _ in experiment["sources"]}
-    assert experiment["mainfile"] == "train.py"
-    for expected in ("train.py", "config.py", "fafnet/models/fafnet.py", "fafnet/models/modules.py", "fafnet/models/encoder.py",
+    assert experiment["mainfile"] == "fafnet/cli/train.py"
+    for expected in ("fafnet/cli/train.py", "fafnet/cli/config.py", "fafnet/training/loop.py", "fafnet/models/fafnet.py", "fafnet/models/modules.py", "fafnet/models/encoder.py",
                      "fafnet/episodes/datasets.py", "fafnet/runtime/snapshots.py", "fafnet/io/nifti.py"):
         assert expected in sources, expected
     packages = {dependency.split("==")[0].lower() for dependency in experiment["dependencies"]}
@@ -591,7 +592,7 @@ def test_release_schedule_from_the_default_config_against_hand_values():
     config = config_of(train_script, "SABS", pretrained_weights=None)
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=config["lr"])
-    scheduler = train_script.build_scheduler(optimizer, config["lr_milestones"], config["lr_gamma"])
+    scheduler = training_loop.build_scheduler(optimizer, config["lr_milestones"], config["lr_gamma"])
     lrs = {}
     for step in range(1, 42000):
         optimizer.step()
@@ -719,11 +720,11 @@ def test_resume_other_data_continues_and_says_what_differed():
     saved = {"files": [{"name": "image_3.nii.gz", "sha256": "a" * 64}]}
     now = {"files": [{"name": "image_3.nii.gz", "sha256": "b" * 64}]}
     config = {"resume": "runs/train/1", "data_dir": "/data", "resume_other_data": True}
-    record = train_script.check_resumed_data(config, {"path": "latest.pth", "training_data": saved}, now, Log())
+    record = training_loop.check_resumed_data(config, {"path": "latest.pth", "training_data": saved}, now, Log())
     assert record["resume_other_data"] is True and record["differences"][0].startswith("image_3.nii.gz has another")
     assert "continuing latest.pth on other data: image_3.nii.gz" in logged[0]
     with pytest.raises(ValueError, match="image_3.nii.gz has another sha256"):
-        train_script.check_resumed_data({**config, "resume_other_data": False},
+        training_loop.check_resumed_data({**config, "resume_other_data": False},
                                         {"path": "latest.pth", "training_data": saved}, now, Log())
 
 
@@ -742,7 +743,7 @@ def test_non_finite_weights_stop_training_before_a_snapshot(phantom, tmp_path, m
         optimizer.poisoned = model.encoder.backbone.layer4[0].conv1.weight
         return optimizer
 
-    monkeypatch.setattr(train_script, "build_optimizer", poisoning_optimizer)
+    monkeypatch.setattr(training_loop, "build_optimizer", poisoning_optimizer)
     runs_dir = str(tmp_path / "runs")
     with pytest.raises(FloatingPointError, match=r"step 2: 1 of \d+ tensors \(parameters and buffers\) hold NaN "
                                                  r"or infinite values \(first: encoder.backbone.layer4.0.conv1.weight\); "
@@ -760,18 +761,18 @@ def test_evaluation_refuses_non_finite_weights_and_names_the_size_a_state_dict_f
     weights = _model_state(straight.result)["model"]
     plain = str(tmp_path / "plain.pth")
     torch.save(weights, plain)
-    other_size = test_script.build_model((64, 64), torch.device("cpu"))
+    other_size = evaluation_protocol.build_model((64, 64), torch.device("cpu"))
     with pytest.raises(ValueError, match=r"plain.pth does not fit image_size=\[64, 64\]: its weights were made for "
                                          r"17 x 17 feature maps, i.e. image_size=\[65, 65\] \(any of 65..68 by "
                                          r"65..68\); evaluate it with image_size=\[65, 65\]"):
-        test_script.load_weights(other_size, plain, (64, 64))
+        evaluation_protocol.load_weights(other_size, plain, (64, 64))
     weights["icm.out_proj.bias"][0] = float("nan")
     weights["encoder.threshold_head.0.weight"].fill_(float("inf"))
     torch.save(weights, plain)
-    model = test_script.build_model((SIZE, SIZE), torch.device("cpu"))
+    model = evaluation_protocol.build_model((SIZE, SIZE), torch.device("cpu"))
     with pytest.raises(FloatingPointError, match=r"checkpoint .*plain.pth: 2 of \d+ tensors \(parameters and "
                                                  r"buffers\) hold NaN or infinite values"):
-        test_script.load_weights(model, plain, (SIZE, SIZE))
+        evaluation_protocol.load_weights(model, plain, (SIZE, SIZE))
 
 
 def test_a_skipped_class_is_marked_and_nothing_evaluated_fails(phantom, tmp_path, capsys):

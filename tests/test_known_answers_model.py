@@ -297,7 +297,7 @@ def test_batchnorm_starts_at_weight_1_bias_0(net):
 
 # -- optimiser: the release's SGD (momentum 0.9, weight decay 5e-4, lr 1e-3) --------------------------
 def test_sgd_update_by_hand():
-    from train import build_optimizer
+    from fafnet.training.loop import build_optimizer
 
     model = nn.Module()
     model.weight = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))

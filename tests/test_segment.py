@@ -19,6 +19,7 @@ import SimpleITK as sitk
 import torch
 
 from fafnet.cli import segment
+from fafnet.inference import segment as segment_engine
 from fafnet.io.nifti import Geometry, write_volume
 from fafnet.io.resample import slice_positions_on
 from fafnet.preprocessing.routes import apply_route, choose_preprocessing, scan_warnings
@@ -94,7 +95,7 @@ class IntensityModel:
 @pytest.fixture
 def intensity_model(monkeypatch):
     model = IntensityModel()
-    monkeypatch.setattr(segment, "load_model", lambda checkpoint, device, options: model)
+    monkeypatch.setattr(segment_engine, "load_model", lambda checkpoint, device, options: model)
     return model
 
 
@@ -410,21 +411,21 @@ def test_largest_component_and_overlaps_known_answers():
 
 
 def test_query_range_syntax():
-    spec = segment.parse_range("12:30")
+    spec = segment_engine.parse_range("12:30")
     assert (spec.query, spec.label, spec.z0, spec.z1) == (None, None, 12, 30)
-    assert (lambda s: (s.query, s.label, s.z0, s.z1))(segment.parse_range("1=:30")) == (None, 1, None, 30)
-    assert (lambda s: (s.query, s.label, s.z0, s.z1))(segment.parse_range("2:6=4:")) == (2, 6, 4, None)
-    assert (lambda s: (s.query, s.label, s.z0, s.z1))(segment.parse_range("0:4:9")) == (0, None, 4, 9)
-    specs = [segment.parse_range(t) for t in ("0:9", "1=2:5", "1:0:3", "1:1=6:7")]
-    assert segment.range_for(specs, 0, 1).text == "1=2:5" and segment.range_for(specs, 1, 1).text == "1:1=6:7"
-    assert segment.range_for(specs, 1, 2).text == "1:0:3" and segment.range_for(specs, 0, 2).text == "0:9"
+    assert (lambda s: (s.query, s.label, s.z0, s.z1))(segment_engine.parse_range("1=:30")) == (None, 1, None, 30)
+    assert (lambda s: (s.query, s.label, s.z0, s.z1))(segment_engine.parse_range("2:6=4:")) == (2, 6, 4, None)
+    assert (lambda s: (s.query, s.label, s.z0, s.z1))(segment_engine.parse_range("0:4:9")) == (0, None, 4, 9)
+    specs = [segment_engine.parse_range(t) for t in ("0:9", "1=2:5", "1:0:3", "1:1=6:7")]
+    assert segment_engine.range_for(specs, 0, 1).text == "1=2:5" and segment_engine.range_for(specs, 1, 1).text == "1:1=6:7"
+    assert segment_engine.range_for(specs, 1, 2).text == "1:0:3" and segment_engine.range_for(specs, 0, 2).text == "0:9"
     for bad, message in (("12-30", "expected \\[QUERY:\\]\\[LABEL=\\]Z0:Z1"), ("5:5", "Z1 \\(5\\) must be greater"),
                          ("a=1:2", "non-negative integers"), ("1:2:3:4", "expected"), ("=1:2", "expected"),
                          ("0:1:2=3:4", "expected"), ("1=2=3:4", "expected")):
         with pytest.raises(ValueError, match=message):
-            segment.parse_range(bad)
+            segment_engine.parse_range(bad)
     with pytest.raises(ValueError, match="give the same query and label twice"):
-        segment.check_ranges([segment.parse_range("1=2:3"), segment.parse_range("1=4:5")], 1, [1])
+        segment_engine.check_ranges([segment_engine.parse_range("1=2:3"), segment_engine.parse_range("1=4:5")], 1, [1])
 
 
 # ----------------------------------------------------------------------------- errors

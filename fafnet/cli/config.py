@@ -44,6 +44,7 @@ from fafnet.runtime.runs import Terminated  # noqa: E402
 from fafnet.runtime.snapshots import KEEP_CHOICES  # noqa: E402
 from fafnet.training.step import COMPILE_TARGETS  # noqa: E402
 from fafnet.models.pretrained import default_pretrained_weights  # noqa: E402
+from fafnet.training.loop import OPTIMIZERS  # noqa: E402
 
 # Sacred's default "fd" capture spawns `tee` processes and fights with pytest's capture;
 # "sys" tees sys.stdout/stderr in-process and still fills the run's cout.txt.
@@ -52,18 +53,6 @@ SETTINGS.CAPTURE_MODE = "sys"
 # file) and every installed package it imported, with its version.
 SETTINGS.DISCOVER_SOURCES = "sys"
 SETTINGS.DISCOVER_DEPENDENCIES = "sys"
-
-OPTIMIZERS = ("sgd", "adam")
-NO_PRETRAINED = "none"   # pretrained_weights=none: train from the random initialisation on purpose
-# Training options that may differ between a snapshot and the run resuming it; every other
-# training option shapes the trajectory and must agree (a new option is checked by default).
-FREE_ON_RESUME = frozenset({
-    "resume", "n_steps", "snapshot_interval", "keep_snapshots", "print_interval", "device",
-    "num_workers", "runs_dir", "data_root", "data_dir", "lr_milestones", "channels_last",
-    "cudnn_benchmark", "cuda_graph", "compile", "resume_other_data",
-    # Resumed weights come from the snapshot, whatever pretrained file started the run.
-    "pretrained_weights", "pretrained_allow_partial"})
-
 
 def spec(dataset: str):
     """The dataset's facts (fafnet/datasets/specs.py), or a clear error for an unknown key."""
@@ -275,12 +264,6 @@ def _supp_indices_ok(value) -> bool:
     return len(values) > 0 and all(_is_int(v) and v >= 0 for v in values)
 
 
-def supp_indices(config: Dict) -> list:
-    """`supp_idx` as a list (a single index or a list of them)."""
-    value = config["supp_idx"]
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
 # ----------------------------------------------------------------------------- experiments
 
 
@@ -350,7 +333,3 @@ def observer_run_dir(run) -> str:
             return observer.dir
     return None
 
-
-def dataset_class_names(dataset: str, class_ids: Sequence[int]) -> Dict[int, str]:
-    classes = DATASETS[dataset].classes
-    return {int(c): classes.get(int(c), f"class {c}") for c in class_ids}

@@ -10,7 +10,7 @@ import ast
 import os
 import sys
 from collections import defaultdict
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACKAGE = "fafnet"
@@ -90,8 +90,8 @@ def layer_violations(graph: Dict[str, Set[str]], layers=LAYERS) -> List[str]:
             if other == own or other == PACKAGE and target == PACKAGE:
                 continue
             if other not in rank or rank[other] >= rank[own]:
-                where = "the same layer" if rank.get(other) == rank[own] else "a higher layer"
-                problems.append(f"{module} imports {target}: {other} is in {where} than {own}")
+                where = "the same layer as" if rank.get(other) == rank[own] else "a higher layer than"
+                problems.append(f"{module} imports {target}: {other} is in {where} {own}")
     return problems
 
 
