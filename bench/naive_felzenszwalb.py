@@ -3,7 +3,7 @@
 It builds the graph the way the release does: per direction, NumPy slices give float64
 weights and int64 (a, b) voxel pairs; all 13 directions are stacked, argsorted, and gathered
 into sorted copies; then scikit-image-style union-find loops merge. Roughly 90 bytes per edge
-at peak, which is what `data.supervoxels` avoids. Not part of the package on purpose.
+at peak, which is what `fafnet.supervoxels` avoids. Not part of the package on purpose.
 
 `loop="compiled"` runs the merging loops in the package's compiled `segment_edge_list` (the
 fair speed baseline); `loop="python"` runs an independent pure-Python version of them, slow

@@ -1,4 +1,5 @@
-"""Command line for run folders and result tables (the code lives in `experiment/`).
+"""Command line for run folders and result tables (the code lives in `fafnet.evaluation.results`
+and `fafnet.runtime.runs`).
 
     python utils.py aggregate runs/SABS_setting1/fold*/test/1 --out runs/SABS_setting1/results_table
     python utils.py show runs/test/4 runs/test/5        # each evaluation run's table

@@ -351,7 +351,7 @@ class LabelResult:
 
 def segment_label(model, support: Support, query: Query, plan: LabelPlan, device: torch.device,
                   options: InferenceOptions, bar) -> LabelResult:
-    """One label of one query on the network grid (experiment/inference.predict_runs)."""
+    """One label of one query on the network grid (fafnet.evaluation.predict.predict_runs)."""
     pairing, sup = plan.pairing, support.prepared
     support_images = to_network_images(sup.image[pairing.support_slices])
     support_masks = torch.from_numpy((sup.labels[pairing.support_slices] == plan.label).astype(np.float32))

@@ -11,7 +11,7 @@ from fafnet.synthetic.generate import generate_dataset
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m data.synthetic",
+        prog="python -m fafnet.synthetic",
         description="Generate the synthetic abdominal-CT-like dataset (SABS layout and label "
                     "ids: spleen 1, kidneys 2 and 3, liver 6, stomach 7, aorta 8, IVC 9).")
     parser.add_argument("--out", required=True,
