@@ -1,5 +1,8 @@
 """The GPU benchmark of FAF-Net's training step and evaluation: one script, one device run.
 
+It times and scores the package's own code (fafnet.training, fafnet.evaluation, the episode
+sampler); what is here is only timing, variants, parity measures and the report.
+
     python3 -m bench.bench_gpu --out "$OUT" --budget-s 290          # CUDA, about 5 minutes
     python3 -m bench.bench_gpu --device cpu --size 65 --steps 3 --warmup 1 --eval-repeats 1 \\
         --dice-size 33 --dice-slices 12 --dice-subjects 5 --dice-steps 2 --dice-seeds 1 \\
@@ -15,22 +18,22 @@ down) under its share of --budget-s; optional parts stop when the share runs out
 
 train    environment; torch.profiler breakdown of one baseline training step (kernels, launch
          time, host synchronisations, copies, FFT) and of the fastest variant; median step
-         time of the baseline (the training step before fafnet.training.step: fp32,
-         bool(any()) in the alignment loss, .item() before backward) and of TrainStep with
-         fp32 / cudnn.benchmark / bf16 autocast / channels-last / CUDA graph; then evaluation
-         throughput of FAFNet.predict (query slices/s) for batch 8/16/32, bf16,
-         channels-last and CUDA graphs (of the encoder, or of the whole predict call), with
-         output parity against fp32 (on a random network with calibrated BatchNorm).
+         time of the package's TrainStep as train.py runs it by default (the baseline: fp32,
+         every option off) and with cudnn.benchmark / bf16 autocast / channels-last / CUDA
+         graph; then evaluation throughput of the package's prediction (query slices/s) for
+         batch 8/16/32, bf16, channels-last and CUDA graphs (of the encoder, or of the whole
+         predict call), with output parity against fp32 (on a random network with calibrated
+         BatchNorm).
 dice     a short synthetic fold, trained as `make demo` trains (97 x 97, supervoxel episodes,
-         Adam 2e-4, zero_init_residual, threshold head scaled by 0.05; 64 % mean Dice on the
-         CPU after 400 steps): train with fp32 and with the fastest training variant on the
-         same episodes, evaluate both with the EP1 protocol (support slices and chunks as
-         test.py), print both mean Dice values; also the fast evaluation on the fp32 weights
-         (Dice and output parity on trained weights). Supervoxels need the compiled module
-         (`pip install --no-build-isolation --no-deps -e .` on the machine, or carry the
-         build); `--dice-labels gt` trains on the ground truth minus the test classes instead,
-         which on the phantom is the stomach alone and does not transfer to the test organs
-         (0.7 % mean Dice on the CPU): a check of agreement, not of learning.
+         Adam 2e-4, zero_init_residual, threshold head scaled by 0.05): train with fp32 and
+         with the fastest training variant on the same episodes (the package's episode
+         sampler over volumes held in memory), evaluate both with the package's evaluation
+         protocol (fafnet.evaluation.protocol, EP1), print both mean Dice values; also the
+         fast evaluation on the fp32 weights (Dice and output parity on trained weights).
+         Supervoxels need the compiled module (`pip install --no-build-isolation --no-deps
+         -e .` on the machine, or carry the build); `--dice-labels gt` trains on the ground
+         truth minus the test classes instead, which on the phantom is the stomach alone and
+         does not transfer to the test organs: a check of agreement, not of learning.
 compile  torch.compile of the encoder for training and evaluation, with compile time.
 
 Output: a table per section while running, a summary last; with --out DIR: bench_gpu.json,
@@ -41,6 +44,7 @@ import copy
 import gc
 import gzip
 import json
+import logging
 import math
 import os
 import signal
@@ -49,26 +53,25 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bench.bench_model import set_batchnorm_statistics
 from fafnet.io.atomic import atomic_write_json
 from fafnet.synthetic.generate import generate_subject
 from fafnet.datasets.specs import get_dataset_spec, make_folds
-from fafnet.episodes.datasets import (TrainDataset, TrainVolume, _has_feasible_episode, chunk_bounds,
-                                  slice_class_areas, support_slice_positions, to_network_images, zscore)
+from fafnet.episodes.datasets import (EpisodeSampler, EvaluationFold, TestVolume, make_train_volume,
+                                      to_network_images, without_classes, zscore)
 from fafnet.evaluation.graphs import GraphedEncoder, GraphedPredict
-from fafnet.io.logs import error_summary
 from fafnet.evaluation.metrics import dice_score
-from fafnet.training.step import NonFiniteLossError, TrainStep, optimizer_implementation
-from fafnet.models import FAFNet, masked_average_pooling, query_loss
-from fafnet.models.factory import scale_threshold_head, zero_init_residual
-from fafnet.models.fafnet import _at_least_float32, clamped_nll
+from fafnet.evaluation.predict import InferenceOptions, Timer, predict_runs
+from fafnet.evaluation.protocol import Skips, class_entry, evaluate_class, segment_query
+from fafnet.io.logs import error_summary
+from fafnet.models import FAFNet, build_model, image_encoder, total_loss
+from fafnet.training.loop import build_optimizer, build_scheduler
+from fafnet.training.step import TrainStep
 
 SECTIONS = ("train", "dice", "compile")
 SHARES = {"train": 0.50, "dice": 0.35}   # of --budget-s; compile gets what is left
@@ -82,6 +85,7 @@ TOLERANCE_MEAN_ABS = 1e-2          # mean |P_fast - P_fp32|
 TOLERANCE_HARD_DICE = 0.98         # Dice between the two hard predictions (P > 0.5)
 COMPILED_EVAL = "compiled_encoder"
 GOALS = {"train_ms": 25.0, "eval_slices_per_s": 150.0, "dice_points": 0.5}
+LOG = logging.getLogger("bench_gpu")   # the protocol's skip warnings
 
 
 # ============================================================================ small helpers
@@ -181,106 +185,39 @@ def timing_episodes(image: np.ndarray, labels: np.ndarray, device: torch.device,
     return episodes
 
 
-class InMemoryEpisodes(TrainDataset):
-    """TrainDataset's episode sampling and augmentation over volumes held in memory (the
+def in_memory_episodes(volumes: Sequence[Tuple[int, np.ndarray, np.ndarray]], test_classes: Sequence[int],
+                       min_size: int, seed: int, augment: bool = True, n_shot: int = 1) -> EpisodeSampler:
+    """The package's episode sampling and augmentation over volumes held in memory (the
     benchmark machine cannot read NIfTI files), setting 1. Labels are supervoxels
-    (`test_classes` empty) or the ground truth with the test classes removed (use_gt=True)."""
-
-    def __init__(self, volumes: Sequence[Tuple[int, np.ndarray, np.ndarray]], test_classes: Sequence[int],
-                 min_size: int, seed: int, augment: bool = True, n_shot: int = 1):
-        self.data_dir, self.n_shot, self.min_size = "<synthetic volumes in memory>", n_shot, min_size
-        self.seed, self.augment, self.max_iters_per_load = seed, augment, 10 ** 9
-        self.volumes = []
-        for index, image, labels in volumes:
-            labels = labels.copy()
-            labels[np.isin(labels, list(test_classes))] = 0
-            classes, areas = slice_class_areas(labels)
-            allowed = np.ones(image.shape[0], dtype=bool)
-            feasible = _has_feasible_episode(areas, allowed, n_shot, min_size)
-            self.volumes.append(TrainVolume(index, image, labels, classes, areas, allowed, feasible))
-        if not any(volume.feasible for volume in self.volumes):
-            raise ValueError("no feasible episode in the synthetic training volumes")
+    (`test_classes` empty) or the ground truth without the test classes (use_gt)."""
+    train_volumes = [make_train_volume(index, image, without_classes(labels.copy(), test_classes),
+                                       np.ones(image.shape[0], dtype=bool), n_shot, min_size)
+                     for index, image, labels in volumes]
+    return EpisodeSampler(train_volumes, n_shot, min_size, augment, seed, max_iters_per_load=10 ** 9,
+                          source="the synthetic volumes in memory")
 
 
-# ============================================================================ the baseline step
-
-def legacy_alignment_losses(self, support_features, support_thresholds, support_masks, query_features,
-                            query_probs, refined_support_prototypes):
-    """FAFNet.alignment_losses before issue 11: skips a query whose pseudo-mask is empty after
-    asking the device (a host synchronisation per query)."""
-    shots, queries = support_features.shape[0], query_features.shape[0]
-    pseudo_masks = (query_probs.argmax(dim=1) == 1).to(query_features.dtype)
-    align_loss = query_probs.new_zeros(())
-    proto_loss = query_probs.new_zeros(())
-    for index in range(queries):
-        if not bool(pseudo_masks[index].any()):
-            continue
-        query_prototype = masked_average_pooling(query_features[index:index + 1], pseudo_masks[index:index + 1])
-        refined = self.icm(query_prototype.expand(shots, -1), support_features)
-        foreground = self.segment(support_features, support_thresholds, refined)
-        support_probs = torch.stack([1.0 - foreground, foreground], dim=1)
-        align_loss = align_loss + clamped_nll(support_probs, support_masks.round().long())
-        target = refined_support_prototypes[index:index + 1].expand(shots, -1)
-        proto_loss = proto_loss + F.mse_loss(_at_least_float32(refined), _at_least_float32(target))
-    return align_loss / queries, proto_loss / queries
-
-
-class LegacyStep:
-    """train.py's TrainingLoop.train_step before fafnet.training.step: blocking copies of
-    masks and labels, query-label checks on the device, four .item() before backward, the
-    gradient norm read after it, and the alignment loss above."""
-
-    def __init__(self, model, optimizer, scheduler, device: torch.device, amp_bf16: bool = False,
-                 channels_last: bool = False, grad_clip_norm: Optional[float] = None):
-        model.alignment_losses = types.MethodType(legacy_alignment_losses, model)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model, self.optimizer, self.scheduler, self.device = model, optimizer, scheduler, device
-        self.amp_bf16, self.channels_last = amp_bf16, channels_last
-        self.max_norm = grad_clip_norm or float("inf")
-
-    def _images(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
-
-    def __call__(self, episode: Dict) -> Dict[str, float]:
-        support_images = self._images(episode["support_images"])
-        query_images = self._images(episode["query_images"])
-        support_masks = episode["support_masks"].to(self.device)
-        query_labels = episode["query_labels"].to(self.device)
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp_bf16):
-            probs, align_loss, proto_loss = self.model(support_images, support_masks, query_images, train=True)
-        q_loss = query_loss(probs.float(), query_labels)
-        loss = q_loss + align_loss.float() + proto_loss.float()
-        values = {"loss": loss.item(), "query_loss": q_loss.item(), "align_loss": align_loss.item(),
-                  "proto_loss": proto_loss.item()}
-        if not all(math.isfinite(v) for v in values.values()):
-            raise NonFiniteLossError("loss", values)
-        loss.backward()
-        values["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm))
-        if not math.isfinite(values["grad_norm"]):
-            raise NonFiniteLossError("gradient", values)
-        self.optimizer.step()
-        self.scheduler.step()
-        return values
+def evaluation_fold(volumes: Dict[int, Tuple[np.ndarray, np.ndarray]], fold: Sequence[int],
+                    supp_idx: int = 0) -> EvaluationFold:
+    """The package's evaluation protocol over fold volumes held in memory."""
+    return EvaluationFold({i: TestVolume(i, *volumes[i]) for i in fold}, supp_idx)
 
 
 # ============================================================================ variants
 
-# name -> (step kind, TrainStep options, cudnn.benchmark)
+# name -> (TrainStep options, cudnn.benchmark); "baseline" is TrainStep with every option off,
+# as train.py runs by default.
 TRAIN_VARIANTS = {   # in order of importance: a short budget drops the last ones
-    "baseline": ("legacy", {}, False),
-    "fast_fp32": ("step", {}, False),
-    "fast_fp32_bench": ("step", {}, True),
-    "graph_fp32_bench": ("step", {"cuda_graph": True}, True),
-    "graph_bf16_cl_bench": ("step", {"cuda_graph": True, "amp_bf16": True, "channels_last": True}, True),
-    "graph_bf16_bench": ("step", {"cuda_graph": True, "amp_bf16": True}, True),
-    "fast_bf16_bench": ("step", {"amp_bf16": True}, True),
-    "fast_bf16_cl_bench": ("step", {"amp_bf16": True, "channels_last": True}, True),
-    "graph_fp32_cl_bench": ("step", {"cuda_graph": True, "channels_last": True}, True),
-    "fast_fp32_cl_bench": ("step", {"channels_last": True}, True),
-    "baseline_bf16": ("legacy", {"amp_bf16": True}, False),
+    "baseline": ({}, False),
+    "fast_fp32_bench": ({}, True),
+    "graph_fp32_bench": ({"cuda_graph": True}, True),
+    "graph_bf16_cl_bench": ({"cuda_graph": True, "amp_bf16": True, "channels_last": True}, True),
+    "graph_bf16_bench": ({"cuda_graph": True, "amp_bf16": True}, True),
+    "fast_bf16_bench": ({"amp_bf16": True}, True),
+    "fast_bf16_cl_bench": ({"amp_bf16": True, "channels_last": True}, True),
+    "graph_fp32_cl_bench": ({"cuda_graph": True, "channels_last": True}, True),
+    "fast_fp32_cl_bench": ({"channels_last": True}, True),
+    "baseline_bf16": ({"amp_bf16": True}, False),
 }
 # name -> (batch size, bf16, channels_last, cudnn.benchmark, CUDA graphs: False, "encoder" or
 # "predict" (the whole predict call, fafnet.evaluation.graphs))
@@ -302,18 +239,15 @@ EVAL_VARIANTS = {   # the fp32 reference first, then in order of importance
 
 
 def make_train_step(name: str, model, device: torch.device, lr: float = TIMING_LR, optimizer_name: str = "sgd",
-                    extra: Optional[Dict] = None):
-    kind, options, benchmark = TRAIN_VARIANTS[name] if name in TRAIN_VARIANTS else ("step", dict(extra or {}), True)
+                    extra: Optional[Dict] = None) -> TrainStep:
+    """train.py's optimiser (the release's SGD, or Adam), a schedule that never decays, and
+    TrainStep with the variant's options."""
+    options, benchmark = TRAIN_VARIANTS[name] if name in TRAIN_VARIANTS else (dict(extra or {}), True)
     options = {**options, **(extra or {})}
     set_cudnn_benchmark(benchmark and device.type == "cuda")
-    implementation = optimizer_implementation(device) if kind == "step" else {}
-    if optimizer_name == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=5e-4, **implementation)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, **implementation)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[10 ** 9])
-    if kind == "legacy":
-        return LegacyStep(model, optimizer, scheduler, device, **options)
+    optimizer = build_optimizer(model, {"optimizer": optimizer_name, "lr": lr, "momentum": 0.9,
+                                        "weight_decay": 5e-4}, device)
+    scheduler = build_scheduler(optimizer, [10 ** 9], 0.1)
     return TrainStep(model, optimizer, scheduler, device=device, **options)
 
 
@@ -330,7 +264,7 @@ def time_train_variant(name: str, template, episodes: List[Dict], device: torch.
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step = make_train_step(name, model, device, extra=extra)
-    result: Dict[str, object] = {"options": {**TRAIN_VARIANTS.get(name, ("step", {}, True))[1], **(extra or {})}}
+    result: Dict[str, object] = {"options": {**TRAIN_VARIANTS.get(name, ({}, True))[0], **(extra or {})}}
     try:
         synchronize(device)
         began = time.perf_counter()
@@ -480,8 +414,8 @@ def flop_count(template, episode: Dict, device: torch.device) -> Optional[float]
         model = copy.deepcopy(template).to(device).train()
         inputs = [episode[k].to(device) for k in ("support_images", "support_masks", "query_images")]
         with FlopCounterMode(display=False) as counter:
-            probs, align, proto = model(*inputs, train=True)
-            (query_loss(probs, episode["query_labels"].to(device)) + align + proto).backward()
+            _, losses = model(*inputs, episode["query_labels"].to(device))
+            total_loss(losses).backward()
         del model
         return float(counter.get_total_flops())
     except Exception as error:
@@ -498,21 +432,23 @@ def calibrate_batchnorm(model: FAFNet, images: torch.Tensor) -> FAFNet:
     return model
 
 
-class Predictor:
-    """FAFNet.predict as test.py runs it (CPU tensors in, hard foreground out) with options."""
+class Runner:
+    """One evaluation variant: the model (or a GraphedPredict of it, or with the encoder's
+    CUDA graphs installed) and the InferenceOptions the package's prediction runs it with."""
 
-    def __init__(self, model: FAFNet, device: torch.device, batch_size: int, amp_bf16: bool,
-                 channels_last: bool, graphs: bool):
-        self.model, self.device, self.batch_size, self.amp_bf16 = model, device, batch_size, amp_bf16
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    def __init__(self, model: torch.nn.Module, device: torch.device, batch_size: int, amp_bf16: bool,
+                 channels_last: bool, graphs):
         if channels_last:
             model.to(memory_format=torch.channels_last)
+        self.device = device
+        self.config = {"eval_batch_size": batch_size, "channels_last": channels_last, "amp_bf16": amp_bf16}
+        self.options = InferenceOptions.from_config(self.config)
         self.encoder_graphs = self.predict_graphs = None
         if graphs == "encoder" and device.type == "cuda":
-            self.encoder_graphs = GraphedEncoder(model.encoder).install()
+            self.encoder_graphs = GraphedEncoder(image_encoder(model)).install()
         elif graphs == "predict" and device.type == "cuda":
             self.predict_graphs = GraphedPredict(model)
-        self.predict = self.predict_graphs or model.predict
+        self.model = self.predict_graphs or model
 
     @property
     def graphs(self):
@@ -523,55 +459,43 @@ class Predictor:
             self.encoder_graphs.uninstall()
 
     def probabilities(self, support_images, support_masks, query_images) -> torch.Tensor:
-        support = support_images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        queries = query_images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp_bf16):
-            return self.predict(support, support_masks.to(self.device), queries, batch_size=self.batch_size).float()
-
-    def __call__(self, support_images, support_masks, query_images) -> torch.Tensor:
-        return (self.probabilities(support_images, support_masks, query_images) > 0.5).cpu()
+        """Foreground probabilities [n, H, W] of all query slices with support slice 0."""
+        run = [(0, 0, int(query_images.shape[0]))]
+        return torch.from_numpy(predict_runs(self.model, support_images, support_masks, query_images, run,
+                                             self.device, self.options))
 
 
-def ep1_chunks(support: Tuple[np.ndarray, np.ndarray], query: Tuple[np.ndarray, np.ndarray],
-               class_id: int, n_part: int = 3) -> Optional[List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]]:
-    """(support image [1,3,H,W], support mask [1,H,W], query images [n,3,H,W], labels [n,H,W])
-    per chunk of one query volume and class, as test.py builds them; None if either volume
-    lacks the class."""
-    support_image, support_labels = support
-    with_class = class_slices(support_labels, class_id)
-    query_slices = class_slices(query[1], class_id)
-    if not with_class or not query_slices:
-        return None
-    support_slices = [with_class[p] for p in support_slice_positions(len(with_class), n_part)]
-    support_images = to_network_images(support_image[support_slices])
-    support_masks = torch.from_numpy((support_labels[support_slices] == class_id).astype(np.float32))
-    query_images = to_network_images(query[0][query_slices])
-    query_labels = torch.from_numpy(query[1][query_slices] == class_id)
-    return [(support_images[part:part + 1], support_masks[part:part + 1], query_images[start:end],
-             query_labels[start:end])
-            for part, (start, end) in enumerate(chunk_bounds(len(query_slices), n_part)) if end > start]
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
 
 
-def ep1_mean_dice(predictor: Callable, volumes: Dict[int, Tuple[np.ndarray, np.ndarray]], fold: Sequence[int],
+def ep1_mean_dice(runner: Runner, volumes: Dict[int, Tuple[np.ndarray, np.ndarray]], fold: Sequence[int],
                   classes: Sequence[int], supp_idx: int = 0) -> Dict[str, object]:
-    """Mean Dice over classes of the per-query-volume Dice (test.py's EP1 protocol)."""
-    fold = sorted(fold)
-    support = volumes[fold[supp_idx]]
+    """Mean Dice (%) over classes of the package's evaluation protocol (fafnet.evaluation.protocol)."""
+    data = evaluation_fold(volumes, fold, supp_idx)
     per_class = {}
     for class_id in classes:
-        scores = []
-        for index in fold:
-            if index == fold[supp_idx]:
-                continue
-            chunks = ep1_chunks(support, volumes[index], class_id)
-            if chunks is None:
-                continue
-            predictions = torch.cat([predictor(s, m, q) for s, m, q, _ in chunks])
-            scores.append(dice_score(predictions, torch.cat([labels for *_, labels in chunks])))
-        if scores:
-            per_class[int(class_id)] = 100.0 * float(np.mean(scores))
+        name = f"class {class_id}"
+        support, outcomes, _ = evaluate_class(runner.model, data, class_id, name, runner.device, runner.config,
+                                              Timer(), Skips(), LOG, _NoBar())
+        dice = class_entry(name, support, outcomes)["dice_mean"]
+        if dice is not None:
+            per_class[int(class_id)] = 100.0 * dice
     return {"mean_dice": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
             "per_class": per_class}
+
+
+def ep1_pairs(data: EvaluationFold, classes: Sequence[int]) -> List[Tuple[Dict, Dict]]:
+    """(support, query) of every class and query volume holding it, as the protocol builds them."""
+    pairs = []
+    for class_id in classes:
+        try:
+            support = data.support(class_id)
+        except ValueError:   # the support volume lacks the class
+            continue
+        pairs += [(support, query) for query in data.queries(class_id) if query["slice_indices"]]
+    return pairs
 
 
 def time_eval_variant(spec: Tuple, eval_model: FAFNet, device: torch.device, volume_inputs, ep1_inputs,
@@ -583,20 +507,21 @@ def time_eval_variant(spec: Tuple, eval_model: FAFNet, device: torch.device, vol
     batch, amp, channels_last, benchmark, graphs = spec
     set_cudnn_benchmark(benchmark and device.type == "cuda")
     model = copy.deepcopy(eval_model)
-    predictor = Predictor(model, device, batch, amp, channels_last, graphs)
+    runner = Runner(model, device, batch, amp, channels_last, graphs)
     if compile_encoder:
-        model.encoder.forward = torch.compile(model.encoder.forward)
+        encoder = image_encoder(model)
+        encoder.forward = torch.compile(encoder.forward)
     result: Dict[str, object] = {"batch_size": batch, "amp_bf16": amp, "channels_last": channels_last,
                                  "cudnn_benchmark": benchmark, "graphs": graphs, "compiled": compile_encoder}
-    ep1_slices = sum(len(q) for q in ep1_inputs[2])
+    ep1_slices = sum(len(query["slice_indices"]) for _, query in ep1_inputs)
     volume_slices = volume_inputs[2].shape[0]
 
     def run_volume():
-        return predictor(*volume_inputs)
+        return runner.probabilities(*volume_inputs)
 
     def run_ep1():
-        for support, mask, queries in zip(*ep1_inputs):
-            predictor(support, mask, queries)
+        for support, query in ep1_inputs:
+            segment_query(runner.model, support, query, device, runner.config, Timer())
 
     probabilities = None
     try:
@@ -617,7 +542,7 @@ def time_eval_variant(spec: Tuple, eval_model: FAFNet, device: torch.device, vol
             timings[pattern] = statistics.median(times)
             result[f"{pattern}_seconds"] = timings[pattern]
             result[f"{pattern}_slices_per_s"] = slices / timings[pattern]
-        probabilities = predictor.probabilities(*volume_inputs).cpu()
+        probabilities = runner.probabilities(*volume_inputs)
         result["foreground_fraction"] = float((probabilities > 0.5).float().mean())
         if reference is not None:
             difference = (probabilities - reference).abs()
@@ -626,14 +551,14 @@ def time_eval_variant(spec: Tuple, eval_model: FAFNet, device: torch.device, vol
                            "pixels_flipped": float(((probabilities > 0.5) != (reference > 0.5)).float().mean())})
             result["within_tolerance"] = (result["mean_abs_diff"] <= TOLERANCE_MEAN_ABS
                                           and result["hard_dice_vs_fp32"] >= TOLERANCE_HARD_DICE)
-        if predictor.graphs is not None:
-            result["graph_replays"] = predictor.graphs.replays
-            result["graphs_captured"] = len(predictor.graphs.graphs)
+        if runner.graphs is not None:
+            result["graph_replays"] = runner.graphs.replays
+            result["graphs_captured"] = len(runner.graphs.graphs)
         result["status"] = "ok"
     except Exception as error:
         result.update({"status": "failed", "error": error_text(error)})
     finally:
-        predictor.close()
+        runner.close()
         del model
         set_cudnn_benchmark(False)
         free_memory(device)
@@ -697,9 +622,7 @@ def evaluation_setup(template: FAFNet, support_volume, query_volume, device: tor
     volume_inputs = (to_network_images(support_volume[0][middle:middle + 1]),
                      torch.from_numpy((support_volume[1][middle:middle + 1] == EPISODE_CLASS).astype(np.float32)),
                      to_network_images(query_volume[0]))
-    chunks = [chunk for class_id in TEST_CLASSES
-              for chunk in (ep1_chunks(support_volume, query_volume, class_id) or [])]
-    ep1_inputs = ([c[0] for c in chunks], [c[1] for c in chunks], [c[2] for c in chunks])
+    ep1_inputs = ep1_pairs(evaluation_fold({0: support_volume, 1: query_volume}, [0, 1]), TEST_CLASSES)
     return eval_model, volume_inputs, ep1_inputs
 
 
@@ -710,7 +633,7 @@ def section_train(args, device: torch.device, budget: Budget, record: Recorder) 
     query_volume = synthetic_volume(args.seed, 1, args.size, args.slices)
     episodes = timing_episodes(*support_volume, device)
     torch.manual_seed(args.seed)
-    template = FAFNet(image_size=(args.size, args.size))
+    template = build_model((args.size, args.size), torch.device("cpu"))
     flops = flop_count(template, episodes[0], device)
     record.set("train_step_gflop", flops / 1e9 if flops else None)
 
@@ -762,9 +685,9 @@ def section_train(args, device: torch.device, budget: Budget, record: Recorder) 
 
     # Evaluation variants.
     eval_model, volume_inputs, ep1_inputs = evaluation_setup(template, support_volume, query_volume, device, args)
-    record.set("eval_inputs", {"volume_slices": int(volume_inputs[2].shape[0]), "ep1_chunks": len(ep1_inputs[2]),
-                               "ep1_slices": int(sum(len(q) for q in ep1_inputs[2])),
-                               "ep1_chunk_sizes": [int(len(q)) for q in ep1_inputs[2]]})
+    chunk_sizes = [end - start for _, query in ep1_inputs for start, end in query["chunks"] if end > start]
+    record.set("eval_inputs", {"volume_slices": int(volume_inputs[2].shape[0]), "ep1_chunks": len(chunk_sizes),
+                               "ep1_slices": int(sum(chunk_sizes)), "ep1_chunk_sizes": chunk_sizes})
     reference = None
     for name in args.eval_variants:
         if device.type != "cuda" and EVAL_VARIANTS[name][4] and "fp32" not in name:
@@ -793,24 +716,21 @@ def best_eval_variant(results: Dict[str, Dict], within_tolerance: bool = True) -
     return max(ok, key=lambda n: ok[n]["ep1_slices_per_s"]) if ok else None
 
 
-def output_parity(reference: Predictor, fast: Predictor, volumes, fold: Sequence[int],
+def output_parity(reference: Runner, fast: Runner, volumes, fold: Sequence[int],
                   classes: Sequence[int]) -> Dict[str, float]:
-    """Probabilities of two predictors on every EP1 chunk of the fold (same weights):
-    max and mean |difference|, and the Dice between their hard predictions."""
-    fold = sorted(fold)
-    differences, agreement = [], []
-    for class_id in classes:
-        for index in fold[1:]:
-            for support, mask, queries, _ in ep1_chunks(volumes[fold[0]], volumes[index], class_id) or []:
-                a = reference.probabilities(support, mask, queries).cpu()
-                b = fast.probabilities(support, mask, queries).cpu()
-                differences.append((a - b).abs().flatten())
-                agreement.append((a > 0.5, b > 0.5))
+    """Probabilities of two runners on every EP1 chunk of the fold (same weights): max and
+    mean |difference|, and the Dice between their hard predictions."""
+    differences, hard_a, hard_b = [], [], []
+    for support, query in ep1_pairs(evaluation_fold(volumes, fold), classes):
+        runs = [(part, start, end) for part, (start, end) in enumerate(query["chunks"])]
+        a, b = (torch.from_numpy(predict_runs(runner.model, support["images"], support["masks"], query["images"],
+                                              runs, runner.device, runner.options)) for runner in (reference, fast))
+        differences.append((a - b).abs().flatten())
+        hard_a.append((a > 0.5).flatten())
+        hard_b.append((b > 0.5).flatten())
     if not differences:
         return {}
-    difference = torch.cat(differences)
-    hard_a = torch.cat([a.flatten() for a, _ in agreement])
-    hard_b = torch.cat([b.flatten() for _, b in agreement])
+    difference, hard_a, hard_b = torch.cat(differences), torch.cat(hard_a), torch.cat(hard_b)
     return {"max_abs_diff": float(difference.max()), "mean_abs_diff": float(difference.mean()),
             "hard_dice_vs_fp32": dice_score(hard_b, hard_a), "pixels_flipped": float((hard_a != hard_b).float().mean())}
 
@@ -840,37 +760,36 @@ def section_dice(args, device: torch.device, budget: Budget, record: Recorder) -
         episode_labels = {i: synthetic_supervoxels(args.seed, i, size, args.dice_slices, args.dice_supervoxel_min)
                           for i in training}
         say(f"dice: supervoxels of {len(training)} volumes in {time.perf_counter() - began:.1f} s")
-        dataset = InMemoryEpisodes([(i, volumes[i][0], episode_labels[i]) for i in training], (),
-                                   min_size=args.dice_min_size, seed=args.seed)
+        dataset = in_memory_episodes([(i, volumes[i][0], episode_labels[i]) for i in training], (),
+                                     min_size=args.dice_min_size, seed=args.seed)
     else:
-        dataset = InMemoryEpisodes([(i, *volumes[i]) for i in training], TEST_CLASSES,
-                                   min_size=args.dice_min_size, seed=args.seed)
+        dataset = in_memory_episodes([(i, *volumes[i]) for i in training], TEST_CLASSES,
+                                     min_size=args.dice_min_size, seed=args.seed)
     eval_options = EVAL_VARIANTS[fast_eval]
 
     def evaluate(model, options) -> Dict[str, object]:
         batch, amp, channels_last, benchmark, graphs = options
         set_cudnn_benchmark(benchmark and device.type == "cuda")
-        evaluated = copy.deepcopy(model).eval()
-        predictor = Predictor(evaluated, device, batch, amp, channels_last, graphs)
+        runner = Runner(copy.deepcopy(model).eval(), device, batch, amp, channels_last, graphs)
         try:
-            return ep1_mean_dice(predictor, volumes, fold, TEST_CLASSES)
+            return ep1_mean_dice(runner, volumes, fold, TEST_CLASSES)
         finally:
-            predictor.close()
+            runner.close()
             set_cudnn_benchmark(False)
 
     fp32_eval = (8, False, False, False, False)
 
     def trained_parity(model) -> Dict[str, float]:
-        predictors = []
+        runners = []
         try:
             for options in (fp32_eval, eval_options):
                 set_cudnn_benchmark(options[3] and device.type == "cuda")
                 batch, amp, channels_last, _, graphs = options
-                predictors.append(Predictor(copy.deepcopy(model).eval(), device, batch, amp, channels_last, graphs))
-            return output_parity(predictors[0], predictors[1], volumes, fold, TEST_CLASSES)
+                runners.append(Runner(copy.deepcopy(model).eval(), device, batch, amp, channels_last, graphs))
+            return output_parity(runners[0], runners[1], volumes, fold, TEST_CLASSES)
         finally:
-            for predictor in predictors:
-                predictor.close()
+            for runner in runners:
+                runner.close()
             set_cudnn_benchmark(False)
 
     seed_seconds = 0.0
@@ -883,12 +802,12 @@ def section_dice(args, device: torch.device, budget: Budget, record: Recorder) -
         episodes = [dataset[seed_offset * 10 ** 6 + i] for i in range(args.dice_steps)]
         episodes = [{k: pin(v, device) if isinstance(v, torch.Tensor) else v for k, v in e.items()} for e in episodes]
         torch.manual_seed(seed)
-        template = FAFNet(image_size=(size, size))
-        if not args.dice_release_init:   # the demo's random start (fafnet.models.factory)
-            zero_init_residual(template)
-            scale_threshold_head(template, DEMO_THRESHOLD_SCALE)
+        # The demo's random start (script/demo.sh), or the release's initialisation.
+        random_start = {"zero_init_residual": True, "threshold_head_init_scale": DEMO_THRESHOLD_SCALE}
+        template = build_model((size, size), torch.device("cpu"),
+                               options=None if args.dice_release_init else random_start)
         runs = {}
-        for label, variant in (("fp32", "fast_fp32"), ("fast", fast_train)):
+        for label, variant in (("fp32", "baseline"), ("fast", fast_train)):
             model = copy.deepcopy(template).to(device).train()
             step = make_train_step(variant, model, device, lr=args.dice_lr, optimizer_name="adam")
             entry: Dict[str, object] = {"variant": variant}
@@ -946,8 +865,8 @@ def section_compile(args, device: torch.device, budget: Budget, record: Recorder
     query_volume = synthetic_volume(args.seed, 1, args.size, args.slices)
     episodes = timing_episodes(*support_volume, device)
     torch.manual_seed(args.seed)
-    template = FAFNet(image_size=(args.size, args.size))
-    options = dict(TRAIN_VARIANTS.get(args.compile_base or "fast_bf16_cl_bench", ("step", {}, True))[1])
+    template = build_model((args.size, args.size), torch.device("cpu"))
+    options = dict(TRAIN_VARIANTS.get(args.compile_base or "fast_bf16_cl_bench", ({}, True))[0])
     options.pop("cuda_graph", None)
     for name, extra in (("compile_encoder", {**options, "compile": "encoder"}),
                         ("compile_encoder_graph", {**options, "compile": "encoder", "cuda_graph": device.type == "cuda"})):

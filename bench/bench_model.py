@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from fafnet.io.atomic import atomic_write_json
-from fafnet.models import FAFNet, query_loss
+from fafnet.models import FAFNet, total_loss
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -127,8 +127,8 @@ def bench_training(args, device, data, autocast) -> Dict[str, List[float]]:
         model.encoder.run_discarded_layers = with_layer4
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            probs, align_loss, proto_loss = model(data.support, data.mask, data.query, train=True)
-            loss = query_loss(probs, data.labels) + align_loss + proto_loss
+            _, losses = model(data.support, data.mask, data.query, data.labels)
+            loss = total_loss(losses)
         loss.backward()
         optimizer.step()
 

@@ -70,3 +70,38 @@ def test_gpu_benchmark_trains_on_the_supervoxels_the_demo_writes(tmp_path):
     assert written.shape == in_memory.shape == (6, 40, 40)
     assert len(np.unique(in_memory)) > 3
     np.testing.assert_array_equal(written, in_memory)
+
+
+def test_gpu_benchmark_sections_run_on_the_cpu_through_the_package():
+    # The training variants are the package's TrainStep and optimiser; the Dice section trains
+    # with the package's episode sampler and scores with its evaluation protocol.
+    import math
+
+    import torch
+
+    from bench import bench_gpu
+    args = bench_gpu.parse_args([
+        "--device", "cpu", "--size", "33", "--slices", "12", "--steps", "1", "--warmup", "0", "--eval-repeats", "1",
+        "--train-variants", "baseline,fast_bf16_bench", "--eval-variants", "baseline_b8,bf16_b16_bench",
+        "--no-profile", "--min-variant-s", "0", "--dice-size", "33", "--dice-slices", "12", "--dice-subjects", "5",
+        "--dice-steps", "2", "--dice-seeds", "1", "--dice-labels", "gt", "--dice-min-size", "20"])
+    device = torch.device("cpu")
+    train = bench_gpu.Recorder(None)
+    bench_gpu.section_train(args, device, bench_gpu.Budget(300), train)
+    assert {r["status"] for r in train.data["train"].values()} == {"ok"}
+    assert set(train.data["train"]["baseline"]["first_values"]) == {
+        "loss", "query_loss", "align_loss", "proto_loss", "grad_norm"}
+    evaluation = train.data["eval"]
+    assert evaluation["baseline_b8"]["status"] == "ok" and evaluation["bf16_b16_bench"]["status"] == "ok"
+    assert evaluation["bf16_b16_bench"]["mean_abs_diff"] >= 0 and train.data["eval_inputs"]["ep1_chunks"] > 0
+    dice = bench_gpu.Recorder(None)
+    args.dice_train_variant, args.dice_eval_variant = "fast_bf16_bench", "bf16_b16_bench"
+    bench_gpu.section_dice(args, device, bench_gpu.Budget(300), dice)
+    runs = dice.data["seeds"]["0"]
+    for label in ("fp32", "fast"):
+        assert runs[label]["status"] == "ok", runs[label]
+        for scores in (runs[label]["dice_fp32_eval"], runs[label]["dice_fast_eval"]):
+            assert 0.0 <= scores["mean_dice"] <= 100.0 and set(scores["per_class"]) <= {1, 2, 3, 6}
+            assert scores["mean_dice"] == pytest.approx(sum(scores["per_class"].values()) / len(scores["per_class"]))
+    assert math.isfinite(runs["untrained"]["dice_fp32_eval"]["mean_dice"])
+    assert runs["fp32"]["parity_fast_eval"]["hard_dice_vs_fp32"] > 0.5

@@ -148,20 +148,23 @@ def test_a_dataset_source_files_are_the_files_it_reads(phantom):
 def nan_run(phantom, tmp_path_factory):
     """Same options as `straight_run`, but the query loss is NaN at step 3."""
     runs_dir = str(tmp_path_factory.mktemp("runs_nan"))
-    import fafnet.training.step as train_step
-    original, calls = train_step.clamped_nll, []
+    from fafnet.models import FAFNet
+    original, calls = FAFNet.forward, []
 
-    def nan_on_third_step(probs, labels, weights=None):
-        calls.append(1)
-        loss = original(probs, labels, weights)
-        return loss * float("nan") if len(calls) == 3 else loss
+    def nan_on_third_step(self, *args, **kwargs):
+        probs, losses = original(self, *args, **kwargs)
+        if losses:   # a training forward pass
+            calls.append(1)
+            if len(calls) == 3:
+                losses = {**losses, "query_loss": losses["query_loss"] * float("nan")}
+        return probs, losses
 
-    train_step.clamped_nll = nan_on_third_step   # the query loss of the training step
+    FAFNet.forward = nan_on_third_step
     try:
         with pytest.raises(training_loop.NonFiniteLossError) as error:
             run_train(base_config(phantom, runs_dir))
     finally:
-        train_step.clamped_nll = original
+        FAFNet.forward = original
     return str(error.value), os.path.join(runs_dir, "train", "1")
 
 
@@ -672,7 +675,8 @@ def test_a_checkpoint_trained_on_the_evaluated_fold_is_refused(straight_run, pha
                                          r"scores would measure training data.*allow_leakage=True"):
         run_test(base_config(phantom, str(tmp_path), checkpoint=straight.result, eval_fold=1))
     # A folder of runs gives only a run trained for the evaluated fold; none here.
-    with pytest.raises(ValueError, match=r"no completed training run with dataset='SYNTHETIC', eval_fold=1, "
+    with pytest.raises(ValueError, match=r"no completed training run with model='fafnet', dataset='SYNTHETIC', "
+                                         r"eval_fold=1, "
                                          r"setting=2, setting2_protocol='any' in it; found: run 1 \(.*eval_fold=0"):
         run_test(base_config(phantom, str(tmp_path), checkpoint=os.path.join(runs_dir, "train"), eval_fold=1))
     # allow_leakage=True evaluates it, records it, and the fold table refuses the run.

@@ -10,7 +10,7 @@ threshold 10.
 
 Random draws are reproduced from the seed with numpy's own generator (uniform(a, b) is
 a + (b - a) * random()), and every formula is written out here independently of the code, so
-that changing one constant makes a test here fail (bench/check_constants_pinned.py checks it)."""
+that changing one constant makes a test here fail (tests/tools/check_constants_pinned.py checks it)."""
 import math
 import os
 from fractions import Fraction

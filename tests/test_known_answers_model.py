@@ -8,7 +8,7 @@ release's SGD update.
 
 Every expected value here is written out from the formula (literal numbers or a few lines of
 arithmetic next to the formula they come from), never read from the code's own constants, so
-changing one constant of the method makes a test here fail (bench/check_constants_pinned.py
+changing one constant of the method makes a test here fail (tests/tools/check_constants_pinned.py
 checks that)."""
 import math
 from types import SimpleNamespace

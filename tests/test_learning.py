@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torchvision.models.resnet import Bottleneck
 
-from fafnet.models import FAFNet, query_loss
+from fafnet.models import FAFNet
 
 SIZE = (33, 33)
 STEPS = 10
@@ -50,13 +50,13 @@ def train_on_episode(model: FAFNet, optimizer: torch.optim.Optimizer, steps: int
     losses = []
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        probs, align_loss, proto_loss = model(support, support_mask, query, train=True)
-        q_loss = query_loss(probs, query_label)
-        (q_loss + align_loss + proto_loss).backward()
+        probs, named = model(support, support_mask, query, query_label)
+        q_loss = named["query_loss"]
+        (q_loss + named["align_loss"] + named["proto_loss"]).backward()
         optimizer.step()
         losses.append(q_loss.item())
     with torch.no_grad():
-        probs, _, _ = model(support, support_mask, query, train=True)
+        probs, _ = model(support, support_mask, query)
     return losses, probs.argmax(dim=1).bool(), query_label
 
 

@@ -54,10 +54,10 @@ def test_dataset_sizes_give_probabilities_of_the_image_size(size, features):
     assert net.icm.aff.phase.spectrum_linear.out_features == features[0] * (features[1] // 2 + 1)
     support, masks, query = episode(1, 1, size)
     with torch.no_grad():
-        probs, align, proto = net(support, masks, query)
+        probs, losses = net(support, masks, query)
     assert probs.shape == (1, 2, *size)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(1, *size))
-    assert align.item() == 0 and proto.item() == 0
+    assert losses == {}, "without labels the model computes no losses"
 
 
 def test_non_square_size_and_several_queries():
@@ -65,7 +65,7 @@ def test_non_square_size_and_several_queries():
     assert net.feature_size == (13, 18)
     support, masks, query = episode(2, 2, (49, 70))
     with torch.no_grad():
-        probs, _, _ = net(support, masks, query)
+        probs, _ = net(support, masks, query)
     assert probs.shape == (2, 2, 49, 70)
     assert ((probs >= 0) & (probs <= 1)).all()
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(2, 49, 70))
@@ -75,7 +75,8 @@ def test_non_square_size_and_several_queries():
 def test_three_shots_use_each_images_own_threshold_map(model):
     support, masks, query = episode(3, 1)
     with torch.no_grad():
-        probs, align, proto = model(support, masks, query, train=True)
+        probs, losses = model(support, masks, query, torch.zeros(1, *SIZE, dtype=torch.long))
+        align, proto = losses["align_loss"], losses["proto_loss"]
         # Reference: docs/protocol.md sections 3 to 6 spelled out from the encoder outputs.
         features, thresholds = model.encoder(torch.cat([support, query]))
         prototype = masked_average_pooling(features[:3], masks).mean(0, keepdim=True)
@@ -132,9 +133,12 @@ def test_gradients_reach_every_trained_part():
     torch.manual_seed(0)
     net = FAFNet(image_size=SIZE).train()
     support, masks, query = episode(1, 1, seed=2)
-    probs, align, proto = net(support, masks, query, train=True)
     labels = torch.zeros(1, *SIZE, dtype=torch.long)
     labels[:, 20:40, 20:40] = 1
+    probs, losses = net(support, masks, query, labels)
+    assert list(losses) == ["query_loss", "align_loss", "proto_loss"]
+    align, proto = losses["align_loss"], losses["proto_loss"]
+    torch.testing.assert_close(losses["query_loss"], query_loss(probs, labels), rtol=0, atol=0)
     assert (probs.argmax(1) == 1).any(), "the test needs a non-empty query prediction"
     # The alignment branch alone trains the ICM, both AFF branches and the support's ATL map.
     aff = net.icm.aff
@@ -163,8 +167,8 @@ def test_bfloat16_autocast_and_channels_last():
     support, masks, query = episode(1, 1, seed=3)
     support, query = (x.contiguous(memory_format=torch.channels_last) for x in (support, query))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        probs, align, proto = net(support, masks, query, train=True)
-        loss = query_loss(probs, torch.ones(1, *SIZE, dtype=torch.long)) + align + proto
+        probs, losses = net(support, masks, query, torch.ones(1, *SIZE, dtype=torch.long))
+        loss = losses["query_loss"] + losses["align_loss"] + losses["proto_loss"]
     assert probs.dtype == torch.float32 and torch.isfinite(probs).all()
     torch.testing.assert_close(probs.sum(1), torch.ones(1, *SIZE))
     loss.backward()
@@ -209,7 +213,7 @@ def test_cuda_matches_cpu_and_runs_under_bfloat16_autocast(model):
         assert difference.mean() < 1e-4 and difference.max() < 2e-2, (difference.mean(), difference.max())
     net.train()
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        probs, align, proto = net(*inputs, train=True)
+        probs, losses = net(*inputs, torch.ones(3, *SIZE, dtype=torch.long, device="cuda"))
     assert probs.dtype == torch.float32 and torch.isfinite(probs).all()
-    (query_loss(probs, torch.ones(3, *SIZE, dtype=torch.long, device="cuda")) + align + proto).backward()
+    sum(losses.values()).backward()
     assert torch.isfinite(net.icm.aff.amplitude.spectrum_linear.weight.grad).all()

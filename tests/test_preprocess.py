@@ -18,9 +18,9 @@ import SimpleITK as sitk
 from fafnet.preprocessing import chaost2 as chaos
 from fafnet.preprocessing import cmr
 from fafnet.io.nifti import Geometry
+from fafnet.io.raw import natural_sort_key
 from fafnet.preprocessing.common import (centre_crop_or_pad, clip_top_percentile, flip_rows, mr_route,
-                                    natural_sort_key, preprocess_mr, resample_image, resample_label,
-                                    resampled_size)
+                                         preprocess_mr, resample_image, resample_label, resampled_size)
 from fafnet.preprocessing.manifest import MANIFEST_NAME, raw_differences
 from fafnet.preprocessing import prostate_mri as prostate
 from fafnet.preprocessing import sabs

@@ -309,7 +309,7 @@ def test_a_dicom_series_goes_through_the_chaos_route_and_back(intensity_model, t
 
 def test_routes_on_arrays_equal_the_pre_processing_clis(tmp_path):
     from fafnet.preprocessing import chaost2 as chaos
-    from fafnet.preprocessing.common import read_raw_image
+    from fafnet.io.raw import read_raw_image
     from fafnet.preprocessing import sabs
     from tests.test_preprocess import write_chaos_patient
     write_chaos_patient(tmp_path / "chaos", 1)

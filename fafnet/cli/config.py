@@ -44,6 +44,7 @@ from fafnet.runtime.runs import Terminated  # noqa: E402
 from fafnet.runtime.snapshots import KEEP_CHOICES  # noqa: E402
 from fafnet.training.step import COMPILE_TARGETS  # noqa: E402
 from fafnet.models.pretrained import default_pretrained_weights  # noqa: E402
+from fafnet.models.registry import DEFAULT_MODEL, MODELS, model_options  # noqa: E402
 from fafnet.training.loop import OPTIMIZERS  # noqa: E402
 
 # Sacred's default "fd" capture spawns `tee` processes and fights with pytest's capture;
@@ -97,6 +98,7 @@ def shared_options():
                         if setting == 2 and setting2_protocol == "groups" and group in range(len(class_groups(dataset)))
                         else spec(dataset).test_classes)  # the dataset's, or the group's (groups protocol)
     seed = 2025
+    model = DEFAULT_MODEL           # the network, by its registry name (fafnet.models.registry)
     device = "auto"                 # auto, cpu, cuda, cuda:N or mps
     # A torchvision ResNet-101 or DeepLabV3-ResNet-101 file; by default the one found in
     # torchvision's cache. "none": random initialisation (allowed on real datasets only so).
@@ -154,7 +156,7 @@ def evaluation_options(device):
     # Query slices per forward pass: 1 on a CPU (larger batches spill layer3's activations
     # out of cache there), 8 on a GPU.
     eval_batch_size = default_eval_batch_size(device)
-    channels_last = default_eval_channels_last(device)  # measured faster on CPU, slower on an H100
+    channels_last = default_eval_channels_last(device)  # on for a CPU, off for a GPU (README benchmarks)
     eval_graphs = False             # CUDA: replay each predict call from a captured graph
     save_predictions = True         # write prediction volumes (NIfTI)
     save_figures = True             # write one PNG per class
@@ -170,6 +172,10 @@ def validate_config(config: Dict) -> None:
     """Clear errors for options that Sacred's type checks let through (options absent from
     an experiment's config are not checked)."""
     spec(config["dataset"])
+    if config["model"] not in MODELS:
+        raise ValueError(f"config option model={config['model']!r} is not a registered model; "
+                         f"registered: {', '.join(MODELS)}")
+    model_options(config["model"], config)   # another model's option set: an error naming it
     checks = _checks(config)
     for name, (ok, what) in checks.items():
         if name in config and not ok(config[name]):

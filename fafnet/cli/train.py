@@ -22,7 +22,7 @@ from typing import Dict
 from fafnet.cli.config import Experiment, configure_experiment, observer_run_dir, run_commandline, training_options
 from fafnet.datasets.specs import SYNTHETIC_DATASETS
 from fafnet.io.provenance import PROJECT_ROOT
-from fafnet.models.factory import NO_PRETRAINED
+from fafnet.models.registry import NO_PRETRAINED
 from fafnet.models.pretrained import ACCEPTED_FORMATS
 from fafnet.runtime.runs import record_process, sigterm_interrupts
 from fafnet.training.loop import train

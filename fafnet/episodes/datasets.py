@@ -389,129 +389,49 @@ def _has_feasible_episode(areas: np.ndarray, allowed: np.ndarray, n_shot: int, m
     return bool((fits & large).any())
 
 
-class TrainDataset(Dataset):
-    """Episodes for 1-way K-shot training (docs/protocol.md section 9).
+def without_classes(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """`labels` with the values `classes` set to 0 (background), in place; returned."""
+    labels[np.isin(labels, list(classes))] = 0
+    return labels
+
+
+def make_train_volume(index: int, image: np.ndarray, labels: np.ndarray, allowed: np.ndarray,
+                      n_shot: int, min_size: int, files: Optional[VolumeFiles] = None) -> TrainVolume:
+    """A TrainVolume with the per-slice class areas and feasibility that sampling needs."""
+    classes, areas = slice_class_areas(labels)
+    feasible = _has_feasible_episode(areas, allowed, n_shot, min_size)
+    return TrainVolume(index, image, labels, classes, areas, allowed, feasible, files)
+
+
+def check_sampling_options(n_shot: int, max_iters_per_load: int) -> None:
+    if n_shot < 1:
+        raise ValueError(f"n_shot must be at least 1, got {n_shot}")
+    if max_iters_per_load < 1:
+        raise ValueError(f"max_iters_per_load must be positive, got {max_iters_per_load}")
+
+
+class EpisodeSampler(Dataset):
+    """Episode sampling and augmentation (docs/protocol.md section 9, steps 1 to 7) over
+    training volumes held in memory; `TrainDataset` reads them from a dataset folder.
 
     Args:
-        data_dir: folder with image_<i>.nii.gz, label_<i>.nii.gz (fafnet/io/layout.py), and
-            supervoxels_<N>/ inside it or beside it.
-        dataset: key of `DATASETS` (classes, test classes, supervoxel size, label map).
-        eval_fold: the fold held out; training uses every other volume.
-        n_shot: K support slices per episode.
-        use_gt: episode labels from the ground truth with the excluded classes set to 0;
-            False (default, the paper's self-supervised setting) uses supervoxels.
-        setting: 1 (default, the release's scripts) keeps every slice; 2 removes slices with
-            test classes, decided from the ground truth in both label modes.
-        protocol: setting 2's protocol, one of `SETTING2_PROTOCOLS`: "release" (default: a
-            slice is removed only when it holds ALL test classes), "any" (a slice holding any
-            test class is removed) or "groups" (Ouyang et al.: the classes of `group` are
-            excluded with the any rule). Ignored for setting 1.
-        group: for protocol "groups", the group trained without (0 or 1, see `group_classes`).
-        test_classes: default: the dataset's; for "groups", None or the group's classes.
-        min_size: the larger foreground of the first two chosen slices must reach this.
-        supervoxel_min_size: picks supervoxels_<N>/; default: the dataset's.
-        augment: gamma, affine and elastic augmentation (step 7).
-        seed: episode `index` uses np.random.default_rng([seed, index]) and nothing else, so
-            any index >= 0 (also >= len) is reproducible in any worker or after a resume.
-        max_iters_per_load: the epoch length, `len(self)`.
-        n_volumes: the number of volumes the folder holds and the folds are made for;
-            default: the dataset's known count (any for the synthetic dataset).
-        image_size: optional (H, W) every volume must have (after resampling).
-        resample_in_plane: optional (H, W): every volume is resampled in-plane to it when
-            loaded (images linear, supervoxels and labels nearest; `VolumeReader`).
-
-    An item is a dict: "support_images" float32 [K, 3, H, W], "support_masks" float32 [K, H, W]
-    in {0, 1}, "query_images" float32 [1, 3, H, W], "query_labels" int64 [1, H, W] in {0, 1},
-    "class_id" int (supervoxel id or organ id), "volume_index" int (the volume's position),
-    "slice_indices" list of K + 1 slice indices in the volume (supports, then the query).
+        volumes: the TrainVolumes (`make_train_volume`).
+        n_shot, min_size, augment, seed, max_iters_per_load: as for `TrainDataset`.
+        source: where the volumes come from, for error messages.
+        detail: what made them, appended to the error when no episode is possible.
     """
 
-    def __init__(self, data_dir: str, dataset: str = "SABS", eval_fold: int = 0, n_shot: int = 1,
-                 use_gt: bool = False, setting: int = 1, protocol: str = "release",
-                 group: Optional[int] = None, test_classes: Optional[Sequence[int]] = None,
-                 min_size: int = 200,
-                 supervoxel_min_size: Optional[int] = None, augment: bool = True, seed: int = 2025,
-                 max_iters_per_load: int = 3000, n_volumes: Optional[int] = None,
-                 image_size: Optional[Sequence[int]] = None,
-                 resample_in_plane: Optional[Sequence[int]] = None):
-        self.spec = get_dataset_spec(dataset)
-        _check_choice("setting", setting, (1, 2))
-        if n_shot < 1:
-            raise ValueError(f"n_shot must be at least 1, got {n_shot}")
-        if max_iters_per_load < 1:
-            raise ValueError(f"max_iters_per_load must be positive, got {max_iters_per_load}")
-        self.data_dir, self.n_shot, self.use_gt = data_dir, int(n_shot), bool(use_gt)
-        self.setting, self.protocol, self.group = setting, protocol, group
-        self.min_size = int(min_size)
-        # The classes setting 2 removes; in setting 1 the test classes, which ground-truth
-        # labels still drop (they are the classes evaluation tests).
-        self.test_classes = excluded_classes_for(dataset, protocol, test_classes, group)
-        self.supervoxel_min_size = int(self.spec.supervoxel_min_size if supervoxel_min_size is None
-                                       else supervoxel_min_size)
+    def __init__(self, volumes: Sequence[TrainVolume], n_shot: int = 1, min_size: int = 200,
+                 augment: bool = True, seed: int = 2025, max_iters_per_load: int = 3000,
+                 source: str = "the volumes in memory", detail: str = ""):
+        check_sampling_options(n_shot, max_iters_per_load)
+        self.volumes, self.data_dir = list(volumes), source
+        self.n_shot, self.min_size = int(n_shot), int(min_size)
         self.augment, self.seed, self.max_iters_per_load = bool(augment), int(seed), int(max_iters_per_load)
-        self.layout = open_layout(data_dir, n_volumes, self.spec)
-        self.n_volumes = len(self.layout)
-        held_out = set(_fold(self.spec, self.n_volumes, eval_fold))
-        self.eval_fold = eval_fold
-        self.volume_indices = [i for i in range(self.n_volumes) if i not in held_out]
-        # One scan of the supervoxel folder serves every volume (and `source_files`).
-        self._supervoxel_files = None if use_gt else self.layout.supervoxel_files(self.supervoxel_min_size)
-        self.reader = VolumeReader(self.spec, image_size, resample_in_plane)
-        self.volumes = [self._load(self.layout[i], self._supervoxel_files) for i in
-                        progress(self.volume_indices, desc="loading training volumes", unit="volume")]
-        self.reader.log_notes()
-        self._check_same_in_plane()
         if not any(v.feasible for v in self.volumes):
             raise ValueError(
-                f"no training episode is possible in {data_dir}: no volume has {self.n_shot + 1} "
-                f"consecutive usable slices of one class with >= {self.min_size} pixels "
-                f"(setting {setting}, {self.protocol_name}, use_gt={use_gt})")
-
-    def _load(self, files: VolumeFiles, supervoxel_files: Optional[Dict[int, str]]) -> TrainVolume:
-        needs_gt = self.use_gt or self.setting == 2
-        supervoxels = None if self.use_gt else \
-            self.layout.supervoxel_path(files, self.supervoxel_min_size, supervoxel_files)
-        volume = self.reader.read(files, ground_truth=needs_gt, supervoxel_path=supervoxels)
-        allowed = np.ones(volume.image.shape[0], dtype=bool)
-        if self.setting == 2:
-            allowed = remaining_slices(volume.ground_truth, self.test_classes, self.protocol)
-        if self.use_gt:
-            labels = volume.ground_truth
-            labels[np.isin(labels, self.test_classes)] = 0
-        else:
-            labels = volume.supervoxels
-        classes, areas = slice_class_areas(labels)
-        feasible = _has_feasible_episode(areas, allowed, self.n_shot, self.min_size)
-        return TrainVolume(files.position, volume.image, labels, classes, areas, allowed, feasible, files)
-
-    def source_files(self) -> List[str]:
-        """The files training reads: each training volume's image, its label file when the
-        episodes or setting 2 use it, and its supervoxel file."""
-        paths = []
-        for volume in self.volumes:
-            paths.append(volume.files.image)
-            if self.use_gt or self.setting == 2:
-                paths.append(volume.files.label)
-            if not self.use_gt:
-                paths.append(self.layout.supervoxel_path(volume.files, self.supervoxel_min_size,
-                                                         self._supervoxel_files))
-        return paths
-
-    @property
-    def protocol_name(self) -> str:
-        """Setting 2's protocol as recorded with results: "release", "any", "groups/<group>";
-        "none" in setting 1."""
-        if self.setting == 1:
-            return "none"
-        return f"groups/{self.group}" if self.protocol == "groups" else self.protocol
-
-    def _check_same_in_plane(self) -> None:
-        first = self.volumes[0].image.shape[1:]
-        for volume in self.volumes[1:]:
-            if volume.image.shape[1:] != first:
-                raise ValueError(f"{volume.files.image} has in-plane size {volume.image.shape[1:]}, but "
-                                 f"{self.volumes[0].files.image} has {first}; training volumes must share "
-                                 "one size (resample_in_plane=[H, W] resamples them when they are loaded)")
+                f"no training episode is possible in {source}: no volume has {self.n_shot + 1} "
+                f"consecutive usable slices of one class with >= {self.min_size} pixels{detail}")
 
     def __len__(self) -> int:
         return self.max_iters_per_load
@@ -564,6 +484,119 @@ class TrainDataset(Dataset):
         }
 
 
+def _check_same_in_plane(volumes: Sequence[TrainVolume]) -> None:
+    first = volumes[0].image.shape[1:]
+    for volume in volumes[1:]:
+        if volume.image.shape[1:] != first:
+            raise ValueError(f"{volume.files.image} has in-plane size {volume.image.shape[1:]}, but "
+                             f"{volumes[0].files.image} has {first}; training volumes must share "
+                             "one size (resample_in_plane=[H, W] resamples them when they are loaded)")
+
+
+class TrainDataset(EpisodeSampler):
+    """Episodes for 1-way K-shot training (docs/protocol.md section 9) from the volumes of a
+    dataset folder: this class reads them and builds their labels; `EpisodeSampler` samples.
+
+    Args:
+        data_dir: folder with image_<i>.nii.gz, label_<i>.nii.gz (fafnet/io/layout.py), and
+            supervoxels_<N>/ inside it or beside it.
+        dataset: key of `DATASETS` (classes, test classes, supervoxel size, label map).
+        eval_fold: the fold held out; training uses every other volume.
+        n_shot: K support slices per episode.
+        use_gt: episode labels from the ground truth with the excluded classes set to 0;
+            False (default, the paper's self-supervised setting) uses supervoxels.
+        setting: 1 (default, the release's scripts) keeps every slice; 2 removes slices with
+            test classes, decided from the ground truth in both label modes.
+        protocol: setting 2's protocol, one of `SETTING2_PROTOCOLS`: "release" (default: a
+            slice is removed only when it holds ALL test classes), "any" (a slice holding any
+            test class is removed) or "groups" (Ouyang et al.: the classes of `group` are
+            excluded with the any rule). Ignored for setting 1.
+        group: for protocol "groups", the group trained without (0 or 1, see `group_classes`).
+        test_classes: default: the dataset's; for "groups", None or the group's classes.
+        min_size: the larger foreground of the first two chosen slices must reach this.
+        supervoxel_min_size: picks supervoxels_<N>/; default: the dataset's.
+        augment: gamma, affine and elastic augmentation (step 7).
+        seed: episode `index` uses np.random.default_rng([seed, index]) and nothing else, so
+            any index >= 0 (also >= len) is reproducible in any worker or after a resume.
+        max_iters_per_load: the epoch length, `len(self)`.
+        n_volumes: the number of volumes the folder holds and the folds are made for;
+            default: the dataset's known count (any for the synthetic dataset).
+        image_size: optional (H, W) every volume must have (after resampling).
+        resample_in_plane: optional (H, W): every volume is resampled in-plane to it when
+            loaded (images linear, supervoxels and labels nearest; `VolumeReader`).
+
+    An item is a dict: "support_images" float32 [K, 3, H, W], "support_masks" float32 [K, H, W]
+    in {0, 1}, "query_images" float32 [1, 3, H, W], "query_labels" int64 [1, H, W] in {0, 1},
+    "class_id" int (supervoxel id or organ id), "volume_index" int (the volume's position),
+    "slice_indices" list of K + 1 slice indices in the volume (supports, then the query).
+    """
+
+    def __init__(self, data_dir: str, dataset: str = "SABS", eval_fold: int = 0, n_shot: int = 1,
+                 use_gt: bool = False, setting: int = 1, protocol: str = "release",
+                 group: Optional[int] = None, test_classes: Optional[Sequence[int]] = None,
+                 min_size: int = 200,
+                 supervoxel_min_size: Optional[int] = None, augment: bool = True, seed: int = 2025,
+                 max_iters_per_load: int = 3000, n_volumes: Optional[int] = None,
+                 image_size: Optional[Sequence[int]] = None,
+                 resample_in_plane: Optional[Sequence[int]] = None):
+        self.spec = get_dataset_spec(dataset)
+        _check_choice("setting", setting, (1, 2))
+        check_sampling_options(n_shot, max_iters_per_load)   # before the volumes are read
+        self.data_dir, self.n_shot, self.use_gt = data_dir, int(n_shot), bool(use_gt)
+        self.setting, self.protocol, self.group = setting, protocol, group
+        self.min_size = int(min_size)
+        # The classes setting 2 removes; in setting 1 the test classes, which ground-truth
+        # labels still drop (they are the classes evaluation tests).
+        self.test_classes = excluded_classes_for(dataset, protocol, test_classes, group)
+        self.supervoxel_min_size = int(self.spec.supervoxel_min_size if supervoxel_min_size is None
+                                       else supervoxel_min_size)
+        self.layout = open_layout(data_dir, n_volumes, self.spec)
+        self.n_volumes = len(self.layout)
+        held_out = set(_fold(self.spec, self.n_volumes, eval_fold))
+        self.eval_fold = eval_fold
+        self.volume_indices = [i for i in range(self.n_volumes) if i not in held_out]
+        # One scan of the supervoxel folder serves every volume (and `source_files`).
+        self._supervoxel_files = None if use_gt else self.layout.supervoxel_files(self.supervoxel_min_size)
+        self.reader = VolumeReader(self.spec, image_size, resample_in_plane)
+        volumes = [self._load(self.layout[i], self._supervoxel_files) for i in
+                   progress(self.volume_indices, desc="loading training volumes", unit="volume")]
+        self.reader.log_notes()
+        _check_same_in_plane(volumes)
+        super().__init__(volumes, n_shot, min_size, augment, seed, max_iters_per_load, source=data_dir,
+                         detail=f" (setting {setting}, {self.protocol_name}, use_gt={use_gt})")
+
+    def _load(self, files: VolumeFiles, supervoxel_files: Optional[Dict[int, str]]) -> TrainVolume:
+        needs_gt = self.use_gt or self.setting == 2
+        supervoxels = None if self.use_gt else \
+            self.layout.supervoxel_path(files, self.supervoxel_min_size, supervoxel_files)
+        volume = self.reader.read(files, ground_truth=needs_gt, supervoxel_path=supervoxels)
+        allowed = np.ones(volume.image.shape[0], dtype=bool)
+        if self.setting == 2:
+            allowed = remaining_slices(volume.ground_truth, self.test_classes, self.protocol)
+        labels = without_classes(volume.ground_truth, self.test_classes) if self.use_gt else volume.supervoxels
+        return make_train_volume(files.position, volume.image, labels, allowed, self.n_shot, self.min_size, files)
+
+    def source_files(self) -> List[str]:
+        """The files training reads: each training volume's image, its label file when the
+        episodes or setting 2 use it, and its supervoxel file."""
+        paths = []
+        for volume in self.volumes:
+            paths.append(volume.files.image)
+            if self.use_gt or self.setting == 2:
+                paths.append(volume.files.label)
+            if not self.use_gt:
+                paths.append(self.layout.supervoxel_path(volume.files, self.supervoxel_min_size,
+                                                         self._supervoxel_files))
+        return paths
+
+    @property
+    def protocol_name(self) -> str:
+        """Setting 2's protocol as recorded with results: "release", "any", "groups/<group>";
+        "none" in setting 1."""
+        if self.setting == 1:
+            return "none"
+        return f"groups/{self.group}" if self.protocol == "groups" else self.protocol
+
 # ----------------------------------------------------------------------------- evaluation
 
 def slices_containing(labels: np.ndarray, class_id: int) -> List[int]:
@@ -594,57 +627,46 @@ class TestVolume:
     index: int               # the volume's position in the dataset
     image: np.ndarray        # float32 [Z, H, W], z-scored
     labels: np.ndarray       # int [Z, H, W], mapped ground truth
-    geometry: Geometry       # of the grid the arrays are on
-    files: VolumeFiles       # where it came from
+    geometry: Optional[Geometry] = None   # of the grid the arrays are on (None: made in memory)
+    files: Optional[VolumeFiles] = None   # where it came from (None: made in memory)
 
     @property
     def path(self) -> str:
         """The image file."""
-        return self.files.image
+        return self.files.image if self.files else f"<volume {self.index} in memory>"
 
     @property
     def name(self) -> str:
         """The image file's name ("image_12.nii.gz")."""
-        return self.files.name
+        return self.files.name if self.files else f"volume_{self.index}"
 
     @property
     def number(self) -> int:
         """The i of image_<i> (equal to `index` in this project's 0-based layout)."""
-        return self.files.number
+        return self.files.number if self.files else self.index
 
     def slices_with(self, class_id: int) -> List[int]:
         return slices_containing(self.labels, class_id)
 
 
-class TestDataset:
-    """The evaluation protocol (docs/protocol.md section 10) for one fold.
+class EvaluationFold:
+    """The evaluation protocol (docs/protocol.md section 10) over one fold's volumes held in
+    memory: the support slices of a class and the query chunks. `TestDataset` reads the
+    volumes from a dataset folder.
 
     Args:
-        data_dir, dataset, n_volumes, image_size, resample_in_plane: as for `TrainDataset`.
-        eval_fold: the fold evaluated; its volumes' positions, sorted, are `fold_volumes`.
-        supp_idx: position in `fold_volumes` of the support volume; the others are queries.
+        volumes: fold position -> TestVolume, for every volume of the fold.
+        supp_idx: position in the sorted fold of the support volume; the others are queries.
         n_part: support slices per class and query chunks (3).
-        test_classes: default: the dataset's.
     """
-    __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, data_dir: str, dataset: str = "SABS", eval_fold: int = 0, supp_idx: int = 0,
-                 n_part: int = 3, n_volumes: Optional[int] = None,
-                 test_classes: Optional[Sequence[int]] = None, image_size: Optional[Sequence[int]] = None,
-                 resample_in_plane: Optional[Sequence[int]] = None):
-        self.spec = get_dataset_spec(dataset)
+    def __init__(self, volumes: Dict[int, TestVolume], supp_idx: int = 0, n_part: int = 3):
         if n_part < 1:
             raise ValueError(f"n_part must be at least 1, got {n_part}")
-        self.data_dir, self.n_part, self.eval_fold = data_dir, int(n_part), eval_fold
-        self.test_classes = list(_resolve_test_classes(self.spec, test_classes))
-        self.layout = open_layout(data_dir, n_volumes, self.spec)
-        self.n_volumes = len(self.layout)
-        self.fold_volumes = sorted(_fold(self.spec, self.n_volumes, eval_fold))
+        self.n_part = int(n_part)
+        self._volumes = dict(volumes)
+        self.fold_volumes = sorted(self._volumes)
         self.select_support(supp_idx)
-        self.reader = VolumeReader(self.spec, image_size, resample_in_plane)
-        self._volumes = {i: self._load(i) for i in
-                         progress(self.fold_volumes, desc="loading test volumes", unit="volume")}
-        self.reader.log_notes()
         support = self._volumes[self.support_volume]
         for volume in self._volumes.values():
             if volume.image.shape[1:] != support.image.shape[1:]:
@@ -657,7 +679,7 @@ class TestDataset:
 
     def file_name(self, position: int) -> str:
         """The image file name of the volume at `position` ("image_12.nii.gz")."""
-        return self.layout[position].name
+        return self._volumes[position].name
 
     def select_support(self, supp_idx: int) -> None:
         """Make fold position `supp_idx` the support volume and the others the queries
@@ -666,11 +688,6 @@ class TestDataset:
         self.supp_idx = supp_idx
         self.support_volume = self.fold_volumes[supp_idx]
         self.query_volumes = [i for i in self.fold_volumes if i != self.support_volume]
-
-    def _load(self, position: int) -> TestVolume:
-        files = self.layout[position]
-        volume = self.reader.read(files, ground_truth=True)
-        return TestVolume(position, volume.image, volume.ground_truth, volume.geometry, files)
 
     def support(self, class_id: int) -> Dict[str, object]:
         """The n_part support slices of `class_id` at fractions 1/6, 1/2, 5/6 of the support
@@ -712,3 +729,39 @@ class TestDataset:
                 "geometry": volume.geometry,
                 "volume_shape": tuple(volume.image.shape),
             }
+
+
+class TestDataset(EvaluationFold):
+    """The evaluation protocol for one fold of a dataset folder.
+
+    Args:
+        data_dir, dataset, n_volumes, image_size, resample_in_plane: as for `TrainDataset`.
+        eval_fold: the fold evaluated; its volumes' positions, sorted, are `fold_volumes`.
+        supp_idx: position in `fold_volumes` of the support volume; the others are queries.
+        n_part: support slices per class and query chunks (3).
+        test_classes: default: the dataset's.
+    """
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(self, data_dir: str, dataset: str = "SABS", eval_fold: int = 0, supp_idx: int = 0,
+                 n_part: int = 3, n_volumes: Optional[int] = None,
+                 test_classes: Optional[Sequence[int]] = None, image_size: Optional[Sequence[int]] = None,
+                 resample_in_plane: Optional[Sequence[int]] = None):
+        self.spec = get_dataset_spec(dataset)
+        if n_part < 1:
+            raise ValueError(f"n_part must be at least 1, got {n_part}")
+        self.data_dir, self.eval_fold = data_dir, eval_fold
+        self.test_classes = list(_resolve_test_classes(self.spec, test_classes))
+        self.layout = open_layout(data_dir, n_volumes, self.spec)
+        self.n_volumes = len(self.layout)
+        fold = sorted(_fold(self.spec, self.n_volumes, eval_fold))
+        _check_choice("supp_idx", supp_idx, range(len(fold)))   # before the volumes are read
+        self.reader = VolumeReader(self.spec, image_size, resample_in_plane)
+        volumes = {i: self._load(i) for i in progress(fold, desc="loading test volumes", unit="volume")}
+        self.reader.log_notes()
+        super().__init__(volumes, supp_idx, n_part)
+
+    def _load(self, position: int) -> TestVolume:
+        files = self.layout[position]
+        volume = self.reader.read(files, ground_truth=True)
+        return TestVolume(position, volume.image, volume.ground_truth, volume.geometry, files)

@@ -1,4 +1,4 @@
-"""CUDA graphs for evaluation with `FAFNet.predict`.
+"""CUDA graphs for evaluation with a model's `predict` (fafnet.models.interface).
 
 With one support slice and a few query slices per `predict` call (the EP1 protocol splits each
 query volume into 3 chunks), the GPU spends much of its time waiting for kernel launches: about
@@ -9,7 +9,7 @@ the cuDNN algorithm choice.
 
 - `GraphedPredict(model)`: the whole `predict` call (support encoding, query encoding, ICM,
   segmentation) as one graph per signature: `foreground = graphed(support, masks, queries)`.
-- `GraphedEncoder(model.encoder)`: only the encoder, installed in a `with` block, so any code
+- `GraphedEncoder(model.image_encoder())`: only the encoder, installed in a `with` block, so any code
   calling the encoder (predict included) replays it.
 
 Outside CUDA, with gradients enabled, or (encoder) in training mode they run eagerly.
@@ -116,7 +116,7 @@ class GraphedPredict(_Graphed):
     """`model.predict` replayed from one CUDA graph per (support, masks, queries) signature.
 
     Args:
-        model: a FAFNet; predict runs it in eval mode (and restores the mode), as always.
+        model: a model of fafnet.models.interface; its predict runs in eval mode.
         max_graphs: graphs kept at most; further signatures run eagerly.
         log: logger for the one warning when a capture fails (default: this module's).
     """

@@ -3,7 +3,7 @@
 
 A *run* is (support position, start, end): query slices start..end-1 segmented with support
 slice `position` (1-way 1-shot), the queries of a run in batches of `batch_size` through
-`FAFNet.predict`, which encodes the support once per call. The evaluation's chunks are runs
+the model's `predict` (FAF-Net's encodes the support once per call). The evaluation's chunks are runs
 (chunk i with support slice i); the inference command without a slice range makes a run of
 every stretch of query slices that share a support slice.
 """
@@ -46,7 +46,7 @@ def predict_runs(model, support_images: torch.Tensor, support_masks: torch.Tenso
     empty runs) stay 0.
 
     Args:
-        model: a FAFNet, or a GraphedPredict of one (eval_graphs).
+        model: a model of fafnet.models.interface, or a GraphedPredict of one (eval_graphs).
         support_images: [k, 3, H, W]; support_masks: [k, H, W] float (the support positions).
         query_images: [n, 3, H, W].
         runs: (support position, start, end), see the module docstring.

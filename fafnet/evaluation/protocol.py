@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fafnet.datasets.specs import get_dataset_spec
-from fafnet.episodes.datasets import TestDataset
+from fafnet.episodes.datasets import EvaluationFold, TestDataset
 from fafnet.evaluation.graphs import GraphedPredict
 from fafnet.evaluation.metrics import binary_confusion
 from fafnet.evaluation.outcomes import QueryOutcome
@@ -29,7 +29,7 @@ from fafnet.evaluation.writers import (short_path, write_class_figure, write_com
 from fafnet.io.logs import log_to_file
 from fafnet.io.progress import progress
 from fafnet.io.provenance import protocol_record
-from fafnet.models import build_model
+from fafnet.models import DEFAULT_MODEL, build_model, model_options
 from fafnet.runtime.devices import resolve_device
 from fafnet.runtime.rng import seed_everything
 from fafnet.runtime.snapshots import LoadedCheckpoint, SnapshotError, load_for_evaluation
@@ -55,21 +55,23 @@ class NothingEvaluatedError(ValueError):
 
 
 def load_weights(model: torch.nn.Module, checkpoint: Optional[str], image_size,
-                 wanted: Optional[Dict] = None) -> LoadedCheckpoint:
-    """Load `checkpoint` into `model` (strict). `wanted`: what a run picked from a folder of
-    training runs must have been trained on (see `checkpoint_wanted`)."""
+                 wanted: Optional[Dict] = None, model_name: str = DEFAULT_MODEL) -> LoadedCheckpoint:
+    """Load `checkpoint` into `model` (strict), the registry's model `model_name`. `wanted`:
+    what a run picked from a folder of training runs must have been trained on (see
+    `checkpoint_wanted`)."""
     if checkpoint is None:
         raise ValueError("checkpoint is not set: pass checkpoint=<snapshot, training run folder or "
                          "release file>, or checkpoint=untrained for the untrained baseline")
     if checkpoint == UNTRAINED:
         return LoadedCheckpoint(UNTRAINED, 0, None, None)
-    return load_for_evaluation(model, checkpoint, image_size, wanted)
+    return load_for_evaluation(model, checkpoint, image_size, wanted, model_name)
 
 
 def checkpoint_wanted(config: Dict) -> Dict:
     """The training options a run chosen from a folder of runs must share with this
-    evaluation: dataset, fold and setting (with its protocol and group)."""
-    wanted = {"dataset": config["dataset"], "eval_fold": config["eval_fold"], "setting": config["setting"]}
+    evaluation: model, dataset, fold and setting (with its protocol and group)."""
+    wanted = {"model": config["model"], "dataset": config["dataset"], "eval_fold": config["eval_fold"],
+              "setting": config["setting"]}
     if config["setting"] == 2:
         wanted["setting2_protocol"] = config["setting2_protocol"]
         if config["setting2_protocol"] == "groups":
@@ -114,7 +116,7 @@ def segment_query(model, support: Dict, query: Dict, device: torch.device, confi
                   timer: Timer) -> np.ndarray:
     """Hard prediction [n, H, W] (bool) of one query volume's evaluated slices: chunk i
     with support slice i (fafnet/evaluation/predict.py, shared with segment.py), the queries of a
-    chunk in batches of eval_batch_size. `model` is a FAFNet, or a GraphedPredict of one
+    chunk in batches of eval_batch_size. `model` is a model of fafnet.models.interface, or a GraphedPredict of one
     (eval_graphs)."""
     runs = [(part, start, end) for part, (start, end) in enumerate(query["chunks"])]
     foreground = predict_runs(model, support["images"], support["masks"], query["images"], runs, device,
@@ -127,7 +129,7 @@ def query_text(query: Dict) -> str:
     return f"query volume {query['volume_index']} ({query['image_name']})"
 
 
-def evaluate_class(model, dataset: TestDataset, class_id: int, name: str, device: torch.device,
+def evaluate_class(model, dataset: EvaluationFold, class_id: int, name: str, device: torch.device,
                    config: Dict, timer: Timer, skips: Skips, logger, bar
                    ) -> Tuple[Optional[Dict], List[QueryOutcome], List[Dict]]:
     """Every query volume of the fold for one class and the selected support volume:
@@ -171,8 +173,10 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
         # overwrites every tensor anyway.
         pretrained = config["pretrained_weights"] if config["checkpoint"] == UNTRAINED else None
         model = build_model(config["image_size"], device, pretrained, config["channels_last"],
-                            config["pretrained_allow_partial"])
-        loaded = load_weights(model, config["checkpoint"], config["image_size"], checkpoint_wanted(config))
+                            config["pretrained_allow_partial"], name=config["model"],
+                            options=model_options(config["model"], config))
+        loaded = load_weights(model, config["checkpoint"], config["image_size"], checkpoint_wanted(config),
+                              config["model"])
         source, step = loaded.path, loaded.step
         model.eval()
         if device.type == "cuda":

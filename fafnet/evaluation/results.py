@@ -24,7 +24,7 @@ from fafnet.io.provenance import TRAINING_FOLD_FIELDS
 
 # Protocol fields that must agree between the runs of one fold table. The fold, the group
 # (joined), the checkpoint's path and the code commit legitimately differ between runs.
-PROTOCOL_FIELDS = ("dataset", "setting", "setting2_protocol", "supp_idx", "n_part", "image_size",
+PROTOCOL_FIELDS = ("model", "dataset", "setting", "setting2_protocol", "supp_idx", "n_part", "image_size",
                    "resample_in_plane", "n_volumes", "checkpoint_step", "training", "pretrained_weights",
                    "preprocessing")
 
@@ -166,7 +166,8 @@ GROUP_TRAINING_OPTIONS = ("group", "test_classes")
 
 
 def _comparable(protocol: Dict, name: str):
-    value = protocol.get(name)
+    # results.json files written before the model registry hold FAF-Net's numbers.
+    value = protocol.get(name, "fafnet" if name == "model" else None)
     if name == "training" and value is not None:
         value = {k: v for k, v in value.items() if k not in GROUP_TRAINING_OPTIONS + TRAINING_FOLD_FIELDS}
     return value

@@ -31,7 +31,8 @@ from fafnet.evaluation.metrics import dice_score
 from fafnet.inference.pairing import (Pairing, combine_labels, largest_component, range_pairing, relative_pairing,
                                 slices_in_range)
 from fafnet.io.provenance import code_version, preprocessing_record
-from fafnet.runtime.snapshots import load_checkpoint_state, read_checkpoint, saved_training_config
+from fafnet.runtime.snapshots import (load_checkpoint_state, read_checkpoint, saved_training_config,
+                                      snapshot_model_name)
 from fafnet.models import build_model
 
 RANGE_SYNTAX = "[QUERY:][LABEL=]Z0:Z1"
@@ -139,8 +140,13 @@ class Checkpoint:
     resample_in_plane: Optional[Tuple[int, int]]
     data_dir: Optional[str]
 
+    @property
+    def model_name(self) -> str:
+        """The registry name of the model the snapshot holds."""
+        return snapshot_model_name(self.state)
+
     def record(self) -> Dict:
-        return {"path": self.path, "step": self.step, "dataset": self.spec.name, "image_size": list(self.image_size),
+        return {"path": self.path, "step": self.step, "model": self.model_name, "dataset": self.spec.name, "image_size": list(self.image_size),
                 "resample_in_plane": list(self.resample_in_plane) if self.resample_in_plane else None,
                 "training_data_dir": self.data_dir}
 
@@ -175,8 +181,8 @@ def training_arithmetic(checkpoint: Checkpoint, asked: Optional[str], warnings: 
 
 
 def load_model(checkpoint: Checkpoint, device: torch.device, options: InferenceOptions):
-    model = build_model(checkpoint.image_size, device, None, options.channels_last)
-    load_checkpoint_state(model, checkpoint.path, checkpoint.state, checkpoint.image_size)
+    model = build_model(checkpoint.image_size, device, None, options.channels_last, name=checkpoint.model_name)
+    load_checkpoint_state(model, checkpoint.path, checkpoint.state, checkpoint.image_size, checkpoint.model_name)
     return model.eval()
 
 

@@ -114,6 +114,7 @@ def protocol_record(config: Mapping, supp_indices: Iterable[int], checkpoint: st
     training = training_record(training_config, training_data)
     pretrained = training["pretrained_weights"] if training else weights_name(config["pretrained_weights"])
     return {
+        "model": config.get("model", "fafnet"),
         "dataset": config["dataset"],
         "setting": config["setting"],
         "setting2_protocol": config["setting2_protocol"] if config["setting"] == 2 else None,

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .encoder import FEATURE_CHANNELS, ResNet101Encoder, feature_size
+from .interface import Losses, check_query_labels
 from .modules import ICM, masked_average_pooling
 
 SIMILARITY_SCALE = 20.0   # d = -20 * cosine similarity
@@ -75,22 +76,9 @@ def query_loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return clamped_nll(probs, labels, QUERY_CLASS_WEIGHTS)
 
 
-def check_query_labels(labels: torch.Tensor) -> None:
-    """Raises ValueError unless `labels` is an integer tensor of 0s and 1s.
-
-    On a GPU tensor the range check waits for the device; a training step that must not
-    wait checks the labels on the CPU before copying them (fafnet.training.step).
-    """
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise ValueError(f"query_loss labels must be an integer tensor, got {labels.dtype}")
-    if labels.numel() and (labels.min() < 0 or labels.max() > 1):
-        raise ValueError("query_loss labels must be 0 (background) or 1 (foreground)")
-
-
 def default_predict_batch_size(device: torch.device) -> int:
     """Query slices per encoder pass in `FAFNet.predict` when none is given: 1 on the CPU,
-    where larger batches spill layer3's activations out of the cache (measured fastest,
-    bench/bench_model.py), and 8 on GPUs (CUDA, MPS), which need batches to fill the device."""
+    where larger batches spill layer3's activations out of the cache (bench/bench_model.py), and 8 on GPUs (CUDA, MPS), which need batches to fill the device."""
     return 1 if torch.device(device).type == "cpu" else 8
 
 
@@ -120,6 +108,10 @@ class FAFNet(nn.Module):
         self.encoder = ResNet101Encoder(pretrained_weights, run_discarded_layers,
                                         allow_partial_pretrained)
         self.icm = ICM(FEATURE_CHANNELS, heads, self.feature_size)
+        # Not in the state dict; a buffer so it follows the model to its device once (a tensor
+        # made per step would be a host-to-device copy, which a CUDA graph cannot capture).
+        self.register_buffer("query_class_weights", torch.tensor(QUERY_CLASS_WEIGHTS, dtype=torch.float32),
+                             persistent=False)
 
     # -- checks -----------------------------------------------------------------------------
     def _check_images(self, name: str, images: torch.Tensor) -> None:
@@ -215,16 +207,17 @@ class FAFNet(nn.Module):
 
     # -- public API -------------------------------------------------------------------------
     def forward(self, support_images: torch.Tensor, support_masks: torch.Tensor,
-                query_images: torch.Tensor, train: bool = False
-                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One episode.
+                query_images: torch.Tensor, query_labels: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, Losses]:
+        """One episode (the contract of fafnet.models.interface).
 
         Args:
             support_images: [K, 3, H, W]; support_masks: [K, H, W] in {0, 1};
-            query_images: [Q, 3, H, W]; train: also compute the alignment/prototype losses.
+            query_images: [Q, 3, H, W]; query_labels: [Q, H, W] integers in {0, 1}, for
+            training (the caller checks them: `check_query_labels`).
         Returns:
-            probs [Q, 2, H, W] (background, foreground), align_loss, proto_loss (scalars;
-            zero tensors when not training).
+            probs [Q, 2, H, W] (background, foreground) and, with labels, the float32 losses
+            {"query_loss", "align_loss", "proto_loss"} (section 7), else {}.
         """
         self._check_episode(support_images, support_masks, query_images)
         shots = support_images.shape[0]
@@ -234,12 +227,24 @@ class FAFNet(nn.Module):
         prototype = self.support_prototype(support_features, support_masks)
         foreground, refined = self.segment_queries(prototype, query_features, thresholds[shots:])
         probs = torch.stack([1.0 - foreground, foreground], dim=1)
-        if not train:
-            zero = probs.new_zeros(())
-            return probs, zero, zero.clone()
+        if query_labels is None:
+            return probs, {}
         align_loss, proto_loss = self.alignment_losses(
             support_features, thresholds[:shots], support_masks, query_features, probs, refined)
-        return probs, align_loss, proto_loss
+        # After the alignment losses: the autograd graph, and so the order in which gradients
+        # are summed, is the one of the reference step that the training tests pin.
+        with torch.autocast(device_type=probs.device.type, enabled=False):
+            q_loss = clamped_nll(probs.float(), query_labels, self.query_class_weights)
+        return probs, {"query_loss": q_loss, "align_loss": align_loss.float(), "proto_loss": proto_loss.float()}
+
+    def image_encoder(self) -> nn.Module:
+        """The encoder (images -> features, threshold maps): the compile and graph target."""
+        return self.encoder
+
+    @property
+    def pretrained_tensors_loaded(self) -> int:
+        """Backbone tensors read from `pretrained_weights` (0 without a file)."""
+        return self.encoder.pretrained_tensors_loaded
 
     @torch.no_grad()
     def predict(self, support_images: torch.Tensor, support_masks: torch.Tensor,

@@ -34,10 +34,10 @@ import cv2
 import numpy as np
 
 from fafnet.io.nifti import Geometry
+from fafnet.io.raw import image_information, natural_sort_key
 from fafnet.preprocessing.common import (DEFAULT_MR_ARITHMETIC, ProcessedVolume, add_arithmetic_argument,
-                                    build_parser, flip_rows, image_information, mr_route,
-                                    natural_sort_key, parse_arithmetic, preprocess_mr, require_dir,
-                                    run_cli, run_preprocessing)
+                                         build_parser, flip_rows, mr_route, parse_arithmetic, preprocess_mr,
+                                         require_dir, run_cli, run_preprocessing)
 from fafnet.preprocessing.manifest import RawCase, Route
 from fafnet.io.scans import read_series, series_file_names
 

@@ -23,12 +23,12 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
 import numpy as np
 import SimpleITK as sitk
 
-from fafnet.io.nifti import NIFTI_SUFFIXES, Geometry, check_finite, on_reference_grid, read_volume, write_volume
+from fafnet.io.nifti import Geometry, check_finite, on_reference_grid, read_volume, write_volume
 from fafnet.preprocessing.manifest import (RawCase, Route, build_manifest, check_manifest, read_manifest,
                                       write_manifest)
 from fafnet.io.progress import log_to_console, progress
-from fafnet.io.raw import (image_information, itk_error_text, natural_sort_key, read_raw_image,  # noqa: F401 (re-exported)
-                           release_geometry, strip_nifti_suffix)
+from fafnet.io.layout import image_name, label_name
+from fafnet.io.raw import natural_sort_key, read_raw_image, strip_nifti_suffix
 
 Source = TypeVar("Source")
 log = logging.getLogger("fafnet.preprocess")
@@ -323,8 +323,7 @@ OUTPUT_NAME = re.compile(r"^(image|label)_(\d+)\.nii\.gz$")
 
 def output_paths(out_dir: str, index: int) -> Tuple[str, str]:
     """(image path, label path) of volume `index` in the normalised layout."""
-    return (os.path.join(out_dir, f"image_{index}.nii.gz"),
-            os.path.join(out_dir, f"label_{index}.nii.gz"))
+    return os.path.join(out_dir, image_name(index)), os.path.join(out_dir, label_name(index))
 
 
 def existing_outputs(out_dir: str) -> List[str]:

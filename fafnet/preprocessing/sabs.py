@@ -20,10 +20,10 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from fafnet.io.nifti import Geometry
+from fafnet.io.raw import read_raw_image, strip_nifti_suffix
 from fafnet.preprocessing.common import (ProcessedVolume, build_parser, extract_inplane_window, nifti_pair_case,
-                                    pair_by_key, read_label_on_image_grid, read_raw_image, require_dir,
-                                    resample_image, resample_label, run_cli, run_preprocessing,
-                                    strip_nifti_suffix)
+                                         pair_by_key, read_label_on_image_grid, require_dir, resample_image,
+                                         resample_label, run_cli, run_preprocessing)
 from fafnet.preprocessing.manifest import Route
 
 HU_WINDOW = (-125.0, 275.0)

@@ -31,7 +31,7 @@ from fafnet.runtime.rng import capture_rng_state, restore_rng_state
 from fafnet.runtime.runs import COMPLETED, RUNNING, list_runs, run_status
 from fafnet.models.encoder import image_sides_for_feature
 from fafnet.models.fafnet import feature_size_of_state
-from fafnet.models.release import convert_release_checkpoint
+from fafnet.models.registry import DEFAULT_MODEL, get_model_spec
 
 SNAPSHOT_FORMAT = "fafnet-snapshot-v2"
 LEGACY_FORMATS = ("fafnet-snapshot-v1",)
@@ -41,7 +41,7 @@ FOLDER = "snapshots"
 LATEST_NAME, FINAL_NAME = "latest.pth", "final.pth"
 _STEP_NAME = re.compile(r"^step_(\d+)\.pth$")
 # Options that did not exist in older snapshots, with the value those runs trained with.
-OPTIONS_ADDED_LATER = {"optimizer": "sgd", "group": None, "resample_in_plane": None}
+OPTIONS_ADDED_LATER = {"optimizer": "sgd", "group": None, "resample_in_plane": None, "model": DEFAULT_MODEL}
 
 
 class SnapshotError(ValueError):
@@ -224,8 +224,8 @@ class SnapshotWriter:
         if keep not in KEEP_CHOICES:
             raise ValueError(f"keep_snapshots={keep!r} must be one of {KEEP_CHOICES}")
         self.run_dir, self.keep = run_dir, keep
-        self.header = {"format": SNAPSHOT_FORMAT, "image_size": list(image_size),
-                       "config": _config_record(config)}
+        self.header = {"format": SNAPSHOT_FORMAT, "model_name": config.get("model", DEFAULT_MODEL),
+                       "image_size": list(image_size), "config": _config_record(config)}
         if training_data is not None:
             self.header["training_data"] = _config_record(training_data)
 
@@ -355,15 +355,16 @@ class LoadedCheckpoint(NamedTuple):
 
 
 def load_for_evaluation(model, checkpoint: str, image_size: Iterable[int],
-                        wanted: Optional[Mapping] = None) -> LoadedCheckpoint:
+                        wanted: Optional[Mapping] = None, model_name: str = DEFAULT_MODEL) -> LoadedCheckpoint:
     """Load weights into `model` (strict) from a snapshot of this project (full or weights
     only), a training run folder, a folder of training runs (the newest completed run whose
     config agrees with `wanted`, see `resolve_checkpoint`), or a checkpoint of the authors'
-    release (recognised by its key names and converted). Weights of another image size, or
-    with NaN or infinite values, are refused naming the file.
+    release (recognised by its key names and converted). Weights of another model
+    (`model_name`, the registry's name of `model`) or image size, or with NaN or infinite
+    values, are refused naming the file.
     """
     path, state = read_checkpoint(checkpoint, wanted=wanted)
-    return load_checkpoint_state(model, path, state, image_size)
+    return load_checkpoint_state(model, path, state, image_size, model_name)
 
 
 def read_checkpoint(checkpoint: str, option: str = "checkpoint",
@@ -377,12 +378,22 @@ def read_checkpoint(checkpoint: str, option: str = "checkpoint",
     return path, read_snapshot_file(path, f"{option}={checkpoint!r}")
 
 
-def load_checkpoint_state(model, path: str, state, image_size: Iterable[int]) -> LoadedCheckpoint:
+def snapshot_model_name(state: Mapping) -> str:
+    """The registry name of the model a project snapshot holds (older snapshots: FAF-Net)."""
+    return state.get("model_name") or (state.get("config") or {}).get("model") or DEFAULT_MODEL
+
+
+def load_checkpoint_state(model, path: str, state, image_size: Iterable[int],
+                          model_name: str = DEFAULT_MODEL) -> LoadedCheckpoint:
     """The second half of `load_for_evaluation`: load the contents `state` of the file `path`
-    (`read_checkpoint`) into `model`."""
+    (`read_checkpoint`) into `model`, the registry's model `model_name`."""
     image_size = list(image_size)
     loaded = LoadedCheckpoint(path, None, None, None)
     if is_project_snapshot(state):
+        saved_model = snapshot_model_name(state)
+        if saved_model != model_name:
+            raise SnapshotError(f"checkpoint {path} holds weights of model {saved_model!r}, not of "
+                                f"model={model_name!r}; evaluate it with model={saved_model}")
         if list(state["image_size"]) != image_size:
             resampled = (state.get("config") or {}).get("resample_in_plane")
             option = f"resample_in_plane={list(resampled)}" if resampled else f"image_size={state['image_size']}"
@@ -392,7 +403,7 @@ def load_checkpoint_state(model, path: str, state, image_size: Iterable[int]) ->
         weights = state["model"]
         loaded = LoadedCheckpoint(path, int(state["step"]), state.get("config"), state.get("training_data"))
     else:
-        weights = _plain_weights(state, model, path, image_size)
+        weights = _plain_weights(state, model, path, image_size, model_name)
     _load_fitting(model, weights, path, image_size)
     problem = describe_non_finite(model.state_dict())
     if problem:
@@ -400,16 +411,21 @@ def load_checkpoint_state(model, path: str, state, image_size: Iterable[int]) ->
     return loaded
 
 
-def _plain_weights(state, model, path: str, image_size: List[int]) -> Dict:
-    """This project's names for a plain state dict (ours, or the release's converted)."""
+def _plain_weights(state, model, path: str, image_size: List[int], model_name: str) -> Dict:
+    """This project's names for a plain state dict (ours, or converted by the model's
+    `convert_checkpoint`: FAF-Net's converts the authors' release)."""
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise SnapshotError(f"checkpoint {path}: expected a state dict, got {type(state).__name__}")
     if set(state) == set(model.state_dict()):
         return state
+    convert = get_model_spec(model_name).convert_checkpoint
+    if convert is None:
+        raise SnapshotError(f"checkpoint {path}: not a state dict of model={model_name!r} (its keys "
+                            f"differ) and that model converts no other checkpoints")
     try:
-        return convert_release_checkpoint(state)
+        return convert(state)
     except ValueError as err:
         raise SnapshotError(f"checkpoint {path}: neither this project's snapshot nor a loadable release "
                             f"checkpoint for image_size={image_size}: {err}") from None

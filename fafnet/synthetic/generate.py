@@ -25,6 +25,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from fafnet.io.atomic import atomic_write_json
+from fafnet.io.layout import image_name, label_name, supervoxel_folder_name, supervoxel_name
 from fafnet.io.nifti import Geometry, write_volume
 
 SPLEEN, RIGHT_KIDNEY, LEFT_KIDNEY, LIVER, STOMACH, AORTA, IVC = 1, 2, 3, 6, 7, 8, 9
@@ -407,8 +408,8 @@ def generate_dataset(out_dir: str, n_subjects: int = 30, size: int = 129, n_slic
     paths = []
     for index in tqdm(range(n_subjects), desc="synthetic subjects", unit="subj",
                       disable=not progress):
-        image_path = os.path.join(out_dir, f"image_{index}.nii.gz")
-        label_path = os.path.join(out_dir, f"label_{index}.nii.gz")
+        image_path = os.path.join(out_dir, image_name(index))
+        label_path = os.path.join(out_dir, label_name(index))
         if overwrite or not (os.path.isfile(image_path) and os.path.isfile(label_path)):
             image, label, geometry = generate_subject(seed, index, size, n_slices)
             write_volume(label, geometry, label_path)
@@ -424,5 +425,4 @@ def _make_supervoxels(out_dir: str, n_subjects: int, min_size: int, overwrite: b
     # Imported here: the compiled extension is only needed when supervoxels are requested.
     from fafnet.supervoxels.generate import generate_supervoxels
     generate_supervoxels(out_dir, min_size, overwrite=overwrite)
-    return [os.path.join(out_dir, f"supervoxels_{min_size}", f"superpix-MIDDLE_{i}.nii.gz")
-            for i in range(n_subjects)]
+    return [os.path.join(out_dir, supervoxel_folder_name(min_size), supervoxel_name(i)) for i in range(n_subjects)]

@@ -12,7 +12,11 @@ from typing import Dict, List
 
 from fafnet.io.atomic import atomic_write_bytes
 
-LOSS_KEYS = ("loss", "query_loss", "align_loss", "proto_loss")
+
+def loss_keys(history: Dict[str, List]) -> List[str]:
+    """The logged losses: "loss" (the total) first, then the model's "*_loss" values."""
+    return sorted((name for name in history if name == "loss" or name.endswith("_loss")),
+                  key=lambda name: name != "loss")
 
 
 class TrainingCurves:
@@ -52,7 +56,7 @@ def progress_png(history: Dict[str, List]) -> bytes:
 
     figure = Figure(figsize=(8, 9), dpi=100, layout="constrained")
     panels = figure.subplots(3, 1, sharex=True)
-    contents = ((LOSS_KEYS, "loss (mean over the logged window)", True),
+    contents = ((loss_keys(history), "loss (mean over the logged window)", True),
                 (("lr",), "learning rate", False),
                 (("grad_norm",), "total gradient norm", True))
     for axis, (names, label, log_scale) in zip(panels, contents):
@@ -60,7 +64,7 @@ def progress_png(history: Dict[str, List]) -> bytes:
         for name in names:
             _plot(axis, history, name)
         # Losses and norms span decades; a log axis needs every value positive (the
-        # alignment loss is exactly 0 on episodes with an empty query prediction).
+        # a loss may be exactly 0, e.g. FAF-Net's alignment loss on an empty query prediction).
         if log_scale and values and min(values) > 0:
             axis.set_yscale("log")
         axis.set_ylabel(label)

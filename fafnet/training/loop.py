@@ -16,7 +16,7 @@ from fafnet.episodes.datasets import TrainDataset
 from fafnet.io.atomic import atomic_write_json
 from fafnet.io.logs import log_to_file
 from fafnet.io.progress import duration_text, progress
-from fafnet.models import build_model, scale_threshold_head, zero_init_residual
+from fafnet.models import build_model, model_options
 from fafnet.runtime.devices import resolve_device
 from fafnet.runtime.rng import seed_everything
 from fafnet.runtime.snapshots import (NonFiniteWeightsError, SnapshotError, SnapshotWriter, load_for_resume,
@@ -24,7 +24,7 @@ from fafnet.runtime.snapshots import (NonFiniteWeightsError, SnapshotError, Snap
 from fafnet.runtime.training_data import (DATA_MANIFEST_NAME, describe_differences, resume_data_differences,
                                           training_data_record)
 from fafnet.training.curves import TrainingCurves
-from fafnet.training.step import LOSS_NAMES, NonFiniteLossError, TrainStep, optimizer_implementation
+from fafnet.training.step import NonFiniteLossError, TrainStep, optimizer_implementation
 
 OPTIMIZERS = ("sgd", "adam")
 # Training options that may differ between a snapshot and the run resuming it; every other
@@ -48,14 +48,11 @@ def train(config: Dict, run_dir: str, logger, log_scalar: Optional[Callable] = N
                     f", {config['setting2_protocol']}" if config["setting"] == 2 else "", device, run_dir)
         seed_everything(config["seed"])
         model = build_model(config["image_size"], device, config["pretrained_weights"], config["channels_last"],
-                            config["pretrained_allow_partial"])
-        if config["zero_init_residual"]:
-            zero_init_residual(model)
-        if config["threshold_head_init_scale"] != 1.0:
-            scale_threshold_head(model, config["threshold_head_init_scale"])
-        if model.encoder.pretrained_tensors_loaded:
+                            config["pretrained_allow_partial"], name=config["model"],
+                            options=model_options(config["model"], config))
+        if getattr(model, "pretrained_tensors_loaded", 0):
             logger.info("loaded %d pretrained backbone tensors from %s",
-                        model.encoder.pretrained_tensors_loaded, config["pretrained_weights"])
+                        model.pretrained_tensors_loaded, config["pretrained_weights"])
         optimizer = build_optimizer(model, config, device)
         scheduler = build_scheduler(optimizer, config["lr_milestones"], config["lr_gamma"])
         start_step, resumed = 0, None
@@ -173,7 +170,7 @@ class TrainingLoop:
             self.logger.info("initial weights: %s", self.snapshots.save_weights(0, self.model))
         self.model.train()
         curves = TrainingCurves(self.run_dir)
-        sums, window = dict.fromkeys(LOSS_NAMES, 0.0), 0
+        sums, window = {}, 0
         window_start = started = time.perf_counter()
         losses = {}
         # A bar on a terminal; in a log the step lines below say how far training is.
@@ -181,15 +178,15 @@ class TrainingLoop:
         try:
             for step, episode in enumerate(bar, start=start_step + 1):
                 losses = self.train_step(episode, step)
-                for name in LOSS_NAMES:
-                    sums[name] += losses[name]
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0.0) + value
                 window += 1
                 bar.set_postfix(loss=f"{losses['loss']:.4f}", refresh=False)
                 if step % self.config["print_interval"] == 0 or step == n_steps:
                     means = {k: v / window for k, v in sums.items()}
                     self._report(step, means, (time.perf_counter() - window_start) / window, curves,
                                  left_s=(time.perf_counter() - started) / (step - start_step) * (n_steps - step))
-                    sums, window = dict.fromkeys(LOSS_NAMES, 0.0), 0
+                    sums, window = {}, 0
                     window_start = time.perf_counter()
                 if step % self.config["snapshot_interval"] == 0 or step == n_steps:
                     self.save_snapshot(step, final=step == n_steps)
@@ -231,9 +228,10 @@ class TrainingLoop:
     def _report(self, step: int, means: Dict[str, float], seconds_per_step: float,
                 curves: TrainingCurves, left_s: float) -> None:
         lr = self.optimizer.param_groups[0]["lr"]
-        self.logger.info("step %d/%d: loss %.4f (query %.4f, align %.4f, proto %.4f), grad norm %.3g, "
-                         "lr %.3g, %.3f s/step, about %s left", step, self.config["n_steps"], means["loss"],
-                         means["query_loss"], means["align_loss"], means["proto_loss"], means["grad_norm"], lr,
+        parts = ", ".join(f"{name[:-len('_loss')] if name.endswith('_loss') else name} {value:.4f}"
+                          for name, value in means.items() if name not in ("loss", "grad_norm"))
+        self.logger.info("step %d/%d: loss %.4f (%s), grad norm %.3g, lr %.3g, %.3f s/step, about %s left",
+                         step, self.config["n_steps"], means["loss"], parts, means["grad_norm"], lr,
                          seconds_per_step, duration_text(left_s))
         scalars = {**means, "lr": lr, "seconds_per_step": seconds_per_step}
         curves.add(step, scalars)

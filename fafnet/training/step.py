@@ -1,18 +1,16 @@
-"""One FAF-Net training step that waits for the device at most once, and its GPU fast paths.
+"""One training step that waits for the device at most once, and its GPU fast paths.
 
-`TrainStep` performs the original training loop's update: forward pass on the episode, query
-loss + alignment loss + prototype loss, backward pass, total gradient norm (clipped when asked),
-optimiser step, scheduler step, and a stop before an update with a non-finite loss or gradient
-is applied. What differs is when the host waits for the device:
+`TrainStep` performs the release's update for any model of fafnet.models.interface: forward
+pass on the episode, the sum of the losses the model returns (for FAF-Net query + alignment +
+prototype loss), backward pass, total gradient norm (clipped when asked), optimiser step,
+scheduler step, and a stop before an update with a non-finite loss or gradient is applied.
+The losses and the gradient norm are read together, once, after the backward pass and before
+the optimiser step; the query labels are checked on the host and copied asynchronously, so
+nothing else in the step waits for the device (FAF-Net's alignment loss is branchless for the
+same reason).
 
-- the four losses and the gradient norm are read together, once, after the backward pass and
-  before the optimiser step (the original read the losses with four `.item()` calls before the
-  backward pass, the norm after it, checked the query labels on the device and copied masks
-  and labels with blocking copies: about ten waits per step);
-- the alignment loss is branchless (`FAFNet.alignment_losses`), so nothing inside the step
-  needs a value from the device.
-
-With every option off, on the CPU, it gives bitwise the same weights as the original step.
+With every option off, on the CPU, it gives bitwise the same weights as the plain
+forward / backward / step loop (tests/test_train_step.py).
 The options are for GPUs, where one episode per step leaves the device waiting on kernel
 launches: bf16 autocast (FFT, probabilities and losses stay float32), channels-last memory
 format, `torch.compile` of the encoder or of forward + losses, and a CUDA graph of forward +
@@ -27,9 +25,9 @@ import torch
 from torch import nn
 
 from fafnet.io.logs import error_summary
-from fafnet.models.fafnet import QUERY_CLASS_WEIGHTS, check_query_labels, clamped_nll
+from fafnet.models.interface import check_query_labels, image_encoder, total_loss
 
-LOSS_NAMES = ("loss", "query_loss", "align_loss", "proto_loss", "grad_norm")
+TOTAL, GRAD_NORM = "loss", "grad_norm"   # the values a step reports besides the model's losses
 COMPILE_TARGETS = (None, "encoder", "model")
 # Untimed forward + backward passes on a side stream before a CUDA graph is captured: they
 # pick cuDNN/cuBLAS algorithms, create FFT plans and workspaces, and run torch.compile.
@@ -44,7 +42,7 @@ class NonFiniteLossError(FloatingPointError):
     """A loss or the gradient norm became NaN or infinite; the update was not applied.
 
     Attributes:
-        what: "loss" (one of the four losses) or "gradient" (the total gradient norm).
+        what: "loss" (one of the losses) or "gradient" (the total gradient norm).
         values: the losses (and for "gradient" also grad_norm) of the step, as floats.
     A caller that knows more (step number, episode, last snapshot) raises a new one with its
     own `message` and the same `what` and `values`.
@@ -94,15 +92,17 @@ class TrainStep:
     """The training update on one episode; call it once per step.
 
     Args:
-        model: a FAFNet in training mode (the step does not change the mode).
+        model: a model of fafnet.models.interface in training mode (the step does not change
+            the mode).
         optimizer, scheduler: stepped after each good update (scheduler may be None).
         device: where the model is (default: its first parameter's device).
         grad_clip_norm: clip the total gradient norm to this; None: no clipping (the release).
         amp_bf16: bfloat16 autocast for the forward pass (the model keeps the FFT and the
             probabilities in float32; the losses are float32).
         channels_last: channels-last weights (converted here) and input images.
-        compile: None, "encoder" (torch.compile of the encoder's forward; the module tree and
-            the state dict keys do not change) or "model" (forward + losses as one compiled
+        compile: None, "encoder" (torch.compile of the forward of the model's
+            `image_encoder()`; the module tree and the state dict keys do not change) or
+            "model" (forward + losses as one compiled
             function). Compiled at the first step; if that fails, a warning is logged and the
             step runs without it.
         cuda_graph: on CUDA, capture forward + backward + gradient norm once (at the first
@@ -115,8 +115,8 @@ class TrainStep:
 
     Calling it with an episode dict ("support_images" [K,3,H,W], "support_masks" [K,H,W],
     "query_images" [Q,3,H,W], "query_labels" [Q,H,W] integers in {0, 1}; CPU tensors, pinned
-    for asynchronous copies) returns {name: float} for LOSS_NAMES, or raises
-    NonFiniteLossError before the optimiser step.
+    for asynchronous copies) returns {name: float}: "loss" (the total), each of the model's
+    losses by its name, "grad_norm"; or raises NonFiniteLossError before the optimiser step.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler=None, *,
@@ -133,9 +133,8 @@ class TrainStep:
         self.amp_bf16, self.channels_last = bool(amp_bf16), bool(channels_last)
         self.log = log or logger
         self.parameters: List[nn.Parameter] = list(model.parameters())
-        # Made once: a fresh tensor from a Python tuple would be a host-to-device copy per step
-        # (and cannot be captured in a CUDA graph).
-        self.query_weights = torch.tensor(QUERY_CLASS_WEIGHTS, dtype=torch.float32, device=self.device)
+        # The names of the values `_forward_backward` stacks, known after its first call.
+        self.value_names: List[str] = []
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
             self._match_optimizer_state_layout()
@@ -144,7 +143,7 @@ class TrainStep:
             self.log.warning("cuda_graph needs a CUDA device; on %s the training step runs without one",
                              self.device)
         self._captured: Optional[_CapturedStep] = None
-        self._losses: Callable[..., Tuple[torch.Tensor, ...]] = self._eager_losses
+        self._losses: Callable[..., Dict[str, torch.Tensor]] = self._eager_losses
         self.compile_target: Optional[str] = None
         if compile is not None:
             self._enable_compile(compile)
@@ -159,7 +158,7 @@ class TrainStep:
         else:
             self._zero_grads()
             stats = self._guarded_pass(self._device_inputs(host))
-        values = dict(zip(LOSS_NAMES, stats.tolist()))   # the step's one wait for the device
+        values = dict(zip(self.value_names, stats.tolist()))   # the step's one wait for the device
         self._check_finite(values)
         self.optimizer.step()
         if self.scheduler is not None:
@@ -195,26 +194,28 @@ class TrainStep:
 
     # -- the computation ---------------------------------------------------------------------
     def _eager_losses(self, support: torch.Tensor, masks: torch.Tensor, query: torch.Tensor,
-                      labels: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """(loss, query loss, alignment loss, prototype loss), float32 scalars."""
+                      labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """{"loss": the total, then the model's losses}, float32 scalars."""
         # Inside a CUDA graph the autocast weight cache must stay off: a cast cached before
         # the capture would be freed while the graph still reads it.
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp_bf16,
                             cache_enabled=False if self.use_graph else None):
-            probs, align_loss, proto_loss = self.model(support, masks, query, train=True)
-        query_loss = clamped_nll(probs.float(), labels, self.query_weights)
-        align_loss, proto_loss = align_loss.float(), proto_loss.float()
-        return query_loss + align_loss + proto_loss, query_loss, align_loss, proto_loss
+            _, losses = self.model(support, masks, query, labels)
+        if TOTAL in losses or GRAD_NORM in losses:
+            raise ValueError(f"a model's losses may not be named {TOTAL!r} or {GRAD_NORM!r}: the step "
+                             f"reports those itself (got {list(losses)})")
+        losses = {name: value.float() for name, value in losses.items()}
+        return {TOTAL: total_loss(losses), **losses}
 
     def _forward_backward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """Forward, backward, gradient norm (and clipping); returns the LOSS_NAMES values as a
-        float64 vector on the device (float64 holds the float32 values exactly)."""
-        loss, query_loss, align_loss, proto_loss = self._losses(*inputs)
-        loss.backward()
+        """Forward, backward, gradient norm (and clipping); returns the values named by
+        `value_names` as a float64 vector on the device (float64 holds float32 exactly)."""
+        losses = self._losses(*inputs)
+        losses[TOTAL].backward()
         # With max_norm = inf the gradients are multiplied by exactly 1 (the release's behaviour).
         grad_norm = nn.utils.clip_grad_norm_(self.parameters, self.max_norm)
-        return torch.stack([value.detach().to(torch.float64)
-                            for value in (loss, query_loss, align_loss, proto_loss, grad_norm)])
+        self.value_names = [*losses, GRAD_NORM]
+        return torch.stack([value.detach().to(torch.float64) for value in (*losses.values(), grad_norm)])
 
     def _guarded_pass(self, inputs: Inputs) -> torch.Tensor:
         """_forward_backward; the first call of a compiled version falls back to eager on failure."""
@@ -234,10 +235,10 @@ class TrainStep:
         return stats
 
     def _check_finite(self, values: Dict[str, float]) -> None:
-        losses = {name: values[name] for name in LOSS_NAMES[:4]}
+        losses = {name: value for name, value in values.items() if name != GRAD_NORM}
         if not all(math.isfinite(value) for value in losses.values()):
             raise NonFiniteLossError("loss", losses)
-        if not math.isfinite(values["grad_norm"]):
+        if not math.isfinite(values[GRAD_NORM]):
             raise NonFiniteLossError("gradient", values)
 
     def _zero_grads(self) -> None:
@@ -253,7 +254,9 @@ class TrainStep:
     def _enable_compile(self, target: str) -> None:
         try:
             if target == "encoder":
-                encoder = self.model.encoder
+                encoder = image_encoder(self.model)
+                if encoder is None:
+                    raise TypeError(f"{type(self.model).__name__} declares no image_encoder()")
                 # An instance attribute: the module tree and state dict keys stay as they are.
                 encoder.forward = torch.compile(encoder.forward, dynamic=False)
             else:
@@ -265,7 +268,7 @@ class TrainStep:
         self.compile_target = target
 
     def _disable_compile(self) -> None:
-        encoder = getattr(self.model, "encoder", None)
+        encoder = image_encoder(self.model)
         if encoder is not None and "forward" in vars(encoder):
             del encoder.forward
         self._losses = self._eager_losses

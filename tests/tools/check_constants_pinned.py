@@ -5,9 +5,9 @@ replaces), this copies the repository to a temporary folder once, applies the mu
 runs the test file (or tests) that cover it, restores the file, and reports whether a test
 failed ("killed") or everything still passed ("survived"). The working tree is never touched.
 
-    python bench/check_constants_pinned.py              # every mutation, a table at the end
-    python bench/check_constants_pinned.py -k elastic   # only mutations whose name contains it
-    python bench/check_constants_pinned.py --list
+    python tests/tools/check_constants_pinned.py              # every mutation, a table at the end
+    python tests/tools/check_constants_pinned.py -k elastic   # only mutations whose name contains it
+    python tests/tools/check_constants_pinned.py --list
 
 Exit status 1 if a mutation in scope survives, or if the unmutated tests fail. (Every
 mutation is in scope today; `in_scope=False` would report one without counting it.)
@@ -23,13 +23,13 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_TESTS = "tests/test_known_answers_model.py"
 DATA_TESTS = "tests/test_known_answers_data.py"
 CONFIG_TESTS = ("tests/test_experiment.py::test_defaults_reproduce_the_authors_scripts "
                 "tests/test_experiment.py::test_release_schedule_from_the_default_config_against_hand_values")
 # Not copied: version control, build trees, caches (stale bytecode must never be used) and
-# run outputs. The compiled supervoxel module inside data/supervoxels/ is copied.
+# run outputs. The compiled supervoxel module inside fafnet/supervoxels/ is copied.
 IGNORED = (".git", "build", "__pycache__", ".pytest_cache", "runs", "outputs", "demo_output",
            ".venv", "data_processed", "*.egg-info")
 
@@ -52,7 +52,8 @@ FAFNET, MODULES, ENCODER = "fafnet/models/fafnet.py", "fafnet/models/modules.py"
 AUGMENT, DATASETS = "fafnet/episodes/augment.py", "fafnet/episodes/datasets.py"
 FELZENSZWALB = "fafnet/supervoxels/felzenszwalb_3d.py"
 GENERATE = "fafnet/supervoxels/generate.py"
-METRICS = ("fafnet/evaluation/metrics.py", "utils.py")
+METRICS = "fafnet/evaluation/metrics.py"
+LOOP, CONFIG = "fafnet/training/loop.py", "fafnet/cli/config.py"
 
 MUTATIONS: List[Mutation] = [
     # prediction and losses
@@ -126,11 +127,11 @@ MUTATIONS: List[Mutation] = [
     m("BatchNorm bias 0 -> 0.1", ENCODER, "nn.init.zeros_(module.bias)",
       "nn.init.constant_(module.bias, 0.1)", MODEL_TESTS),
     # optimiser wiring (the numbers 0.9 / 5e-4 / 1e-3 themselves are config.py defaults)
-    m("SGD with Nesterov momentum", "train.py", 'momentum=config["momentum"],',
+    m("SGD with Nesterov momentum", LOOP, 'momentum=config["momentum"],',
       'momentum=config["momentum"], nesterov=True,', MODEL_TESTS),
-    m("SGD dampening 0 -> 0.1", "train.py", 'momentum=config["momentum"],',
+    m("SGD dampening 0 -> 0.1", LOOP, 'momentum=config["momentum"],',
       'momentum=config["momentum"], dampening=0.1,', MODEL_TESTS),
-    m("SGD weight decay dropped", "train.py", 'weight_decay=config["weight_decay"], **fastest)\n    if name == "adam"',
+    m("SGD weight decay dropped", LOOP, 'weight_decay=config["weight_decay"], **fastest)\n    if name == "adam"',
       'weight_decay=0.0, **fastest)\n    if name == "adam"', MODEL_TESTS),
     # augmentation
     m("gamma range (0.5, 1.5) -> (0.5, 1.6)", AUGMENT, "GAMMA_RANGE = (0.5, 1.5)", "GAMMA_RANGE = (0.5, 1.6)",
@@ -196,20 +197,20 @@ MUTATIONS: List[Mutation] = [
     m("foreground threshold 10 -> 9", GENERATE, "FOREGROUND_THRESHOLD = 10.0", "FOREGROUND_THRESHOLD = 9.0",
       DATA_TESTS),
     # config.py defaults (the release's scripts): pinned by the experiment tests of the defaults.
-    m("config momentum 0.9 -> 0.95", "config.py", "momentum = 0.9", "momentum = 0.95", CONFIG_TESTS),
-    m("config weight_decay 5e-4 -> 1e-4", "config.py", "weight_decay = 5e-4", "weight_decay = 1e-4", CONFIG_TESTS),
-    m("config lr_gamma 0.98 -> 0.9", "config.py", "lr_gamma = 0.98", "lr_gamma = 0.9", CONFIG_TESTS),
-    m("config lr_step_size 3000 -> 2000", "config.py", "lr_step_size = 3000", "lr_step_size = 2000", CONFIG_TESTS),
-    m("config lr 1e-3 -> 2e-3", "config.py", "lr = 1e-3", "lr = 2e-3", CONFIG_TESTS),
-    m("config n_steps 42000 -> 40000", "config.py", "n_steps = 42000", "n_steps = 40000", CONFIG_TESTS),
-    m("config snapshot_interval 6000 -> 5000", "config.py", "snapshot_interval = 6000",
+    m("config momentum 0.9 -> 0.95", CONFIG, "momentum = 0.9", "momentum = 0.95", CONFIG_TESTS),
+    m("config weight_decay 5e-4 -> 1e-4", CONFIG, "weight_decay = 5e-4", "weight_decay = 1e-4", CONFIG_TESTS),
+    m("config lr_gamma 0.98 -> 0.9", CONFIG, "lr_gamma = 0.98", "lr_gamma = 0.9", CONFIG_TESTS),
+    m("config lr_step_size 3000 -> 2000", CONFIG, "lr_step_size = 3000", "lr_step_size = 2000", CONFIG_TESTS),
+    m("config lr 1e-3 -> 2e-3", CONFIG, "lr = 1e-3", "lr = 2e-3", CONFIG_TESTS),
+    m("config n_steps 42000 -> 40000", CONFIG, "n_steps = 42000", "n_steps = 40000", CONFIG_TESTS),
+    m("config snapshot_interval 6000 -> 5000", CONFIG, "snapshot_interval = 6000",
       "snapshot_interval = 5000", CONFIG_TESTS),
-    m("config seed 2025 -> 2024", "config.py", "seed = 2025", "seed = 2024", CONFIG_TESTS),
-    m("config setting 1 -> 2", "config.py", "setting = 1 ", "setting = 2 ", CONFIG_TESTS),
-    m("config supp_idx 2 -> 0", "config.py", "supp_idx = 2 ", "supp_idx = 0 ", CONFIG_TESTS),
-    m("config n_part 3 -> 4", "config.py", "n_part = 3 ", "n_part = 4 ", CONFIG_TESTS),
-    m("config min_size 200 -> 100", "config.py", "min_size = 200 ", "min_size = 100 ", CONFIG_TESTS),
-    m("config max_iters_per_load 3000 -> 1000", "config.py", "max_iters_per_load = 3000",
+    m("config seed 2025 -> 2024", CONFIG, "seed = 2025", "seed = 2024", CONFIG_TESTS),
+    m("config setting 1 -> 2", CONFIG, "setting = 1 ", "setting = 2 ", CONFIG_TESTS),
+    m("config supp_idx 2 -> 0", CONFIG, "supp_idx = 2 ", "supp_idx = 0 ", CONFIG_TESTS),
+    m("config n_part 3 -> 4", CONFIG, "n_part = 3 ", "n_part = 4 ", CONFIG_TESTS),
+    m("config min_size 200 -> 100", CONFIG, "min_size = 200 ", "min_size = 100 ", CONFIG_TESTS),
+    m("config max_iters_per_load 3000 -> 1000", CONFIG, "max_iters_per_load = 3000",
       "max_iters_per_load = 1000", CONFIG_TESTS),
 ]
 
