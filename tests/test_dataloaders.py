@@ -355,7 +355,7 @@ def test_clear_errors_for_bad_folders_files_and_arguments(data, tmp_path):
     root, _ = data
     with pytest.raises(FileNotFoundError, match="data folder not found"):
         TrainDataset(str(tmp_path / "nowhere"))
-    with pytest.raises(KeyError, match="unknown dataset 'ABD'"):
+    with pytest.raises(KeyError, match="dataset='ABD' is unknown; known datasets: SABS"):
         train_set(root, dataset="ABD")
     for kwargs, message in [({"setting": 3}, "setting"), ({"protocol": "all"}, "protocol"),
                             ({"eval_fold": 5}, "eval_fold"), ({"n_shot": 0}, "n_shot"),

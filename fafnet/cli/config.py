@@ -35,7 +35,7 @@ from sacred import SETTINGS, Experiment  # noqa: E402
 from sacred.observers import FileStorageObserver  # noqa: E402
 from sacred.utils import SacredError, apply_backspaces_and_linefeeds  # noqa: E402
 
-from fafnet.datasets.specs import DATASETS  # noqa: E402
+from fafnet.datasets.specs import DATASETS, get_dataset_spec  # noqa: E402
 from fafnet.episodes.datasets import SETTING2_PROTOCOLS  # noqa: E402
 from fafnet.runtime.devices import (DEVICE_CHOICES, default_eval_batch_size, default_eval_channels_last,  # noqa: E402
                                 default_num_workers)
@@ -56,11 +56,12 @@ SETTINGS.DISCOVER_SOURCES = "sys"
 SETTINGS.DISCOVER_DEPENDENCIES = "sys"
 
 def spec(dataset: str):
-    """The dataset's facts (fafnet/datasets/specs.py), or a clear error for an unknown key."""
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset={dataset!r} is unknown; known datasets: {', '.join(DATASETS)} "
-                         f"(named configs of the same names set them up)")
-    return DATASETS[dataset]
+    """The dataset's facts (`get_dataset_spec`), its unknown-key error as a ValueError (an
+    option error of the command line) with the named configs' hint."""
+    try:
+        return get_dataset_spec(dataset)
+    except KeyError as err:
+        raise ValueError(f"{err.args[0]} (named configs of the same names set them up)") from None
 
 
 def release_milestones(lr_step_size, n_steps) -> Optional[list]:
@@ -185,13 +186,10 @@ def validate_config(config: Dict) -> None:
                          f"resample_in_plane={list(config['resample_in_plane'])}: the network sees the "
                          "resampled grid (leave image_size unset)")
     if config["setting"] == 2 and config["setting2_protocol"] == "groups":
-        groups = class_groups(config["dataset"])
-        if not groups:
-            raise ValueError(f"setting2_protocol='groups' is defined for the abdominal datasets only; "
-                             f"{config['dataset']} has no class groups")
-        if config["group"] not in range(len(groups)):
-            raise ValueError(f"config option group={config['group']!r}: the groups protocol needs "
-                             f"group=0 or group=1 ({config['dataset']}: {list(map(list, groups))})")
+        try:   # the rule's one owner: DatasetSpec.group_classes
+            spec(config["dataset"]).group_classes(config["group"])
+        except ValueError as err:
+            raise ValueError(f"config option group={config['group']!r}: {err}") from None
 
 
 def _is_int(value) -> bool:

@@ -132,7 +132,7 @@ def get_dataset_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}") from None
+        raise KeyError(f"dataset={name!r} is unknown; known datasets: {', '.join(DATASETS)}") from None
 
 
 def group_classes(dataset: str, group: int) -> Tuple[int, ...]:

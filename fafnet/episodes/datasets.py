@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fafnet.io.layout import DatasetLayout, VolumeFiles
-from fafnet.io.nifti import Geometry, check_finite, on_reference_grid, read_volume
+from fafnet.io.nifti import Geometry, integer_labels, on_reference_grid, read_volume
 from fafnet.io.progress import progress
 from fafnet.io.resample import resample_in_plane as resample_volume_in_plane
 from fafnet.episodes.augment import augment_episode
@@ -129,21 +129,6 @@ def map_labels(labels: np.ndarray, label_map: Optional[Dict[int, int]], path: st
     return lookup[labels]
 
 
-def _integer_labels(labels: np.ndarray, path: str) -> np.ndarray:
-    """The labels as int64 after checking they are finite, whole and non-negative."""
-    if np.issubdtype(labels.dtype, np.floating):
-        check_finite(labels, f"label volume {path}")
-        fractional = labels[np.mod(labels, 1) != 0]
-        if fractional.size:
-            raise ValueError(f"{path} holds {fractional.size} non-integer label value(s) such as "
-                             f"{np.unique(fractional)[:5].tolist()}")
-    labels = labels.astype(np.int64, copy=False)
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"{path} holds negative label values such as "
-                         f"{np.unique(labels[labels < 0])[:5].tolist()}")
-    return labels
-
-
 def load_labels(path: str, shape: Tuple[int, ...], like: str,
                 label_map: Optional[Dict[int, int]] = None,
                 allowed: Optional[Sequence[int]] = None, dataset: str = "the dataset",
@@ -167,7 +152,7 @@ def load_labels(path: str, shape: Tuple[int, ...], like: str,
             notes.append((path, note))
     elif labels.shape != tuple(shape):
         raise ValueError(f"{path} has shape {labels.shape} but its image {like} has shape {tuple(shape)}")
-    labels = _integer_labels(labels, path)
+    labels = integer_labels(labels, path)
     if allowed is not None:
         unknown = sorted(set(present_values(labels)) - set(allowed))
         if unknown:

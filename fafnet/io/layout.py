@@ -34,6 +34,12 @@ _LOOKS_NUMBERED = re.compile(r"^(image|label)_?\d", re.IGNORECASE)
 _EXPECTED_EXTRAS = re.compile(r"^(classmap_.*\.json|.*manifest\.json)$")
 
 
+# The manifests beside pre-processed data (fafnet/preprocessing/manifest.py, and the synthetic
+# generator's settings).
+PREPROCESSING_MANIFEST_NAME = "preprocessing_manifest.json"
+SYNTHETIC_MANIFEST_NAME = "synthetic_manifest.json"
+
+
 def image_name(number: int) -> str:
     return f"image_{number}.nii.gz"
 

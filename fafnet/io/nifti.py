@@ -197,6 +197,22 @@ def check_finite(array: np.ndarray, name: str) -> None:
                          f"({nan} NaN, {inf} infinite); finite values are required")
 
 
+def integer_labels(labels: np.ndarray, path: str) -> np.ndarray:
+    """The labels as int64 after checking they are finite, whole and non-negative (raises
+    naming `path`): the one check of label values, for pre-processing and loading alike."""
+    if np.issubdtype(labels.dtype, np.floating):
+        check_finite(labels, f"label volume {path}")
+        fractional = labels[np.mod(labels, 1) != 0]
+        if fractional.size:
+            raise ValueError(f"{path} holds {fractional.size} non-integer label value(s) such as "
+                             f"{np.unique(fractional)[:5].tolist()}")
+    labels = labels.astype(np.int64, copy=False)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"{path} holds negative label values such as "
+                         f"{np.unique(labels[labels < 0])[:5].tolist()}")
+    return labels
+
+
 def _read_bytes(path: str) -> bytes:
     """The file's NIfTI bytes, decompressing a gzip stream completely (length and CRC are
     checked only at the end of the stream, so reading just the voxels would miss damage)."""

@@ -12,6 +12,8 @@ import os
 import subprocess
 from typing import Dict, Iterable, Mapping, Optional
 
+from fafnet.io.layout import PREPROCESSING_MANIFEST_NAME, SYNTHETIC_MANIFEST_NAME
+
 # The repository (or installation) root: fafnet/io/provenance.py is three levels below it.
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Training options that make two checkpoints comparable (the fold is recorded apart).
@@ -20,7 +22,7 @@ TRAINING_KEY_OPTIONS = (
     "n_steps", "optimizer", "lr", "momentum", "weight_decay", "lr_step_size", "lr_gamma",
     "grad_clip_norm", "min_size", "augment", "max_iters_per_load", "seed", "supervoxel_min_size",
     "image_size", "resample_in_plane", "pretrained_weights", "amp_bf16")
-PREPROCESSING_MANIFESTS = ("preprocessing_manifest.json", "synthetic_manifest.json")
+PREPROCESSING_MANIFESTS = (PREPROCESSING_MANIFEST_NAME, SYNTHETIC_MANIFEST_NAME)
 # The distributions a run computes with (requirements.txt). Sacred finds imported packages by
 # their top_level.txt, which some wheels (torch, scipy) no longer ship, so they are named here.
 RUNTIME_DISTRIBUTIONS = ("torch", "torchvision", "numpy", "scipy", "sacred", "SimpleITK", "nibabel",
@@ -100,7 +102,7 @@ def preprocessing_record(data_dir: str) -> Optional[Dict]:
                 manifest = json.load(f)
         except (OSError, ValueError) as err:
             raise ValueError(f"{path}: unreadable pre-processing manifest ({err})") from None
-        if name == "synthetic_manifest.json":
+        if name == SYNTHETIC_MANIFEST_NAME:
             return {"manifest": name, "route": "synthetic phantom", "parameters": manifest}
         route = manifest.get("route") or {}
         return {"manifest": name, "route": route.get("name"), "parameters": route.get("parameters")}

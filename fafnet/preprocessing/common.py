@@ -23,7 +23,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
 import numpy as np
 import SimpleITK as sitk
 
-from fafnet.io.nifti import Geometry, check_finite, on_reference_grid, read_volume, write_volume
+from fafnet.io.nifti import Geometry, integer_labels, on_reference_grid, read_volume, write_volume
 from fafnet.preprocessing.manifest import (RawCase, Route, build_manifest, check_manifest, read_manifest,
                                       write_manifest)
 from fafnet.io.progress import log_to_console, progress
@@ -118,12 +118,8 @@ def checked_label_values(label: np.ndarray, path: str, allowed: Iterable[int]) -
     """Return the label map in the smallest unsigned dtype that holds `allowed`, after
     checking that every value is one the dataset defines (raises naming `path`)."""
     allowed = sorted(set(int(v) for v in allowed))
-    check_finite(label, f"label {path}")
-    values = np.unique(label)
-    if np.issubdtype(values.dtype, np.floating) and not np.all(np.mod(values, 1) == 0):
-        fractional = values[np.mod(values, 1) != 0][:5]
-        raise ValueError(f"label {path} holds non-integer values such as {fractional}")
-    unknown = sorted(set(values.astype(np.int64).tolist()) - set(allowed))
+    values = np.unique(integer_labels(label, f"label {path}"))
+    unknown = sorted(set(values.tolist()) - set(allowed))
     if unknown:
         raise ValueError(f"label {path} holds value(s) {unknown} that this dataset does not define "
                          f"(allowed: {allowed})")

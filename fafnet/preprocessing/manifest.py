@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from fafnet.io.atomic import atomic_write_json
+from fafnet.io.layout import PREPROCESSING_MANIFEST_NAME
 from fafnet.io.provenance import code_version
 
-MANIFEST_NAME = "preprocessing_manifest.json"
+MANIFEST_NAME = PREPROCESSING_MANIFEST_NAME
 MANIFEST_FORMAT = 1
 _MAX_LISTED = 5     # differences named in an error; the rest are counted
 _CHUNK = 1 << 20

@@ -25,13 +25,14 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from fafnet.io.atomic import atomic_write_json
-from fafnet.io.layout import image_name, label_name, supervoxel_folder_name, supervoxel_name
+from fafnet.io.layout import (SYNTHETIC_MANIFEST_NAME, image_name, label_name, supervoxel_folder_name,
+                              supervoxel_name)
 from fafnet.io.nifti import Geometry, write_volume
 
 SPLEEN, RIGHT_KIDNEY, LEFT_KIDNEY, LIVER, STOMACH, AORTA, IVC = 1, 2, 3, 6, 7, 8, 9
 UNLABELLED = None   # paint() label for structures that are background in the label map
 KEEP_LABELS = -1    # paint() label for detail inside an organ (its label stays)
-MANIFEST = "synthetic_manifest.json"
+MANIFEST = SYNTHETIC_MANIFEST_NAME
 GENERATOR_VERSION = 1  # bump when the generated volumes change for a given seed
 
 
