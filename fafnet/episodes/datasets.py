@@ -401,14 +401,14 @@ class EpisodeSampler(Dataset):
 
     Args:
         volumes: the TrainVolumes (`make_train_volume`).
-        n_shot, min_size, augment, seed, max_iters_per_load: as for `TrainDataset`.
+        n_shot, min_size, augment, seed, max_iters_per_load: as for `TrainDataset` (whose
+            defaults are the release's; none here, so they are set in one place).
         source: where the volumes come from, for error messages.
         detail: what made them, appended to the error when no episode is possible.
     """
 
-    def __init__(self, volumes: Sequence[TrainVolume], n_shot: int = 1, min_size: int = 200,
-                 augment: bool = True, seed: int = 2025, max_iters_per_load: int = 3000,
-                 source: str = "the volumes in memory", detail: str = ""):
+    def __init__(self, volumes: Sequence[TrainVolume], n_shot: int, min_size: int, augment: bool, seed: int,
+                 max_iters_per_load: int, source: str = "the volumes in memory", detail: str = ""):
         check_sampling_options(n_shot, max_iters_per_load)
         self.volumes, self.data_dir = list(volumes), source
         self.n_shot, self.min_size = int(n_shot), int(min_size)
