@@ -66,7 +66,7 @@ from fafnet.episodes.datasets import (EpisodeSampler, EvaluationFold, TestVolume
                                       to_network_images, without_classes, zscore)
 from fafnet.evaluation.graphs import GraphedEncoder, GraphedPredict
 from fafnet.evaluation.metrics import dice_score
-from fafnet.evaluation.predict import InferenceOptions, Timer, predict_runs
+from fafnet.evaluation.predict import InferenceOptions, Timer, chunk_runs, predict_runs
 from fafnet.evaluation.protocol import Skips, class_entry, evaluate_class, segment_query
 from fafnet.io.logs import error_summary
 from fafnet.models import FAFNet, build_model, image_encoder, total_loss
@@ -722,9 +722,9 @@ def output_parity(reference: Runner, fast: Runner, volumes, fold: Sequence[int],
     mean |difference|, and the Dice between their hard predictions."""
     differences, hard_a, hard_b = [], [], []
     for support, query in ep1_pairs(evaluation_fold(volumes, fold), classes):
-        runs = [(part, start, end) for part, (start, end) in enumerate(query["chunks"])]
         a, b = (torch.from_numpy(predict_runs(runner.model, support["images"], support["masks"], query["images"],
-                                              runs, runner.device, runner.options)) for runner in (reference, fast))
+                                              chunk_runs(query["chunks"]), runner.device, runner.options))
+                for runner in (reference, fast))
         differences.append((a - b).abs().flatten())
         hard_a.append((a > 0.5).flatten())
         hard_b.append((b > 0.5).flatten())

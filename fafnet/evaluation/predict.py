@@ -9,7 +9,7 @@ every stretch of query slices that share a support slice.
 """
 import time
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,6 +17,11 @@ import torch
 from fafnet.runtime.devices import autocast, to_device_images
 
 Run = Tuple[int, int, int]
+
+
+def chunk_runs(chunks: Sequence[Tuple[int, int]]) -> List[Run]:
+    """The runs of the evaluation's chunks: chunk i (start, end) with support slice i."""
+    return [(part, start, end) for part, (start, end) in enumerate(chunks)]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from fafnet.episodes.datasets import EvaluationFold, TestDataset
 from fafnet.evaluation.graphs import GraphedPredict
 from fafnet.evaluation.metrics import binary_confusion
 from fafnet.evaluation.outcomes import QueryOutcome
-from fafnet.evaluation.predict import InferenceOptions, Timer, predict_runs
+from fafnet.evaluation.predict import InferenceOptions, Timer, chunk_runs, predict_runs
 from fafnet.evaluation.results import mean_coverage, results_table, scored_classes
 from fafnet.evaluation.writers import (short_path, write_class_figure, write_combined_predictions,
                                        write_predictions, write_results)
@@ -116,10 +116,10 @@ def segment_query(model, support: Dict, query: Dict, device: torch.device, confi
                   timer: Timer) -> np.ndarray:
     """Hard prediction [n, H, W] (bool) of one query volume's evaluated slices: chunk i
     with support slice i (fafnet/evaluation/predict.py, shared with segment.py), the queries of a
-    chunk in batches of eval_batch_size. `model` is a model of fafnet.models.interface, or a GraphedPredict of one
-    (eval_graphs)."""
-    runs = [(part, start, end) for part, (start, end) in enumerate(query["chunks"])]
-    foreground = predict_runs(model, support["images"], support["masks"], query["images"], runs, device,
+    chunk in batches of eval_batch_size. `model` is a model of fafnet.models.interface, or a
+    GraphedPredict of one (eval_graphs)."""
+    foreground = predict_runs(model, support["images"], support["masks"], query["images"],
+                              chunk_runs(query["chunks"]), device,
                               InferenceOptions.from_config(config), timer)
     # argmax over [1 - P, P] picks the foreground exactly when P > 0.5.
     return foreground > 0.5

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from fafnet.episodes.datasets import chunk_bounds, protocol_support_slices
-from fafnet.evaluation.predict import Run
+from fafnet.evaluation.predict import Run, chunk_runs
 
 RANGE, RELATIVE = "range", "relative"
 # 26-connectivity: voxels touching at a corner across slices belong to one structure.
@@ -53,8 +53,7 @@ def slices_in_range(positions: np.ndarray, z0: int, z1: int) -> List[int]:
 def range_pairing(support_with_label: Sequence[int], query_slices: Sequence[int]) -> Pairing:
     """The evaluation's pairing over `query_slices` (see the module docstring)."""
     support = protocol_support_slices(list(support_with_label))
-    runs = [(part, start, end) for part, (start, end) in enumerate(chunk_bounds(len(query_slices)))]
-    return Pairing(RANGE, support, list(query_slices), runs)
+    return Pairing(RANGE, support, list(query_slices), chunk_runs(chunk_bounds(len(query_slices))))
 
 
 def relative_support_slice(k: int, n_query: int, support_extent: Tuple[int, int],
