@@ -18,7 +18,7 @@ extensions = [
 
 setup(
     name="fafnet-fsmis",
-    version="0.4.0",
+    version="0.5.0",
     description="FAF-Net for few-shot medical image segmentation: a faithful, tested reproduction",
     python_requires=">=3.9",
     packages=find_packages(include=["fafnet", "fafnet.*"]),

@@ -19,8 +19,9 @@
 #                           gradients are ~1e3x the heads' and ICM's, so SGD diverges; Adam scales
 #                           each tensor's step by its own gradients. OPTIMIZER=sgd LR=1e-3: the release
 #   RANDOM_START [demo]     demo: zero_init_residual=True threshold_head_init_scale=0.05 (see
-#                           config.py: with the release's initialisation and no pretrained backbone the
-#                           prediction starts saturated and training collapses to empty predictions);
+#                           fafnet/models/factory.py: with the release's initialisation and no
+#                           pretrained backbone the prediction starts saturated and training
+#                           collapses to empty predictions);
 #                           release: the release's initialisation
 #   GRAD_CLIP []            gradient-norm clipping (not in the release; empty: off)
 #   SETTING [1]             1: all slices train; 2: slices with a test organ are dropped, which on

@@ -6,7 +6,7 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 
 # fold_environment: the defaults of the variables documented in train.sh and evaluate.sh.
-# They reproduce the authors' scripts: SABS, setting 1 (config.py holds the other defaults).
+# They reproduce the authors' scripts: SABS, setting 1 (fafnet/cli/ingredients/ hold the other defaults).
 fold_environment() {
     DATASET=${DATASET:-SABS}
     SETTING=${SETTING:-1}

@@ -191,7 +191,7 @@ def test_episode_shapes_dtypes_and_supervoxel_labels(data):
 
 def test_setting2_any_removes_every_slice_with_a_test_class(data):
     root, arrays = data
-    ds = train_set(root, augment=False, setting=2, protocol="any")
+    ds = train_set(root, augment=False, setting=2, setting2_protocol="any")
     # volume 2 by hand: test classes on slices 2..9, so only pairs in {0,1} and {10,11} remain
     assert np.flatnonzero(ds.volumes[0].allowed).tolist() == [0, 1, 10, 11]
     for item in episodes(ds, 60):
@@ -205,7 +205,7 @@ def test_setting1_keeps_test_class_slices_and_release_rule_is_reachable(data):
     root, _ = data
     seen1 = {s for item in episodes(train_set(root, augment=False, setting=1), 60) for s in item["slice_indices"]}
     assert seen1 & set(range(2, 10))
-    ds_all = train_set(root, augment=False, setting=2, protocol="release", test_classes=(1, 2))
+    ds_all = train_set(root, augment=False, setting=2, setting2_protocol="release", test_classes=(1, 2))
     assert ds_all.protocol_name == "release"
     seen_all = {s for item in episodes(ds_all, 60) for s in item["slice_indices"]}
     assert not seen_all & {4, 5} and seen_all & {2, 3, 6, 7}
@@ -214,17 +214,17 @@ def test_setting1_keeps_test_class_slices_and_release_rule_is_reachable(data):
 def test_groups_protocol_trains_without_the_group(data):
     root, arrays = data
     # group 0 = kidneys {2, 3}: only slices 4 and 5 hold class 2, so they go; spleen stays
-    kidneys = train_set(root, augment=False, setting=2, protocol="groups", group=0, use_gt=True)
+    kidneys = train_set(root, augment=False, setting=2, setting2_protocol="groups", group=0, use_gt=True)
     assert kidneys.test_classes == (2, 3) and kidneys.protocol_name == "groups/0"
     assert np.flatnonzero(~kidneys.volumes[0].allowed).tolist() == [4, 5]
     seen = {item["class_id"] for item in episodes(kidneys, 60)}
     assert seen == {1, 4}                   # spleen (1) is a training class here
     for item in episodes(kidneys, 30):
         assert not set(item["slice_indices"]) & {4, 5}
-    spleen = train_set(root, augment=False, setting=2, protocol="groups", group=1)
+    spleen = train_set(root, augment=False, setting=2, setting2_protocol="groups", group=1)
     assert np.flatnonzero(spleen.volumes[0].allowed).tolist() == [0, 1, 10, 11]
     with pytest.raises(ValueError, match="defines no class groups for CMR"):
-        train_set(root, dataset="CMR", setting=2, protocol="groups", group=0)
+        train_set(root, dataset="CMR", setting=2, setting2_protocol="groups", group=0)
 
 
 def test_ground_truth_labels_drop_test_classes(data):
@@ -260,7 +260,7 @@ def test_k_shots_consecutive_and_infeasible_setting_is_an_error(data):
     assert item["support_images"].shape == (2, 3, H, W) and item["support_masks"].shape == (2, H, W)
     assert len(item["slice_indices"]) == 3 and abs(np.diff(item["slice_indices"])).tolist() == [1, 1]
     with pytest.raises(ValueError, match="no training episode is possible"):
-        train_set(root, n_shot=2, setting=2, protocol="any")   # the longest allowed run is 2 slices
+        train_set(root, n_shot=2, setting=2, setting2_protocol="any")   # the longest allowed run is 2 slices
 
 
 def test_augmented_episodes_keep_binary_masks_and_change_pixels(data):
@@ -357,7 +357,7 @@ def test_clear_errors_for_bad_folders_files_and_arguments(data, tmp_path):
         TrainDataset(str(tmp_path / "nowhere"))
     with pytest.raises(KeyError, match="dataset='ABD' is unknown; known datasets: SABS"):
         train_set(root, dataset="ABD")
-    for kwargs, message in [({"setting": 3}, "setting"), ({"protocol": "all"}, "protocol"),
+    for kwargs, message in [({"setting": 3}, "setting"), ({"setting2_protocol": "all"}, "protocol"),
                             ({"eval_fold": 5}, "eval_fold"), ({"n_shot": 0}, "n_shot"),
                             ({"test_classes": (99,)}, "test_classes")]:
         with pytest.raises(ValueError, match=message):

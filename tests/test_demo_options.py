@@ -69,7 +69,7 @@ def test_initial_snapshot_holds_the_weights_training_started_from(tmp_path):
     assert initial["step"] == 0 and initial["kind"] == "weights" and trained["step"] == 1
 
     seed_everything(run.config["seed"])
-    expected = build_model(run.config["image_size"], torch.device("cpu")).state_dict()
+    expected = build_model(run.config["dataset"]["image_size"], torch.device("cpu")).state_dict()
     head = "encoder.threshold_head.2.weight"
     torch.testing.assert_close(initial["model"][head], 0.05 * expected[head])
     bn3 = [k for k in expected if k.endswith("bn3.weight")]

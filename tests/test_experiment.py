@@ -16,6 +16,8 @@ import torch
 
 from fafnet.io.nifti import Geometry, read_volume, write_volume
 from fafnet.evaluation.metrics import dice_score, iou_score
+from fafnet.models import build_model
+from fafnet.runtime.options import flat_options
 from fafnet.runtime.snapshots import (OPTIONS_ADDED_LATER, final_path, latest_path, list_step_snapshots,
                                   step_path)
 
@@ -138,8 +140,8 @@ def test_training_records_its_fold_volumes_and_files(straight_run, phantom):
 
 def test_a_dataset_source_files_are_the_files_it_reads(phantom):
     dataset = training_loop.make_train_dataset({
-        **train_script.ex.run("print_config", named_configs=["SYNTHETIC"], config_updates={
-            **TRAINING, **base_config(phantom, "unused")}).config, "use_gt": True, "setting": 1, "test_classes": [1]})
+        **flat_options(train_script.ex.run("print_config", named_configs=["SYNTHETIC"], config_updates={
+            **TRAINING, **base_config(phantom, "unused")}).config), "use_gt": True, "setting": 1, "test_classes": [1]})
     assert dataset.source_files() == [os.path.join(phantom, f"{kind}_{i}.nii.gz")
                                       for i in range(3, 10) for kind in ("image", "label")]
 
@@ -218,7 +220,8 @@ def test_resume_refuses_a_snapshot_of_other_options(straight_run, phantom, tmp_p
     ({"device": "gpu"}, "device='gpu' must be one of"),
     ({"eval_fold": 5}, "eval_fold=5"),
     ({"grad_clip_norm": -1.0}, "grad_clip_norm=-1.0 must be None or a number > 0"),
-    ({"optimizer": "rmsprop"}, "optimizer='rmsprop' must be 'sgd' \\(release\\) or 'adam'"),
+    ({"optimizer": "rmsprop"}, "optimisation.optimizer='rmsprop' must be 'sgd' \\(the release\\) or 'adam' "
+                               "\\(not in the release\\)"),
     ({"n_steps": 0}, "n_steps=0 must be an integer >= 1"),
     ({"channels_last": "yes"}, "channels_last='yes' must be True or False"),
     # Values Sacred's config scopes used to choke on before any check ran (derived options).
@@ -257,9 +260,9 @@ def test_optimizer_option_builds_release_sgd_by_default_and_adam_on_request():
 
 
 def config_of(script, *named, **updates):
-    """The configuration a run of `script` would use (Sacred's print_config command)."""
+    """The options a run of `script` would use (Sacred's print_config command), flat."""
     # (No --loglevel: Sacred would set it on the root logger for the rest of the session.)
-    return script.ex.run("print_config", named_configs=list(named), config_updates=updates).config
+    return flat_options(script.ex.run("print_config", named_configs=list(named), config_updates=updates).config)
 
 
 @pytest.mark.parametrize("device, batch, channels_last", [("cpu", 1, True), ("cuda", 8, False), ("mps", 8, False)])
@@ -398,7 +401,7 @@ def test_release_checkpoint_loads_into_the_same_weights(straight_run, tmp_path):
     release["module.encoder.backbone.fc.weight"] = torch.zeros(1000, 2048)
     path = str(tmp_path / "release_fold0.pth")
     torch.save(release, path)
-    model = evaluation_protocol.build_model((SIZE, SIZE), torch.device("cpu"))
+    model = build_model((SIZE, SIZE), torch.device("cpu"))
     assert evaluation_protocol.load_weights(model, path, (SIZE, SIZE)) == (path, None, None, None)
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, own[name]), name
@@ -533,15 +536,23 @@ def test_training_run_records_sources_dependencies_and_commit(straight_run):
 def test_config_json_holds_resolved_values_and_only_the_experiments_options(straight_run, evaluation):
     run, _ = straight_run
     training = json.load(open(os.path.join(run.observers[0].dir, "config.json")))
-    assert training["lr_milestones"] == [2] and training["image_size"] == [SIZE, SIZE]
-    assert training["test_classes"] == [1, 6] and training["supervoxel_min_size"] == 1000
-    assert training["num_workers"] == 0 and training["data_dir"]
-    assert "checkpoint" not in training and "supp_idx" not in training
+    # Grouped by ingredient; the loop's own options and the seed at the top.
+    assert {k for k, v in training.items() if isinstance(v, dict)} == {
+        "dataset", "episodes", "model", "optimisation", "runtime"}
+    assert training["optimisation"]["lr_milestones"] == [2] and training["dataset"]["image_size"] == [SIZE, SIZE]
+    assert training["dataset"]["test_classes"] == [1, 6] and training["episodes"]["supervoxel_min_size"] == 1000
+    assert training["num_workers"] == 0 and training["dataset"]["data_dir"] and training["seed"] == 2025
+    assert training["dataset"]["name"] == "SYNTHETIC" and training["model"]["name"] == "fafnet"
+    # The snapshot keeps the same options flat.
+    flat = flat_options(training)
+    assert _model_state(final_path(run.observers[0].dir))["config"] == flat
+    assert "checkpoint" not in flat and "supp_idx" not in flat
     _, evaluation_dir = evaluation
     evaluated = json.load(open(os.path.join(evaluation_dir, "config.json")))
-    assert evaluated["eval_batch_size"] == 2 and evaluated["channels_last"] is True
+    assert {k for k, v in evaluated.items() if isinstance(v, dict)} == {"dataset", "model", "runtime", "evaluation"}
+    assert evaluated["evaluation"]["eval_batch_size"] == 2 and evaluated["evaluation"]["channels_last"] is True
     for training_only in ("n_steps", "optimizer", "lr", "lr_milestones", "resume", "use_gt"):
-        assert training_only not in evaluated, training_only
+        assert training_only not in flat_options(evaluated), training_only
     derived = config_of(train_script, "CHAOST2", data_root="/data")
     assert derived["data_dir"] == os.path.join("/data", "chaos_MR_T2_normalized")
     assert derived["image_size"] == [256, 256] and derived["test_classes"] == [1, 2, 3, 4]
@@ -766,7 +777,7 @@ def test_evaluation_refuses_non_finite_weights_and_names_the_size_a_state_dict_f
     weights = _model_state(straight.result)["model"]
     plain = str(tmp_path / "plain.pth")
     torch.save(weights, plain)
-    other_size = evaluation_protocol.build_model((64, 64), torch.device("cpu"))
+    other_size = build_model((64, 64), torch.device("cpu"))
     with pytest.raises(ValueError, match=r"plain.pth does not fit image_size=\[64, 64\]: its weights were made for "
                                          r"17 x 17 feature maps, i.e. image_size=\[65, 65\] \(any of 65..68 by "
                                          r"65..68\); evaluate it with image_size=\[65, 65\]"):
@@ -774,7 +785,7 @@ def test_evaluation_refuses_non_finite_weights_and_names_the_size_a_state_dict_f
     weights["icm.out_proj.bias"][0] = float("nan")
     weights["encoder.threshold_head.0.weight"].fill_(float("inf"))
     torch.save(weights, plain)
-    model = evaluation_protocol.build_model((SIZE, SIZE), torch.device("cpu"))
+    model = build_model((SIZE, SIZE), torch.device("cpu"))
     with pytest.raises(FloatingPointError, match=r"checkpoint .*plain.pth: 2 of \d+ tensors \(parameters and "
                                                  r"buffers\) hold NaN or infinite values"):
         evaluation_protocol.load_weights(model, plain, (SIZE, SIZE))
@@ -879,4 +890,4 @@ def test_a_bad_number_on_the_command_line_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "train.py", "with", "SYNTHETIC", "n_steps=abc", f"runs_dir={tmp_path}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == "train.py: error: config option n_steps='abc' must be an integer >= 1"
+    assert done.stderr.strip().splitlines()[-1] == "train.py: error: config option optimisation.n_steps='abc' must be an integer >= 1"

@@ -53,7 +53,7 @@ def test_another_models_option_is_an_error_not_ignored(tiny_registered):
 def test_the_tiny_model_trains_two_steps_through_train_py(tiny_run):
     run, _, _ = tiny_run
     run_dir = run.observers[0].dir
-    assert json.load(open(os.path.join(run_dir, "config.json")))["model"] == "tiny"
+    assert json.load(open(os.path.join(run_dir, "config.json")))["model"]["name"] == "tiny"
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     # The step, logs and curves carry the tiny model's own losses, and nothing of FAF-Net's.
     assert {"loss", "query_loss", "scale_loss", "grad_norm"} <= set(metrics)

@@ -115,7 +115,7 @@ def test_train_and_test_commands_run_on_the_shipped_layout_unchanged(tmp_path):
               "pretrained_weights": "none", "resample_in_plane": [64, 64], "test_classes": [2]}
     run = train_script.ex.run(named_configs=["CMR"], config_updates={
         **common, "n_steps": 2, "snapshot_interval": 2, "min_size": 50, "num_workers": 0})
-    assert run.status == "COMPLETED" and run.config["data_dir"] == DATA_DIR
+    assert run.status == "COMPLETED" and run.config["dataset"]["data_dir"] == DATA_DIR
     result = test_script.ex.run(named_configs=["CMR"], config_updates={
         **common, "checkpoint": run.observers[0].dir, "save_figures": False})
     results = json.load(open(os.path.join(result.observers[0].dir, "results.json")))

@@ -1,14 +1,22 @@
-"""The Sacred configuration of train.py and test.py.
+"""The Sacred configuration of train.py and test.py: ingredients, named configs, validation.
 
-Three config scopes: `shared_options` (the dataset, fold, protocol, device, seed: both
-experiments), `training_options` (train.py only) and `evaluation_options` (test.py only),
-plus one named config per dataset (SABS, CHAOST2, CMR, Prostate_MRI, SYNTHETIC), which
-selects the dataset; everything that follows from it (folder, image size, test classes,
-supervoxel size) is computed in the scopes, so `config.json` records the values a run used::
+The options are grouped by concern into Sacred ingredients (fafnet/cli/ingredients/):
+`dataset` (the data, grid, fold and setting), `episodes` (train.py: episode sampling),
+`model` (the network and its initial weights), `optimisation` (train.py: optimiser and
+schedule), `runtime` (device, bf16, run folders) and `evaluation` (test.py: checkpoint,
+protocol, outputs); each computes what follows from its options in its config scope and checks
+its own options once. train.py's loop options (`training_options`) and `seed` are the
+experiments' own. One named config per dataset (SABS, CHAOST2, CMR, Prostate_MRI, SYNTHETIC)
+selects it::
 
     python train.py print_config with CHAOST2                 # every option and its value
-    python train.py with SYNTHETIC eval_fold=0 n_steps=600 device=cpu
-    python test.py with SYNTHETIC eval_fold=0 checkpoint=runs/train/1
+    python train.py with SYNTHETIC dataset.eval_fold=0 optimisation.n_steps=600 runtime.device=cpu
+    python test.py with SYNTHETIC dataset.eval_fold=0 evaluation.checkpoint=runs/train/1
+
+Every option name is unique, so the flat names of earlier commands still work
+(``eval_fold=0 n_steps=600 device=cpu checkpoint=runs/train/1``; ``dataset=CHAOST2`` and
+``model=tiny`` name `dataset.name` and `model.name`), and snapshots and results record the
+options flat (fafnet.runtime.options.flat_options).
 
 The defaults reproduce the authors' scripts (their train.sh and evaluate.sh for SABS):
 setting 1, 42000 steps of SGD (lr 1e-3, momentum 0.9, weight decay 5e-4, x0.98 every 3000
@@ -21,31 +29,28 @@ Runs: Sacred's FileStorageObserver records each run (config.json, run.json with 
 commit, the source files and the package versions, metrics.json, cout.txt) in
 ``<runs_dir>/train/<id>/`` or ``<runs_dir>/test/<id>/``, next to the run's own outputs.
 """
-import math
 import os
 import sys
 import warnings
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 # Sacred 0.8.7 imports pkg_resources, which warns on every start; the pin setuptools<81 in
 # requirements.txt keeps it working, so the warning says nothing actionable to users.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
-from sacred import SETTINGS, Experiment  # noqa: E402
+import sacred  # noqa: E402
+from sacred import SETTINGS  # noqa: E402
 from sacred.observers import FileStorageObserver  # noqa: E402
 from sacred.utils import SacredError, apply_backspaces_and_linefeeds  # noqa: E402
 
-from fafnet.datasets.specs import DATASETS, get_dataset_spec  # noqa: E402
-from fafnet.episodes.datasets import SETTING2_PROTOCOLS  # noqa: E402
-from fafnet.runtime.devices import (DEVICE_CHOICES, default_eval_batch_size, default_eval_channels_last,  # noqa: E402
-                                default_num_workers)
+from fafnet.cli.ingredients.checks import NON_NEGATIVE_INT, POSITIVE, booleans, check_options, is_int  # noqa: E402
+from fafnet.datasets.specs import DATASETS  # noqa: E402
 from fafnet.io.provenance import record_dependencies  # noqa: E402
+from fafnet.runtime.devices import default_num_workers  # noqa: E402
+from fafnet.runtime.options import INGREDIENTS, NAME_OPTION, flat_options, option_path  # noqa: E402
 from fafnet.runtime.runs import Terminated  # noqa: E402
 from fafnet.runtime.snapshots import KEEP_CHOICES  # noqa: E402
 from fafnet.training.step import COMPILE_TARGETS  # noqa: E402
-from fafnet.models.pretrained import default_pretrained_weights  # noqa: E402
-from fafnet.models.registry import DEFAULT_MODEL, MODELS, model_options  # noqa: E402
-from fafnet.training.loop import OPTIMIZERS  # noqa: E402
 
 # Sacred's default "fd" capture spawns `tee` processes and fights with pytest's capture;
 # "sys" tees sys.stdout/stderr in-process and still fills the run's cout.txt.
@@ -55,89 +60,18 @@ SETTINGS.CAPTURE_MODE = "sys"
 SETTINGS.DISCOVER_SOURCES = "sys"
 SETTINGS.DISCOVER_DEPENDENCIES = "sys"
 
-def spec(dataset: str):
-    """The dataset's facts (`get_dataset_spec`), its unknown-key error as a ValueError (an
-    option error of the command line) with the named configs' hint."""
-    try:
-        return get_dataset_spec(dataset)
-    except KeyError as err:
-        raise ValueError(f"{err.args[0]} (named configs of the same names set them up)") from None
 
-
-def release_milestones(lr_step_size, n_steps) -> Optional[list]:
-    """The release's milestones lr_step_size, 2 lr_step_size, ... before n_steps; None when
-    either is not an integer >= 1 (validation then names that option: Sacred computes the
-    config scopes before any check can run)."""
-    if not (_positive_int(lr_step_size) and _positive_int(n_steps)):
-        return None
-    return list(range(lr_step_size, n_steps, lr_step_size))
-
-
-def class_groups(dataset: str):
-    """The two class groups of the `groups` protocol of setting 2 (empty when the dataset
-    defines none)."""
-    return tuple(tuple(g) for g in spec(dataset).class_groups or ())
-
-
-def shared_options():
-    """Options of training and evaluation (a Sacred config scope; comments show in print_config)."""
-    dataset = "SABS"                # SABS, CHAOST2, CMR, Prostate_MRI or SYNTHETIC (named configs too)
-    data_root = "./data_processed"  # pre-processed datasets live in <data_root>/<dataset folder>
-    data_dir = os.path.join(data_root, spec(dataset).folder) if isinstance(data_root, str) else None  # this dataset's folder
-    # [H, W]: resample every volume in-plane to this grid when it is loaded, for training and
-    # evaluation alike (images linear, labels and supervoxels nearest; Dice is then computed
-    # on this grid). None: volumes are used as stored (the release).
-    resample_in_plane = None
-    image_size = list(resample_in_plane or spec(dataset).image_size)  # [H, W] the network sees
-    n_volumes = None                # None: the dataset's known count (30/20/35/40; SYNTHETIC: any), checked;
-                                    # a number: the folds are made for that many volumes
-    eval_fold = 0                   # 0..4: the fold held out for evaluation
-    setting = 1                     # 1: test organs may appear in training; 2: their slices removed
-    setting2_protocol = "release"   # setting 2: release (AND rule) | any | groups (Ouyang et al.)
-    group = None                    # groups protocol: 0 or 1, the class group held out and tested
-    test_classes = list(class_groups(dataset)[group]
-                        if setting == 2 and setting2_protocol == "groups" and group in range(len(class_groups(dataset)))
-                        else spec(dataset).test_classes)  # the dataset's, or the group's (groups protocol)
+def experiment_options():
+    """The options of both experiments outside any ingredient (a Sacred config scope)."""
     seed = 2025
-    model = DEFAULT_MODEL           # the network, by its registry name (fafnet.models.registry)
-    device = "auto"                 # auto, cpu, cuda, cuda:N or mps
-    # A torchvision ResNet-101 or DeepLabV3-ResNet-101 file; by default the one found in
-    # torchvision's cache. "none": random initialisation (allowed on real datasets only so).
-    pretrained_weights = default_pretrained_weights()
-    # Accept a pretrained file that lacks some backbone tensors the encoder runs (conv1, bn1,
-    # layer1-3; they keep their initialisation and a warning lists them). False: an error.
-    pretrained_allow_partial = False
-    amp_bf16 = False                # bf16 autocast (FFT, probabilities and losses stay float32)
-    cudnn_benchmark = True          # CUDA: let cuDNN time its algorithms once per input shape
-    runs_dir = "runs"               # Sacred run folders go to <runs_dir>/<train|test>/<id>
 
 
-def training_options(dataset):
-    """Options of train.py only."""
-    n_shot = 1
-    use_gt = False                  # False: supervoxel episodes (self-supervised); True: ground truth
-    supervoxel_min_size = spec(dataset).supervoxel_min_size  # which supervoxels_<N> folder
-    min_size = 200                  # min foreground pixels of an episode's first two slices
-    augment = True
-    max_iters_per_load = 3000       # episodes per "epoch" of the training dataset
-    n_steps = 42000
+def training_options():
+    """train.py's own options: the loop's snapshots and logs, resume, and training's speed
+    options (a Sacred config scope)."""
     snapshot_interval = 6000
     keep_snapshots = "weights"      # older snapshots: "weights" (model only) or "none" (deleted)
     print_interval = 100            # console/log/metrics every this many steps
-    optimizer = "sgd"               # "sgd" (release) or "adam" (not in the release; see README)
-    lr = 1e-3
-    momentum = 0.9                  # SGD only
-    weight_decay = 5e-4
-    lr_step_size = 3000             # lr *= lr_gamma every this many steps ...
-    lr_gamma = 0.98
-    lr_milestones = release_milestones(lr_step_size, n_steps)  # ... at these steps
-    grad_clip_norm = None           # clip the total gradient norm to this (None: release, off)
-    # A random start (no pretrained weights; the demo): every bottleneck's last BatchNorm weight
-    # at 0 so each residual block starts as the identity (False: the release's initialisation).
-    zero_init_residual = False
-    # The threshold head's output conv starts at this times the release's initial weights
-    # (1.0: the release; the demo's random start uses 0.05, see fafnet/models/factory.py).
-    threshold_head_init_scale = 1.0
     save_initial_snapshot = False   # also keep snapshots/step_0000000.pth: the weights training starts from
     channels_last = False           # channels-last weights and inputs
     cuda_graph = False              # CUDA: replay forward + backward as one captured graph
@@ -149,150 +83,94 @@ def training_options(dataset):
     resume_other_data = False
 
 
-def evaluation_options(device):
-    """Options of test.py only."""
-    checkpoint = None               # snapshot, training run folder, release checkpoint or "untrained"
-    supp_idx = 2                    # support volume: its index in the fold (release script: 2), or a list
-    n_part = 3                      # support slices per class and query chunks
-    # Query slices per forward pass: 1 on a CPU (larger batches spill layer3's activations
-    # out of cache there), 8 on a GPU.
-    eval_batch_size = default_eval_batch_size(device)
-    channels_last = default_eval_channels_last(device)  # on for a CPU, off for a GPU (README benchmarks)
-    eval_graphs = False             # CUDA: replay each predict call from a captured graph
-    save_predictions = True         # write prediction volumes (NIfTI)
-    save_figures = True             # write one PNG per class
-    # Evaluate a checkpoint whose training volumes include volumes of the evaluated fold
-    # (recorded in results.json; the fold table refuses such a run). False: an error.
-    allow_leakage = False
+EXPERIMENT_CHECKS = {
+    # Sacred seeds numpy's legacy generator with it, which takes 0 .. 2**32 - 1.
+    "seed": (lambda v: is_int(v) and 0 <= v < 2 ** 32, f"must be an integer from 0 to {2 ** 32 - 1}"),
+}
+TRAINING_CHECKS = {
+    **EXPERIMENT_CHECKS,
+    "snapshot_interval": POSITIVE, "print_interval": POSITIVE, "num_workers": NON_NEGATIVE_INT,
+    "keep_snapshots": (lambda v: v in KEEP_CHOICES, f"must be one of {', '.join(KEEP_CHOICES)}"),
+    "compile": (lambda v: v in COMPILE_TARGETS, "must be None, 'encoder' or 'model'"),
+    **booleans("channels_last", "cuda_graph", "save_initial_snapshot", "resume_other_data"),
+}
 
 
-# ----------------------------------------------------------------------------- validation
+class Experiment(sacred.Experiment):
+    """A Sacred experiment whose options are grouped into ingredients and also accepted by their
+    flat names (the commands of the release and of 0.4: ``eval_fold=1`` is ``dataset.eval_fold=1``,
+    ``dataset=CHAOST2`` is ``dataset.name=CHAOST2``), in `run` and so on the command line."""
+
+    def option_paths(self) -> Dict[str, str]:
+        """flat option name -> its dotted config path, for every option of this experiment."""
+        paths = {}
+        for ingredient, _ in self.traverse_ingredients():
+            prefix = "" if ingredient is self else ingredient.path
+            for scope in ingredient.configurations:
+                for name in scope_option_names(scope):
+                    paths[prefix if prefix and name == NAME_OPTION else name] = option_path(prefix, name)
+        return paths
+
+    def run(self, command_name=None, config_updates=None, named_configs=(), info=None, meta_info=None,
+            options=None):
+        return super().run(command_name, self.dotted_updates(config_updates), named_configs, info, meta_info,
+                           options)
+
+    def dotted_updates(self, updates: Optional[Mapping]) -> Dict:
+        """`updates` with every flat option name replaced by its path (a nested ingredient dict,
+        a dotted path or an unknown name passes unchanged: Sacred reports the last)."""
+        paths, dotted = self.option_paths(), {}
+        for key, value in (updates or {}).items():
+            flat_alias = key in paths and not (key in INGREDIENTS and isinstance(value, Mapping))
+            target = paths[key] if flat_alias else key
+            if target in dotted:
+                raise ValueError(f"config option {target} is given twice (as {key} and by its other name)")
+            dotted[target] = value
+        return dotted
 
 
-def validate_config(config: Dict) -> None:
-    """Clear errors for options that Sacred's type checks let through (options absent from
-    an experiment's config are not checked)."""
-    spec(config["dataset"])
-    if config["model"] not in MODELS:
-        raise ValueError(f"config option model={config['model']!r} is not a registered model; "
-                         f"registered: {', '.join(MODELS)}")
-    model_options(config["model"], config)   # another model's option set: an error naming it
-    checks = _checks(config)
-    for name, (ok, what) in checks.items():
-        if name in config and not ok(config[name]):
-            raise ValueError(f"config option {name}={config[name]!r} {what}")
-    if config.get("resample_in_plane") and list(config["resample_in_plane"]) != list(config["image_size"]):
-        raise ValueError(f"config option image_size={list(config['image_size'])} differs from "
-                         f"resample_in_plane={list(config['resample_in_plane'])}: the network sees the "
-                         "resampled grid (leave image_size unset)")
-    if config["setting"] == 2 and config["setting2_protocol"] == "groups":
-        try:   # the rule's one owner: DatasetSpec.group_classes
-            spec(config["dataset"]).group_classes(config["group"])
-        except ValueError as err:
-            raise ValueError(f"config option group={config['group']!r}: {err}") from None
+def scope_option_names(scope) -> Tuple[str, ...]:
+    """The options a config scope defines: its function's local names less its arguments (the
+    configs of other ingredients it reads) and private names."""
+    code = scope._func.__code__
+    return tuple(name for name in code.co_varnames[code.co_argcount:] if not name.startswith("_"))
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    """A finite int or float: inf passes `v >= 0` and then poisons every weight."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _positive_int(value) -> bool:
-    return _is_int(value) and value >= 1
-
-
-def _checks(config: Dict) -> Dict[str, tuple]:
-    """option -> (predicate, what a good value is)."""
-    positive = (_positive_int, "must be an integer >= 1")
-    path = (lambda v: isinstance(v, str) and v != "", "must be a folder path (a string)")
-    checks = {
-        "data_root": path, "data_dir": path, "runs_dir": path,
-        # Sacred seeds numpy's legacy generator with it, which takes 0 .. 2**32 - 1.
-        "seed": (lambda v: _is_int(v) and 0 <= v < 2 ** 32, f"must be an integer from 0 to {2 ** 32 - 1}"),
-        "eval_fold": (lambda v: v in range(5), "must be 0, 1, 2, 3 or 4"),
-        "setting": (lambda v: v in (1, 2), "must be 1 or 2"),
-        "setting2_protocol": (lambda v: v in SETTING2_PROTOCOLS,
-                              f"must be one of {', '.join(SETTING2_PROTOCOLS)}"),
-        "group": (lambda v: v is None or v in (0, 1), "must be None, 0 or 1"),
-        "n_volumes": (lambda v: v is None or _positive_int(v), "must be None or an integer >= 1"),
-        "image_size": (_size_ok, "must be [H, W] with positive integers"),
-        "resample_in_plane": (lambda v: v is None or _size_ok(v), "must be None or [H, W] with positive integers"),
-        "test_classes": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_positive_int(c) for c in v),
-                         "must be a non-empty list of positive class ids"),
-        "device": (_valid_device, f"must be one of {DEVICE_CHOICES}"),
-        "pretrained_weights": (lambda v: v is None or isinstance(v, str), "must be a path or 'none'"),
-        "n_shot": positive, "n_steps": positive, "snapshot_interval": positive,
-        "print_interval": positive, "lr_step_size": positive, "max_iters_per_load": positive,
-        "n_part": positive,
-        "eval_batch_size": positive,
-        "num_workers": (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0"),
-        "min_size": (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0"),
-        "supervoxel_min_size": positive,
-        "supp_idx": (_supp_indices_ok,
-                     "must be a fold position (an integer >= 0) or a non-empty list of them"),
-        "lr": (lambda v: _is_number(v) and v >= 0, "must be a finite number >= 0"),
-        "weight_decay": (lambda v: _is_number(v) and v >= 0, "must be a finite number >= 0"),
-        "momentum": (lambda v: _is_number(v) and v >= 0, "must be a finite number >= 0"),
-        "lr_gamma": (lambda v: _is_number(v) and v >= 0, "must be a finite number >= 0"),
-        "grad_clip_norm": (lambda v: v is None or (_is_number(v) and v > 0), "must be None or a number > 0, finite"),
-        "optimizer": (lambda v: v in OPTIMIZERS, "must be 'sgd' (release) or 'adam'"),
-        "keep_snapshots": (lambda v: v in KEEP_CHOICES, f"must be one of {', '.join(KEEP_CHOICES)}"),
-        "lr_milestones": (lambda v: isinstance(v, (list, tuple)) and all(_positive_int(m) for m in v),
-                          "must be a list of positive step numbers"),
-        "threshold_head_init_scale": (lambda v: _is_number(v) and v > 0,
-                                      "must be a number > 0, finite (1.0: the release's initialisation)"),
-    }
-    checks["compile"] = (lambda v: v in COMPILE_TARGETS, "must be None, 'encoder' or 'model'")
-    for name in ("use_gt", "augment", "amp_bf16", "save_predictions", "save_figures", "channels_last",
-                 "pretrained_allow_partial", "cudnn_benchmark", "cuda_graph", "eval_graphs",
-                 "zero_init_residual", "save_initial_snapshot", "resume_other_data", "allow_leakage"):
-        checks[name] = (lambda v: isinstance(v, bool), "must be True or False")
-    return checks
-
-
-def _size_ok(value) -> bool:
-    return isinstance(value, (list, tuple)) and len(value) == 2 and all(_positive_int(x) for x in value)
-
-
-def _valid_device(device) -> bool:
-    return isinstance(device, str) and (device in ("auto", "cpu", "cuda", "mps")
-                                        or (device.startswith("cuda:") and device[5:].isdigit()))
-
-
-def _supp_indices_ok(value) -> bool:
-    values = value if isinstance(value, (list, tuple)) else [value]
-    return len(values) > 0 and all(_is_int(v) and v >= 0 for v in values)
+def check_experiment_options(config: Mapping, checks: Mapping) -> None:
+    """The experiment's own options (outside the ingredients, which check theirs)."""
+    own = {name: value for name, value in config.items() if name not in INGREDIENTS}
+    check_options("", own, checks)
 
 
 # ----------------------------------------------------------------------------- experiments
 
 
-def configure_experiment(ex: Experiment, runs_subdir: str, own_options: Callable,
+def configure_experiment(ex: Experiment, runs_subdir: str, own_options: Callable = None,
+                         own_checks: Mapping = EXPERIMENT_CHECKS,
                          run_checks: Sequence[Callable[[Dict], None]] = ()) -> Experiment:
-    """Give `ex` (created in train.py or test.py, so that Sacred records that script as the
-    main file) the shared and its own config scopes, one named config per dataset, option
-    validation before the run starts (`run_checks` too, except for print_config), and a
+    """Give `ex` (created in train.py or test.py with its ingredients, so that Sacred records
+    that script as the main file) the shared and its own config scopes, one named config per
+    dataset, validation of its own options (the ingredients check theirs) and `run_checks` on
+    the run's flat options (except for print_config) before the run starts, and a
     FileStorageObserver under <runs_dir>/<runs_subdir>."""
     record_dependencies(ex)
-    ex.config(shared_options)
-    ex.config(own_options)
+    ex.config(experiment_options)
+    if own_options is not None:
+        ex.config(own_options)
     for name in DATASETS:
-        ex.add_named_config(name, {"dataset": name})
+        ex.add_named_config(name, {"dataset": {NAME_OPTION: name}})
     ex.captured_out_filter = apply_backspaces_and_linefeeds
 
     @ex.config_hook
     def validate_and_observe(config, command_name, logger):
-        # Runs after the config is assembled and before the Run exists, so a bad option
-        # fails before anything is written and the observer can follow `runs_dir`.
-        validate_config(config)
+        # Runs after the ingredients' hooks and before the Run exists, so a bad option fails
+        # before anything is written and the observer can follow `runs_dir`.
+        check_experiment_options(config, own_checks)
+        options = flat_options(config)
         if command_name != "print_config":
             for check in run_checks:
-                check(config)
-        _attach_file_observer(ex, os.path.join(config["runs_dir"], runs_subdir))
+                check(options)
+        _attach_file_observer(ex, os.path.join(options["runs_dir"], runs_subdir))
         return {}
 
     return ex

@@ -1,7 +1,8 @@
 """Evaluation of FAF-Net with the shared 1-way 1-shot protocol (docs/protocol.md, evaluation)
 as a Sacred experiment.
 
-    python test.py with SYNTHETIC eval_fold=0 checkpoint=runs/train/1
+    python test.py with SYNTHETIC dataset.eval_fold=0 evaluation.checkpoint=runs/train/1
+    python test.py with SYNTHETIC eval_fold=0 checkpoint=runs/train/1      # the same, by flat names
     python test.py with SABS eval_fold=0 supp_idx=2 checkpoint=release/fold0.pth
     python test.py with SABS eval_fold=0 "supp_idx=[0,1,2]" checkpoint=runs/train/1   # averaged
     python test.py with SYNTHETIC eval_fold=0 checkpoint=untrained     # baseline
@@ -31,13 +32,20 @@ support indices, predictions and figures go to supp_idx_<k>/ sub-folders.
 """
 import os
 
-from fafnet.cli.config import Experiment, configure_experiment, evaluation_options, observer_run_dir, run_commandline
+from fafnet.cli.config import Experiment, configure_experiment, observer_run_dir, run_commandline
+from fafnet.cli.ingredients.dataset import dataset
+from fafnet.cli.ingredients.evaluation import evaluation
+from fafnet.cli.ingredients.model import model
+from fafnet.cli.ingredients.runtime import runtime
 from fafnet.evaluation.protocol import evaluate
 from fafnet.io.logs import slug
 from fafnet.io.provenance import PROJECT_ROOT
+from fafnet.runtime.options import flat_options
 from fafnet.runtime.runs import record_process, sigterm_interrupts
 
-ex = configure_experiment(Experiment("FAFNet-test", base_dir=PROJECT_ROOT), "test", evaluation_options)
+# Options: the ingredients dataset, model, runtime and evaluation (fafnet/cli/ingredients/), and seed.
+ex = configure_experiment(
+    Experiment("FAFNet-test", ingredients=[runtime, dataset, model, evaluation], base_dir=PROJECT_ROOT), "test")
 
 
 @ex.main
@@ -48,7 +56,7 @@ def main(_config, _run, _log):
     _run.info["pid"] = os.getpid()
     record_process(run_dir, dict(_run.info))
     with sigterm_interrupts():
-        results = evaluate(_config, run_dir, _log)
+        results = evaluate(flat_options(_config), run_dir, _log)
     _run.info["mean_dice"] = results["mean_dice"]
     for entry in results["classes"].values():
         if entry["dice_mean"] is not None:   # a skipped class has no score to log

@@ -1,8 +1,11 @@
 """Episodic training of FAF-Net (docs/protocol.md, training) as a Sacred experiment.
 
-    python train.py with SYNTHETIC eval_fold=0 n_steps=600 snapshot_interval=200 device=cpu
-    python train.py with SYNTHETIC eval_fold=0 n_steps=900 resume=runs/train/3   # continue
-    python train.py print_config with SABS                                       # options
+    python train.py with SYNTHETIC dataset.eval_fold=0 optimisation.n_steps=600 snapshot_interval=200 runtime.device=cpu
+    python train.py with SYNTHETIC eval_fold=0 n_steps=900 resume=runs/train/3   # continue (flat names work too)
+    python train.py print_config with SABS                                       # options, by ingredient
+
+Ingredients: dataset, episodes, model, optimisation, runtime (fafnet/cli/ingredients/); the
+loop's own options are `fafnet.cli.config.training_options`.
 
 Every run is recorded in <runs_dir>/train/<id>/: Sacred's config.json (every option as used),
 run.json (git commit, source files, package versions, status), metrics.json and cout.txt;
@@ -19,11 +22,18 @@ saved (the run fails), and SIGTERM ends the run as INTERRUPTED, resumable at onc
 import os
 from typing import Dict
 
-from fafnet.cli.config import Experiment, configure_experiment, observer_run_dir, run_commandline, training_options
+from fafnet.cli.config import (TRAINING_CHECKS, Experiment, configure_experiment, observer_run_dir, run_commandline,
+                               training_options)
+from fafnet.cli.ingredients.dataset import dataset
+from fafnet.cli.ingredients.episodes import episodes
+from fafnet.cli.ingredients.model import model
+from fafnet.cli.ingredients.optimisation import optimisation
+from fafnet.cli.ingredients.runtime import runtime
 from fafnet.datasets.specs import SYNTHETIC_DATASETS
 from fafnet.io.provenance import PROJECT_ROOT
 from fafnet.models.registry import NO_PRETRAINED
 from fafnet.models.pretrained import ACCEPTED_FORMATS
+from fafnet.runtime.options import flat_options
 from fafnet.runtime.runs import record_process, sigterm_interrupts
 from fafnet.training.loop import train
 
@@ -48,8 +58,9 @@ def check_random_start_options(config: Dict) -> None:
                          f"weights come from the file")
 
 
-ex = configure_experiment(Experiment("FAFNet-train", base_dir=PROJECT_ROOT), "train", training_options,
-                          run_checks=[check_pretrained_choice, check_random_start_options])
+ex = configure_experiment(
+    Experiment("FAFNet-train", ingredients=[runtime, dataset, episodes, model, optimisation], base_dir=PROJECT_ROOT),
+    "train", training_options, TRAINING_CHECKS, run_checks=[check_pretrained_choice, check_random_start_options])
 
 
 @ex.main
@@ -60,7 +71,7 @@ def main(_config, _run, _log):
     _run.info["pid"] = os.getpid()   # lets fafnet.runtime.runs tell a killed run from a live one
     record_process(run_dir, dict(_run.info))
     with sigterm_interrupts():
-        summary = train(_config, run_dir, _log, log_scalar=_run.log_scalar)
+        summary = train(flat_options(_config), run_dir, _log, log_scalar=_run.log_scalar)
     _run.info.update(summary)
     return summary["final_snapshot"]
 

@@ -492,7 +492,7 @@ class TrainDataset(EpisodeSampler):
             False (default, the paper's self-supervised setting) uses supervoxels.
         setting: 1 (default, the release's scripts) keeps every slice; 2 removes slices with
             test classes, decided from the ground truth in both label modes.
-        protocol: setting 2's protocol, one of `SETTING2_PROTOCOLS`: "release" (default: a
+        setting2_protocol: setting 2's protocol, one of `SETTING2_PROTOCOLS`: "release" (default: a
             slice is removed only when it holds ALL test classes), "any" (a slice holding any
             test class is removed) or "groups" (Ouyang et al.: the classes of `group` are
             excluded with the any rule). Ignored for setting 1.
@@ -517,7 +517,7 @@ class TrainDataset(EpisodeSampler):
     """
 
     def __init__(self, data_dir: str, dataset: str = "SABS", eval_fold: int = 0, n_shot: int = 1,
-                 use_gt: bool = False, setting: int = 1, protocol: str = "release",
+                 use_gt: bool = False, setting: int = 1, setting2_protocol: str = "release",
                  group: Optional[int] = None, test_classes: Optional[Sequence[int]] = None,
                  min_size: int = 200,
                  supervoxel_min_size: Optional[int] = None, augment: bool = True, seed: int = 2025,
@@ -528,11 +528,11 @@ class TrainDataset(EpisodeSampler):
         _check_choice("setting", setting, (1, 2))
         check_sampling_options(n_shot, max_iters_per_load)   # before the volumes are read
         self.data_dir, self.n_shot, self.use_gt = data_dir, int(n_shot), bool(use_gt)
-        self.setting, self.protocol, self.group = setting, protocol, group
+        self.setting, self.protocol, self.group = setting, setting2_protocol, group
         self.min_size = int(min_size)
         # The classes setting 2 removes; in setting 1 the test classes, which ground-truth
         # labels still drop (they are the classes evaluation tests).
-        self.test_classes = excluded_classes_for(dataset, protocol, test_classes, group)
+        self.test_classes = excluded_classes_for(dataset, setting2_protocol, test_classes, group)
         self.supervoxel_min_size = int(self.spec.supervoxel_min_size if supervoxel_min_size is None
                                        else supervoxel_min_size)
         self.layout = open_layout(data_dir, n_volumes, self.spec)

@@ -29,8 +29,9 @@ from fafnet.evaluation.writers import (short_path, write_class_figure, write_com
 from fafnet.io.logs import log_to_file
 from fafnet.io.progress import progress
 from fafnet.io.provenance import protocol_record
-from fafnet.models import DEFAULT_MODEL, build_model, model_options
+from fafnet.models import DEFAULT_MODEL, model_from_options
 from fafnet.runtime.devices import resolve_device
+from fafnet.runtime.options import call_with_options
 from fafnet.runtime.rng import seed_everything
 from fafnet.runtime.snapshots import LoadedCheckpoint, SnapshotError, load_for_evaluation
 from fafnet.runtime.training_data import OVERLAP, UNCHECKED, leakage_record
@@ -172,9 +173,7 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
         # Pretrained backbone weights matter only for the untrained baseline; a checkpoint
         # overwrites every tensor anyway.
         pretrained = config["pretrained_weights"] if config["checkpoint"] == UNTRAINED else None
-        model = build_model(config["image_size"], device, pretrained, config["channels_last"],
-                            config["pretrained_allow_partial"], name=config["model"],
-                            options=model_options(config["model"], config))
+        model = model_from_options(config, device, pretrained_weights=pretrained)
         loaded = load_weights(model, config["checkpoint"], config["image_size"], checkpoint_wanted(config),
                               config["model"])
         source, step = loaded.path, loaded.step
@@ -184,10 +183,9 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
         runner = GraphedPredict(model, log=logger) if config["eval_graphs"] else model
         logger.info("evaluating %s (step %s) on %s fold %d, support index(es) %s, on %s", source, step,
                     config["dataset"], config["eval_fold"], indices, device)
-        dataset = TestDataset(config["data_dir"], dataset=config["dataset"], eval_fold=config["eval_fold"],
-                              supp_idx=indices[0], n_part=config["n_part"], n_volumes=config["n_volumes"],
-                              test_classes=list(config["test_classes"]), image_size=config["image_size"],
-                              resample_in_plane=config["resample_in_plane"])
+        # data_dir, dataset, eval_fold, n_part, n_volumes, test_classes, image_size,
+        # resample_in_plane: by name from the options.
+        dataset = call_with_options(TestDataset, config, supp_idx=indices[0])
         leakage = check_leakage(config, loaded, dataset.fold_volumes, logger)
         timer, skips = Timer(), Skips()
         per_support = {}

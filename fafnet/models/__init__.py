@@ -6,7 +6,8 @@ from .fafnet import FAFNet, clamped_nll, default_predict_batch_size, query_loss
 from .interface import check_query_labels, image_encoder, total_loss
 from .modules import AFF, ICM, apply_fourier_filters, masked_average_pooling
 from .pretrained import default_pretrained_weights, load_pretrained_backbone
-from .registry import DEFAULT_MODEL, MODELS, ModelSpec, build_model, get_model_spec, model_options, register_model
+from .registry import (DEFAULT_MODEL, MODELS, ModelSpec, build_model, get_model_spec, model_from_options, model_options,
+                       register_model)
 from .release import convert_release_checkpoint
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "image_encoder",
     "load_pretrained_backbone",
     "masked_average_pooling",
+    "model_from_options",
     "model_options",
     "query_loss",
     "register_model",

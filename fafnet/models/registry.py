@@ -81,5 +81,17 @@ def build_model(image_size: Sequence[int], device: torch.device, pretrained_weig
     return model
 
 
+def model_from_options(options: Mapping, device: torch.device, **given) -> nn.Module:
+    """A run's model from its flat options (fafnet.runtime.options): `model` (the name),
+    `image_size`, `pretrained_weights`, `pretrained_allow_partial`, `channels_last` and the
+    model's own options; `given` replaces any of them (evaluation: no pretrained file under a
+    checkpoint's weights)."""
+    chosen = {**options, **given}
+    name = chosen.get("model", DEFAULT_MODEL)
+    return build_model(chosen["image_size"], device, chosen.get("pretrained_weights"),
+                       chosen.get("channels_last", False), chosen.get("pretrained_allow_partial", False),
+                       name=name, options=model_options(name, chosen))
+
+
 register_model(ModelSpec("fafnet", build_fafnet, "FAF-Net: ResNet-101 encoder with the ATL threshold head, "
                          "ICM + AFF on the support prototype", FAFNET_OPTIONS, convert_release_checkpoint))

@@ -27,6 +27,7 @@ from typing import Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optiona
 import torch
 
 from fafnet.io.atomic import atomic_path, remove_stale_temporaries
+from fafnet.runtime.options import flat_options
 from fafnet.runtime.rng import capture_rng_state, restore_rng_state
 from fafnet.runtime.runs import COMPLETED, RUNNING, list_runs, run_status
 from fafnet.models.encoder import image_sides_for_feature
@@ -141,11 +142,11 @@ def resolve_checkpoint(path: str, option: str = "checkpoint", wanted: Optional[M
 
 
 def _run_config(run_dir: str) -> Optional[Dict]:
-    """A run folder's Sacred config.json, or None."""
+    """A run folder's options (its Sacred config.json, flattened: fafnet.runtime.options), or None."""
     import json
     try:
         with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
-            return json.load(f)
+            return flat_options(json.load(f))
     except (OSError, ValueError):
         return None
 

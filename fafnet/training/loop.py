@@ -7,7 +7,7 @@ episodes the interrupted run would have seen and reaches the same weights.
 """
 import os
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -16,8 +16,9 @@ from fafnet.episodes.datasets import TrainDataset
 from fafnet.io.atomic import atomic_write_json
 from fafnet.io.logs import log_to_file
 from fafnet.io.progress import duration_text, progress
-from fafnet.models import build_model, model_options
+from fafnet.models import model_from_options
 from fafnet.runtime.devices import resolve_device
+from fafnet.runtime.options import call_with_options
 from fafnet.runtime.rng import seed_everything
 from fafnet.runtime.snapshots import (NonFiniteWeightsError, SnapshotError, SnapshotWriter, load_for_resume,
                                       restore_training_state, resume_differences)
@@ -26,7 +27,8 @@ from fafnet.runtime.training_data import (DATA_MANIFEST_NAME, describe_differenc
 from fafnet.training.curves import TrainingCurves
 from fafnet.training.step import NonFiniteLossError, TrainStep, optimizer_implementation
 
-OPTIMIZERS = ("sgd", "adam")
+# The optimisers by option value, with what a user should know when choosing one.
+OPTIMIZERS = {"sgd": "the release", "adam": "not in the release"}
 # Training options that may differ between a snapshot and the run resuming it; every other
 # training option shapes the trajectory and must agree (a new option is checked by default).
 FREE_ON_RESUME = frozenset({
@@ -47,9 +49,7 @@ def train(config: Dict, run_dir: str, logger, log_scalar: Optional[Callable] = N
                     config["eval_fold"], config["setting"],
                     f", {config['setting2_protocol']}" if config["setting"] == 2 else "", device, run_dir)
         seed_everything(config["seed"])
-        model = build_model(config["image_size"], device, config["pretrained_weights"], config["channels_last"],
-                            config["pretrained_allow_partial"], name=config["model"],
-                            options=model_options(config["model"], config))
+        model = model_from_options(config, device)
         if getattr(model, "pretrained_tensors_loaded", 0):
             logger.info("loaded %d pretrained backbone tensors from %s",
                         model.pretrained_tensors_loaded, config["pretrained_weights"])
@@ -107,6 +107,12 @@ def check_resumed_data(config: Dict, resumed: Dict, data_record: Dict, logger) -
             "resume_other_data": config["resume_other_data"]}
 
 
+def optimizer_choices() -> str:
+    """The optimizer values for an error message: "'sgd' (the release) or 'adam' (...)"."""
+    named = [f"{name!r} ({what})" for name, what in OPTIMIZERS.items()]
+    return " or ".join([", ".join(named[:-1]), named[-1]] if len(named) > 1 else named)
+
+
 def build_optimizer(model: torch.nn.Module, config: Dict, device: torch.device = torch.device("cpu")
                     ) -> torch.optim.Optimizer:
     """The release's SGD (lr, momentum, weight_decay), or with optimizer="adam" Adam (lr,
@@ -122,7 +128,7 @@ def build_optimizer(model: torch.nn.Module, config: Dict, device: torch.device =
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"],
                                 **fastest)
-    raise ValueError(f"config option optimizer={name!r} must be 'sgd' (release) or 'adam'")
+    raise ValueError(f"config option optimizer={name!r} must be {optimizer_choices()}")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, milestones, gamma: float):
@@ -131,15 +137,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, milestones, gamma: float):
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
 
 
-def make_train_dataset(config: Dict) -> TrainDataset:
-    return TrainDataset(
-        config["data_dir"], dataset=config["dataset"], eval_fold=config["eval_fold"],
-        n_shot=config["n_shot"], use_gt=config["use_gt"], setting=config["setting"],
-        protocol=config["setting2_protocol"], group=config["group"], test_classes=list(config["test_classes"]),
-        min_size=config["min_size"], supervoxel_min_size=config["supervoxel_min_size"],
-        augment=config["augment"], seed=config["seed"],
-        max_iters_per_load=config["max_iters_per_load"], n_volumes=config["n_volumes"],
-        image_size=config["image_size"], resample_in_plane=config["resample_in_plane"])
+def make_train_dataset(options: Mapping) -> TrainDataset:
+    """The fold's training episodes, every parameter taken from the run's options by its name."""
+    return call_with_options(TrainDataset, options)
 
 
 class TrainingLoop:
@@ -153,9 +153,9 @@ class TrainingLoop:
         self.snapshots = SnapshotWriter(run_dir, config, config["image_size"], config["keep_snapshots"],
                                         training_data)
         self.last_snapshot: Optional[str] = None
-        self.step = TrainStep(model, optimizer, scheduler, device=device, grad_clip_norm=config["grad_clip_norm"],
-                              amp_bf16=config["amp_bf16"], channels_last=config["channels_last"],
-                              compile=config["compile"], cuda_graph=config["cuda_graph"], log=logger)
+        # grad_clip_norm, amp_bf16, channels_last, compile, cuda_graph: by name from the options.
+        self.step = call_with_options(TrainStep, config, model=model, optimizer=optimizer, scheduler=scheduler,
+                                      device=device, log=logger)
 
     def run(self, dataset: TrainDataset, start_step: int) -> Dict:
         n_steps = self.config["n_steps"]

@@ -54,6 +54,9 @@ FELZENSZWALB = "fafnet/supervoxels/felzenszwalb_3d.py"
 GENERATE = "fafnet/supervoxels/generate.py"
 METRICS = "fafnet/evaluation/metrics.py"
 LOOP, CONFIG = "fafnet/training/loop.py", "fafnet/cli/config.py"
+# The config defaults of the ingredients (fafnet/cli/ingredients/).
+OPTIMISATION, DATASET_OPTIONS = "fafnet/cli/ingredients/optimisation.py", "fafnet/cli/ingredients/dataset.py"
+EPISODE_OPTIONS, EVALUATION_OPTIONS = "fafnet/cli/ingredients/episodes.py", "fafnet/cli/ingredients/evaluation.py"
 
 MUTATIONS: List[Mutation] = [
     # prediction and losses
@@ -196,21 +199,21 @@ MUTATIONS: List[Mutation] = [
       DATA_TESTS),
     m("foreground threshold 10 -> 9", GENERATE, "FOREGROUND_THRESHOLD = 10.0", "FOREGROUND_THRESHOLD = 9.0",
       DATA_TESTS),
-    # config.py defaults (the release's scripts): pinned by the experiment tests of the defaults.
-    m("config momentum 0.9 -> 0.95", CONFIG, "momentum = 0.9", "momentum = 0.95", CONFIG_TESTS),
-    m("config weight_decay 5e-4 -> 1e-4", CONFIG, "weight_decay = 5e-4", "weight_decay = 1e-4", CONFIG_TESTS),
-    m("config lr_gamma 0.98 -> 0.9", CONFIG, "lr_gamma = 0.98", "lr_gamma = 0.9", CONFIG_TESTS),
-    m("config lr_step_size 3000 -> 2000", CONFIG, "lr_step_size = 3000", "lr_step_size = 2000", CONFIG_TESTS),
-    m("config lr 1e-3 -> 2e-3", CONFIG, "lr = 1e-3", "lr = 2e-3", CONFIG_TESTS),
-    m("config n_steps 42000 -> 40000", CONFIG, "n_steps = 42000", "n_steps = 40000", CONFIG_TESTS),
+    # Config defaults (the release's scripts; cli/config.py and the ingredients): pinned by the experiment tests.
+    m("config momentum 0.9 -> 0.95", OPTIMISATION, "momentum = 0.9", "momentum = 0.95", CONFIG_TESTS),
+    m("config weight_decay 5e-4 -> 1e-4", OPTIMISATION, "weight_decay = 5e-4", "weight_decay = 1e-4", CONFIG_TESTS),
+    m("config lr_gamma 0.98 -> 0.9", OPTIMISATION, "lr_gamma = 0.98", "lr_gamma = 0.9", CONFIG_TESTS),
+    m("config lr_step_size 3000 -> 2000", OPTIMISATION, "lr_step_size = 3000", "lr_step_size = 2000", CONFIG_TESTS),
+    m("config lr 1e-3 -> 2e-3", OPTIMISATION, "lr = 1e-3", "lr = 2e-3", CONFIG_TESTS),
+    m("config n_steps 42000 -> 40000", OPTIMISATION, "n_steps = 42000", "n_steps = 40000", CONFIG_TESTS),
     m("config snapshot_interval 6000 -> 5000", CONFIG, "snapshot_interval = 6000",
       "snapshot_interval = 5000", CONFIG_TESTS),
     m("config seed 2025 -> 2024", CONFIG, "seed = 2025", "seed = 2024", CONFIG_TESTS),
-    m("config setting 1 -> 2", CONFIG, "setting = 1 ", "setting = 2 ", CONFIG_TESTS),
-    m("config supp_idx 2 -> 0", CONFIG, "supp_idx = 2 ", "supp_idx = 0 ", CONFIG_TESTS),
-    m("config n_part 3 -> 4", CONFIG, "n_part = 3 ", "n_part = 4 ", CONFIG_TESTS),
-    m("config min_size 200 -> 100", CONFIG, "min_size = 200 ", "min_size = 100 ", CONFIG_TESTS),
-    m("config max_iters_per_load 3000 -> 1000", CONFIG, "max_iters_per_load = 3000",
+    m("config setting 1 -> 2", DATASET_OPTIONS, "setting = 1 ", "setting = 2 ", CONFIG_TESTS),
+    m("config supp_idx 2 -> 0", EVALUATION_OPTIONS, "supp_idx = 2 ", "supp_idx = 0 ", CONFIG_TESTS),
+    m("config n_part 3 -> 4", EVALUATION_OPTIONS, "n_part = 3 ", "n_part = 4 ", CONFIG_TESTS),
+    m("config min_size 200 -> 100", EPISODE_OPTIONS, "min_size = 200 ", "min_size = 100 ", CONFIG_TESTS),
+    m("config max_iters_per_load 3000 -> 1000", EPISODE_OPTIONS, "max_iters_per_load = 3000",
       "max_iters_per_load = 1000", CONFIG_TESTS),
 ]
 

@@ -1,0 +1,39 @@
+"""The `episodes` ingredient (train.py): how training episodes are drawn from the fold's
+training volumes (self-supervised supervoxels or ground truth, shots, augmentation)."""
+from typing import Mapping
+
+from sacred import Ingredient
+
+from fafnet.cli.ingredients.checks import NON_NEGATIVE_INT, POSITIVE, booleans, check_options
+from fafnet.cli.ingredients.dataset import dataset, spec
+
+episodes = Ingredient("episodes", ingredients=[dataset])
+
+
+def episode_options(dataset):
+    """Episode sampling (a Sacred config scope; `dataset` is that ingredient's config)."""
+    n_shot = 1
+    use_gt = False                  # False: supervoxel episodes (self-supervised); True: ground truth
+    supervoxel_min_size = spec(dataset["name"]).supervoxel_min_size  # which supervoxels_<N> folder
+    min_size = 200                  # min foreground pixels of an episode's first two slices
+    augment = True
+    max_iters_per_load = 3000       # episodes per "epoch" of the training dataset
+
+
+episodes.config(episode_options)
+
+CHECKS = {
+    "n_shot": POSITIVE, "max_iters_per_load": POSITIVE, "supervoxel_min_size": POSITIVE,
+    "min_size": NON_NEGATIVE_INT,
+    **booleans("use_gt", "augment"),
+}
+
+
+def check_episode_options(options: Mapping) -> None:
+    check_options("episodes", options, CHECKS)
+
+
+@episodes.config_hook
+def _validate(config, command_name, logger):
+    check_episode_options(config["episodes"])
+    return {}
