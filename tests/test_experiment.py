@@ -523,7 +523,11 @@ def test_training_run_records_sources_dependencies_and_commit(straight_run):
     sources = {path for path, _ in experiment["sources"]}
     assert experiment["mainfile"] == "fafnet/cli/train.py"
     for expected in ("fafnet/cli/train.py", "fafnet/cli/config.py", "fafnet/training/loop.py", "fafnet/models/fafnet.py", "fafnet/models/modules.py", "fafnet/models/encoder.py",
-                     "fafnet/episodes/datasets.py", "fafnet/runtime/snapshots.py", "fafnet/io/nifti.py"):
+                     "fafnet/episodes/datasets.py", "fafnet/runtime/snapshots.py", "fafnet/io/nifti.py",
+                     # the option groups, which scan nothing themselves (fafnet/cli/ingredients/base.py)
+                     "fafnet/cli/ingredients/dataset.py", "fafnet/cli/ingredients/episodes.py",
+                     "fafnet/cli/ingredients/model.py", "fafnet/cli/ingredients/optimisation.py",
+                     "fafnet/cli/ingredients/runtime.py", "fafnet/cli/ingredients/checks.py"):
         assert expected in sources, expected
     packages = {dependency.split("==")[0].lower() for dependency in experiment["dependencies"]}
     assert {"torch", "torchvision", "numpy", "simpleitk", "sacred", "scipy", "tqdm"} <= packages

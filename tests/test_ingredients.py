@@ -134,3 +134,22 @@ def test_call_with_options_fills_parameters_by_name_given_arguments_first():
     assert call_with_options(build, {"lr": 0.2}, model=None) == (None, 0.2, 0.9, {})
     with pytest.raises(TypeError, match="needs option 'lr'"):
         call_with_options(build, {"momentum": 0.5}, model=None)
+
+
+# ----------------------------------------------------------------------------- start-up
+
+
+def test_an_option_group_scans_no_modules_and_leaves_sacreds_settings_as_they_were():
+    from sacred import SETTINGS
+
+    from fafnet.cli.ingredients.base import new_ingredient
+    before = SETTINGS.DISCOVER_SOURCES, SETTINGS.DISCOVER_DEPENDENCIES
+    group = new_ingredient("group_of_a_test")
+    assert (SETTINGS.DISCOVER_SOURCES, SETTINGS.DISCOVER_DEPENDENCIES) == before == ("sys", "sys")
+    # Its own file only (the experiment that includes it lists every imported module).
+    assert {source.filename for source in group.sources} == {__file__}
+    # (Sacred always adds numpy, for its seeding.)
+    assert {dependency.name for dependency in group.dependencies} <= {"numpy"} and group.path == "group_of_a_test"
+    assert group.doc == __doc__
+    for name, module in INGREDIENT_MODULES.items():
+        assert {source.filename for source in getattr(module, name).sources} == {module.__file__}, name

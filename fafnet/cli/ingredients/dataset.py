@@ -7,13 +7,12 @@ here, so config.json records the values a run used."""
 import os
 from typing import Mapping
 
-from sacred import Ingredient
-
+from fafnet.cli.ingredients.base import new_ingredient
 from fafnet.cli.ingredients.checks import FOLDER, check_options, positive_int, size_ok
 from fafnet.datasets.specs import get_dataset_spec
 from fafnet.episodes.datasets import SETTING2_PROTOCOLS
 
-dataset = Ingredient("dataset")
+dataset = new_ingredient("dataset")
 
 
 def spec(name: str):

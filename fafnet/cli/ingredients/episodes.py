@@ -2,12 +2,11 @@
 training volumes (self-supervised supervoxels or ground truth, shots, augmentation)."""
 from typing import Mapping
 
-from sacred import Ingredient
-
+from fafnet.cli.ingredients.base import new_ingredient
 from fafnet.cli.ingredients.checks import NON_NEGATIVE_INT, POSITIVE, booleans, check_options
 from fafnet.cli.ingredients.dataset import dataset, spec
 
-episodes = Ingredient("episodes", ingredients=[dataset])
+episodes = new_ingredient("episodes", ingredients=[dataset])
 
 
 def episode_options(dataset):

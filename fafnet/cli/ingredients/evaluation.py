@@ -2,13 +2,12 @@
 inference speed options and what is written. Defaults: the release's evaluate.sh."""
 from typing import Mapping
 
-from sacred import Ingredient
-
+from fafnet.cli.ingredients.base import new_ingredient
 from fafnet.cli.ingredients.checks import POSITIVE, booleans, check_options, is_int
 from fafnet.cli.ingredients.runtime import runtime
 from fafnet.runtime.devices import default_eval_batch_size, default_eval_channels_last
 
-evaluation = Ingredient("evaluation", ingredients=[runtime])
+evaluation = new_ingredient("evaluation", ingredients=[runtime])
 
 
 def evaluation_options(runtime):

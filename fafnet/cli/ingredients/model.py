@@ -2,13 +2,12 @@
 options (those of FAF-Net; another model declares its own in its `ModelSpec`)."""
 from typing import Mapping
 
-from sacred import Ingredient
-
+from fafnet.cli.ingredients.base import new_ingredient
 from fafnet.cli.ingredients.checks import booleans, check_options, is_number
 from fafnet.models.pretrained import default_pretrained_weights
 from fafnet.models.registry import DEFAULT_MODEL, MODELS, model_options
 
-model = Ingredient("model")
+model = new_ingredient("model")
 
 
 def model_config():

@@ -3,12 +3,11 @@ training. The defaults are the authors' scripts: 42000 steps of SGD (lr 1e-3, mo
 weight decay 5e-4), lr x0.98 every 3000 steps."""
 from typing import Mapping, Optional
 
-from sacred import Ingredient
-
+from fafnet.cli.ingredients.base import new_ingredient
 from fafnet.cli.ingredients.checks import NON_NEGATIVE_NUMBER, POSITIVE, check_options, is_number, positive_int
 from fafnet.training.loop import OPTIMIZERS, optimizer_choices
 
-optimisation = Ingredient("optimisation")
+optimisation = new_ingredient("optimisation")
 
 
 def release_milestones(lr_step_size, n_steps) -> Optional[list]:

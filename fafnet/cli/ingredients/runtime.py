@@ -4,12 +4,11 @@ rounding; training's own speed options (channels_last, cuda_graph, compile, num_
 train.py's, evaluation's are the `evaluation` ingredient's."""
 from typing import Mapping
 
-from sacred import Ingredient
-
+from fafnet.cli.ingredients.base import new_ingredient
 from fafnet.cli.ingredients.checks import FOLDER, booleans, check_options
 from fafnet.runtime.devices import DEVICE_CHOICES
 
-runtime = Ingredient("runtime")
+runtime = new_ingredient("runtime")
 
 
 def runtime_options():
