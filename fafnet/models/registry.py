@@ -46,10 +46,10 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def get_model_spec(name: str) -> ModelSpec:
-    """The registered model `name`, or a ValueError listing the registered ones."""
+def get_model_spec(name: str, option: str = "model") -> ModelSpec:
+    """The registered model `name`, or a ValueError naming `option` and listing the registered ones."""
     if name not in MODELS:
-        raise ValueError(f"model={name!r} is not a registered model; registered: {', '.join(MODELS)}")
+        raise ValueError(f"{option}={name!r} is not a registered model; registered: {', '.join(MODELS)}")
     return MODELS[name]
 
 

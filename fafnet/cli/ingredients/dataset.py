@@ -7,8 +7,8 @@ here, so config.json records the values a run used."""
 import os
 from typing import Mapping
 
-from fafnet.cli.ingredients.base import new_ingredient
-from fafnet.cli.ingredients.checks import FOLDER, check_options, positive_int, size_ok
+from fafnet.cli.ingredients.base import new_ingredient, validate_on_assembly
+from fafnet.cli.ingredients.checks import FOLDER, positive_int, size_ok
 from fafnet.datasets.specs import get_dataset_spec
 from fafnet.episodes.datasets import SETTING2_PROTOCOLS
 
@@ -67,10 +67,8 @@ CHECKS = {
 }
 
 
-def check_dataset_options(options: Mapping) -> None:
-    """The dataset's rules, each checked here once."""
-    spec(options["name"])
-    check_options("dataset", options, CHECKS)
+def check_dataset_rules(options: Mapping) -> None:
+    """The dataset's rules across options (each option's own value: CHECKS)."""
     if options["resample_in_plane"] and list(options["resample_in_plane"]) != list(options["image_size"]):
         raise ValueError(f"config option dataset.image_size={list(options['image_size'])} differs from "
                          f"dataset.resample_in_plane={list(options['resample_in_plane'])}: the network sees "
@@ -82,8 +80,4 @@ def check_dataset_options(options: Mapping) -> None:
             raise ValueError(f"config option dataset.group={options['group']!r}: {err}") from None
 
 
-@dataset.config_hook
-def _validate(config, command_name, logger):
-    # Runs once the ingredient's config is assembled, before the run exists.
-    check_dataset_options(config["dataset"])
-    return {}
+validate_on_assembly(dataset, CHECKS, check_dataset_rules)

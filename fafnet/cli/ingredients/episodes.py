@@ -1,9 +1,7 @@
 """The `episodes` ingredient (train.py): how training episodes are drawn from the fold's
 training volumes (self-supervised supervoxels or ground truth, shots, augmentation)."""
-from typing import Mapping
-
-from fafnet.cli.ingredients.base import new_ingredient
-from fafnet.cli.ingredients.checks import NON_NEGATIVE_INT, POSITIVE, booleans, check_options
+from fafnet.cli.ingredients.base import new_ingredient, validate_on_assembly
+from fafnet.cli.ingredients.checks import NON_NEGATIVE_INT, POSITIVE, booleans
 from fafnet.cli.ingredients.dataset import dataset, spec
 
 episodes = new_ingredient("episodes", ingredients=[dataset])
@@ -27,12 +25,4 @@ CHECKS = {
     **booleans("use_gt", "augment"),
 }
 
-
-def check_episode_options(options: Mapping) -> None:
-    check_options("episodes", options, CHECKS)
-
-
-@episodes.config_hook
-def _validate(config, command_name, logger):
-    check_episode_options(config["episodes"])
-    return {}
+validate_on_assembly(episodes, CHECKS)

@@ -1,9 +1,7 @@
 """The `evaluation` ingredient (test.py): the checkpoint, the protocol's support and chunks,
 inference speed options and what is written. Defaults: the release's evaluate.sh."""
-from typing import Mapping
-
-from fafnet.cli.ingredients.base import new_ingredient
-from fafnet.cli.ingredients.checks import POSITIVE, booleans, check_options, is_int
+from fafnet.cli.ingredients.base import new_ingredient, validate_on_assembly
+from fafnet.cli.ingredients.checks import POSITIVE, booleans, is_int
 from fafnet.cli.ingredients.runtime import runtime
 from fafnet.runtime.devices import default_eval_batch_size, default_eval_channels_last
 
@@ -41,12 +39,4 @@ CHECKS = {
     **booleans("channels_last", "eval_graphs", "save_predictions", "save_figures", "allow_leakage"),
 }
 
-
-def check_evaluation_options(options: Mapping) -> None:
-    check_options("evaluation", options, CHECKS)
-
-
-@evaluation.config_hook
-def _validate(config, command_name, logger):
-    check_evaluation_options(config["evaluation"])
-    return {}
+validate_on_assembly(evaluation, CHECKS)

@@ -2,10 +2,10 @@
 options (those of FAF-Net; another model declares its own in its `ModelSpec`)."""
 from typing import Mapping
 
-from fafnet.cli.ingredients.base import new_ingredient
-from fafnet.cli.ingredients.checks import booleans, check_options, is_number
+from fafnet.cli.ingredients.base import new_ingredient, validate_on_assembly
+from fafnet.cli.ingredients.checks import booleans, is_number
 from fafnet.models.pretrained import default_pretrained_weights
-from fafnet.models.registry import DEFAULT_MODEL, MODELS, model_options
+from fafnet.models.registry import DEFAULT_MODEL, get_model_spec, model_options
 
 model = new_ingredient("model")
 
@@ -37,16 +37,10 @@ CHECKS = {
 }
 
 
-def check_model_options(options: Mapping) -> None:
-    """A registered model, given only its own options (`model_options`), each value valid."""
-    if options["name"] not in MODELS:
-        raise ValueError(f"config option model.name={options['name']!r} is not a registered model; "
-                         f"registered: {', '.join(MODELS)}")
+def check_model_rules(options: Mapping) -> None:
+    """A registered model, given only its own options (`model_options`)."""
+    get_model_spec(options["name"], option="config option model.name")
     model_options(options["name"], options)   # another model's option set: an error naming it
-    check_options("model", options, CHECKS)
 
 
-@model.config_hook
-def _validate(config, command_name, logger):
-    check_model_options(config["model"])
-    return {}
+validate_on_assembly(model, CHECKS, check_model_rules)

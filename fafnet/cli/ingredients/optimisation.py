@@ -1,10 +1,10 @@
 """The `optimisation` ingredient (train.py): optimiser, learning-rate schedule, length of
 training. The defaults are the authors' scripts: 42000 steps of SGD (lr 1e-3, momentum 0.9,
 weight decay 5e-4), lr x0.98 every 3000 steps."""
-from typing import Mapping, Optional
+from typing import Optional
 
-from fafnet.cli.ingredients.base import new_ingredient
-from fafnet.cli.ingredients.checks import NON_NEGATIVE_NUMBER, POSITIVE, check_options, is_number, positive_int
+from fafnet.cli.ingredients.base import new_ingredient, validate_on_assembly
+from fafnet.cli.ingredients.checks import NON_NEGATIVE_NUMBER, POSITIVE, is_number, positive_int
 from fafnet.training.loop import OPTIMIZERS, optimizer_choices
 
 optimisation = new_ingredient("optimisation")
@@ -44,12 +44,4 @@ CHECKS = {
     "grad_clip_norm": (lambda v: v is None or (is_number(v) and v > 0), "must be None or a number > 0, finite"),
 }
 
-
-def check_optimisation_options(options: Mapping) -> None:
-    check_options("optimisation", options, CHECKS)
-
-
-@optimisation.config_hook
-def _validate(config, command_name, logger):
-    check_optimisation_options(config["optimisation"])
-    return {}
+validate_on_assembly(optimisation, CHECKS)

@@ -2,10 +2,8 @@
 run folder goes. None of these options changes what is computed beyond floating-point
 rounding; training's own speed options (channels_last, cuda_graph, compile, num_workers) are
 train.py's, evaluation's are the `evaluation` ingredient's."""
-from typing import Mapping
-
-from fafnet.cli.ingredients.base import new_ingredient
-from fafnet.cli.ingredients.checks import FOLDER, booleans, check_options
+from fafnet.cli.ingredients.base import new_ingredient, validate_on_assembly
+from fafnet.cli.ingredients.checks import FOLDER, booleans
 from fafnet.runtime.devices import DEVICE_CHOICES
 
 runtime = new_ingredient("runtime")
@@ -33,12 +31,4 @@ CHECKS = {
     **booleans("amp_bf16", "cudnn_benchmark"),
 }
 
-
-def check_runtime_options(options: Mapping) -> None:
-    check_options("runtime", options, CHECKS)
-
-
-@runtime.config_hook
-def _validate(config, command_name, logger):
-    check_runtime_options(config["runtime"])
-    return {}
+validate_on_assembly(runtime, CHECKS)
