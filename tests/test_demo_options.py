@@ -46,7 +46,7 @@ def test_threshold_head_init_scale_scales_the_threshold_map():
     ({"threshold_head_init_scale": 0}, "threshold_head_init_scale=0 must be a number > 0"),
     ({"zero_init_residual": "yes"}, "zero_init_residual='yes' must be True or False"),
     ({"zero_init_residual": True, "pretrained_weights": "weights.pth"},
-     "zero_init_residual=True is for a random start"),
+     r"config option model\.zero_init_residual=True is for a random start; with model\.pretrained_weights="),
     ({"save_initial_snapshot": 1}, "save_initial_snapshot=1 must be True or False"),
 ])
 def test_bad_demo_options_fail_before_the_run_starts(updates, message, tmp_path):

@@ -626,7 +626,7 @@ def test_release_schedule_from_the_default_config_against_hand_values():
 
 def test_real_datasets_need_pretrained_weights_unless_declined(tmp_path):
     runs = str(tmp_path / "runs")
-    with pytest.raises(ValueError, match="pretrained_weights is not set.*resnet101-63fe2227.*"
+    with pytest.raises(ValueError, match="config option model.pretrained_weights is not set.*resnet101-63fe2227.*"
                                          "deeplabv3_resnet101_coco.*pretrained_weights=none"):
         train_script.ex.run(named_configs=["CMR"], config_updates={"runs_dir": runs, "pretrained_weights": None})
     assert not os.path.exists(runs)                  # refused before a run folder exists

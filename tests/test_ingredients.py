@@ -65,8 +65,8 @@ def test_flat_and_dotted_names_give_the_same_run_config():
     flat = nested_config(train_script, "SYNTHETIC", eval_fold=2, n_steps=9, lr_step_size=3, device="cpu",
                          model="fafnet", min_size=10, num_workers=0)
     dotted = nested_config(train_script, "SYNTHETIC", **{
-        "dataset.eval_fold": 2, "optimisation.n_steps": 9, "optimisation.lr_step_size": 3, "runtime.device": "cpu", "model.name": "fafnet",
-        "episodes.min_size": 10, "num_workers": 0})
+        "dataset.eval_fold": 2, "optimisation.n_steps": 9, "optimisation.lr_step_size": 3, "runtime.device": "cpu",
+        "model.name": "fafnet", "episodes.min_size": 10, "num_workers": 0})
     assert flat == dotted
     assert flat["dataset"]["eval_fold"] == 2 and flat["optimisation"]["lr_milestones"] == [3, 6]
 
@@ -98,6 +98,11 @@ def test_an_error_names_the_option_by_its_path(tmp_path):
         test_script.ex.run(config_updates={"runs_dir": str(tmp_path), "model.name": "unet"})
     with pytest.raises(ValueError, match=r"^config option evaluation\.n_part=0 must be an integer >= 1$"):
         test_script.ex.run(config_updates={"runs_dir": str(tmp_path), "n_part": 0})
+    # A rule across two options of a group (its rules function, after each option's own check).
+    with pytest.raises(ValueError, match=r"^config option dataset\.image_size=\[65, 65\] differs from "
+                                         r"dataset\.resample_in_plane=\[64, 64\]"):
+        train_script.ex.run(config_updates={"runs_dir": str(tmp_path), "resample_in_plane": [64, 64],
+                                            "image_size": [65, 65]})
     with pytest.raises(ValueError, match=r"^config option snapshot_interval=0 must be an integer >= 1$"):
         train_script.ex.run(config_updates={"runs_dir": str(tmp_path), "snapshot_interval": 0})
 

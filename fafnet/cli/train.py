@@ -43,8 +43,8 @@ def check_pretrained_choice(config: Dict) -> None:
     asked for explicitly (pretrained_weights=none)."""
     if config["pretrained_weights"] is None and config["dataset"] not in SYNTHETIC_DATASETS:
         raise ValueError(
-            f"pretrained_weights is not set: training on {config['dataset']} starts from a pretrained "
-            f"backbone, as the paper does. Download one of the two files and pass "
+            f"config option model.pretrained_weights is not set: training on {config['dataset']} starts from "
+            f"a pretrained backbone, as the paper does. Download one of the two files and pass "
             f"pretrained_weights=PATH ({ACCEPTED_FORMATS}); torchvision's cache "
             f"(~/.cache/torch/hub/checkpoints/) is searched by default. To train from the random "
             f"initialisation on purpose, pass pretrained_weights=none.")
@@ -53,8 +53,8 @@ def check_pretrained_choice(config: Dict) -> None:
 def check_random_start_options(config: Dict) -> None:
     """zero_init_residual changes the backbone's initialisation, which pretrained weights replace."""
     if config["zero_init_residual"] and config["pretrained_weights"] not in (None, NO_PRETRAINED):
-        raise ValueError(f"config option zero_init_residual=True is for a random start; with "
-                         f"pretrained_weights={config['pretrained_weights']!r} the backbone's BatchNorm "
+        raise ValueError(f"config option model.zero_init_residual=True is for a random start; with "
+                         f"model.pretrained_weights={config['pretrained_weights']!r} the backbone's BatchNorm "
                          f"weights come from the file")
 
 
