@@ -6,7 +6,7 @@ run's config.json is nested: ``{"dataset": {"name": "SABS", "eval_fold": 0, ...}
 *options* are that config flattened: ``{"dataset": "SABS", "eval_fold": 0, ..., "seed": 2025}``.
 An ingredient's ``name`` option takes the ingredient's own name (``dataset.name`` is the option
 ``dataset``, ``model.name`` is ``model``). Snapshots, results and the resume checks keep this
-flat record, so it reads the same for runs recorded before the ingredients (0.4) and after.
+flat record, so it reads the same for runs recorded by 0.4 and earlier (flat) and since 0.5 (grouped).
 """
 import inspect
 from typing import Callable, Dict, Mapping
@@ -18,7 +18,7 @@ NAME_OPTION = "name"
 
 
 def flat_options(config: Mapping) -> Dict:
-    """The options of a run's config (nested by ingredient, or flat as recorded before 0.4) as
+    """The options of a run's config (nested by ingredient, or flat as 0.4 and earlier recorded it) as
     one flat dict (less Sacred's `__doc__` entries). Two groups defining one option name is an
     error: names must stay unique."""
     flat, owner = {}, {}
