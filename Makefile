@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup build test demo real-cmr bench clean
+.PHONY: setup build test demo real-cmr real-data bench clean
 
 setup: $(VENV)/.requirements-installed build
 
@@ -31,8 +31,13 @@ demo:
 	$(MAKE) setup
 	bash script/demo.sh
 
-# FAF-Net on the community's pre-processed cardiac MRI (script/real_cmr.sh): under an hour on a
-# 2-core CPU. DATA_ROOT: the folder holding cmr_MR_normalized/ and supervoxels_1000/.
+# A model on a real pre-processed dataset (script/real_data.sh): about an hour on a 2-core CPU.
+# DATA_ROOT: the folder holding the dataset's folder and its supervoxels; DATASET: CMR (default),
+# CHAOST2, SABS or Prostate_MRI. real-cmr: the same on CMR.
+real-data:
+	$(MAKE) setup
+	DATA_ROOT="$(DATA_ROOT)" DATASET="$(DATASET)" bash script/real_data.sh
+
 real-cmr:
 	$(MAKE) setup
 	DATA_ROOT="$(DATA_ROOT)" bash script/real_cmr.sh

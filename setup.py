@@ -1,10 +1,23 @@
 """Installs the `fafnet` package (editable: `make setup` runs `pip install -e .`), builds the
 Cython extension for 3D supervoxels and declares the console scripts. The scripts at the
-repository root (train.py, test.py, segment.py, utils.py, config.py) are thin entry points
-into the same package for the release's commands."""
+repository root (train.py, test.py, segment.py, utils.py) are thin entry points into the same
+package for the release's commands; config.py at the root holds the options they start from."""
+import os
+
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithConfig(build_py):
+    """Also ships the root config.py inside the package (fafnet/cli/packaged_config.py), so a
+    non-editable install has the same defaults; a checkout's own config.py (or FAFNET_CONFIG)
+    comes first (fafnet/cli/experiment.py)."""
+
+    def run(self):
+        super().run()
+        self.copy_file("config.py", os.path.join(self.build_lib, "fafnet", "cli", "packaged_config.py"))
 
 extensions = [
     Extension(
@@ -18,7 +31,7 @@ extensions = [
 
 setup(
     name="fafnet-fsmis",
-    version="0.5.0",
+    version="0.6.0",
     description="FAF-Net for few-shot medical image segmentation: a faithful, tested reproduction",
     python_requires=">=3.9",
     packages=find_packages(include=["fafnet", "fafnet.*"]),
@@ -28,6 +41,8 @@ setup(
         "fafnet-segment = fafnet.cli.segment:cli",
         "fafnet-preprocess = fafnet.cli.preprocess:cli",
         "fafnet-results = fafnet.cli.results:cli",
+        "fafnet-study = fafnet.cli.study:cli",
     ]},
+    cmdclass={"build_py": BuildWithConfig},
     ext_modules=cythonize(extensions, language_level=3),
 )

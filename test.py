@@ -3,7 +3,7 @@ is the same):
 
     python test.py with SABS eval_fold=0 checkpoint=runs/train/1
 
-The experiment is `fafnet.cli.evaluate`; its options are in `fafnet/cli/config.py`.
+The experiment is `fafnet.cli.evaluate`; its options are the root config.py's.
 """
 from fafnet.cli.evaluate import cli
 

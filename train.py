@@ -3,7 +3,7 @@
     python train.py with SABS eval_fold=0
     python train.py print_config with CHAOST2
 
-The experiment is `fafnet.cli.train`; its options are in `fafnet/cli/config.py`.
+The experiment is `fafnet.cli.train`; its options are the root config.py's.
 """
 from fafnet.cli.train import cli
 

@@ -8,7 +8,7 @@
 #   CHECKPOINT=untrained DATASET=SYNTHETIC script/evaluate.sh # the untrained baseline
 #
 # Environment (default in brackets):
-#   DATASET [SABS]  SETTING [1]  PROTOCOL [release]  FOLDS [0 1 2 3 4]  DEVICE [auto]  GPUS []
+#   DATASET [config.py's]  SETTING [1]  PROTOCOL [release]  FOLDS [config.py's]  DEVICE [auto]  GPUS []
 #   DATA_ROOT [./data_processed]  RUNS_ROOT [runs]  PYTHON [.venv/bin/python or python3]  EXTRA []
 #                        as for script/train.sh (GPUS with two or more ids: folds in parallel)
 #   CHECKPOINT [<the unit's folder>/train]
@@ -38,7 +38,7 @@ evaluate_unit() {
     checkpoint=${CHECKPOINT:-$dir/train}
     checkpoint=${checkpoint//\{fold\}/$fold}
     checkpoint=${checkpoint//\{group\}/$group}
-    local args=("$DATASET" "${PROTOCOL_ARGS[@]}" "eval_fold=$fold" "device=$device"
+    local args=("dataset=$DATASET" "${PROTOCOL_ARGS[@]}" "eval_fold=$fold" "device=$device"
                 "data_root=$DATA_ROOT" "runs_dir=$dir" "checkpoint=$checkpoint")
     [[ -n "$group" ]] && args+=("group=$group")
     local supp

@@ -5,13 +5,23 @@ if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 
-# fold_environment: the defaults of the variables documented in train.sh and evaluate.sh.
-# They reproduce the authors' scripts: SABS, setting 1 (fafnet/cli/ingredients/ hold the other defaults).
+# config_value NAME: the value of option NAME in config.py (or in the file FAFNET_CONFIG names);
+# a list prints as space-separated words.
+config_value() {
+    "$PYTHON" -c '
+import sys
+from fafnet.cli.experiment import default_options
+value = default_options()[sys.argv[1]]
+print(" ".join(map(str, value)) if isinstance(value, list) else value)' "$1"
+}
+
+# fold_environment: the defaults of the variables documented in train.sh and evaluate.sh:
+# the dataset and folds of config.py (DATASET and FOLDS override them), setting 1.
 fold_environment() {
-    DATASET=${DATASET:-SABS}
+    DATASET=${DATASET:-$(config_value dataset)}
     SETTING=${SETTING:-1}
     PROTOCOL=${PROTOCOL:-release}
-    FOLDS=${FOLDS:-0 1 2 3 4}
+    FOLDS=${FOLDS:-$(config_value folds)}
     DEVICE=${DEVICE:-auto}
     GPUS=${GPUS:-}
     DATA_ROOT=${DATA_ROOT:-./data_processed}
@@ -117,11 +127,14 @@ run_folds() {
     done
 }
 
-# add_random_start_options: append the demo's random-start options (docs in script/demo.sh) to
-# the caller's train_options when RANDOM_START=demo and no PRETRAINED file is given.
+# add_random_start_options: append the random-start model options of MODEL (default fafnet; docs
+# in script/demo.sh) to the caller's train_options when RANDOM_START=demo and no PRETRAINED file
+# is given: every model's zero_init_residual, and FAF-Net's threshold_head_init_scale.
 add_random_start_options() {
     case "$RANDOM_START" in
-        demo) [[ -z "$PRETRAINED" ]] && train_options+=(zero_init_residual=True threshold_head_init_scale=0.05) ;;
+        demo) [[ -n "$PRETRAINED" ]] && return 0
+              train_options+=(model_options.zero_init_residual=True)
+              [[ "${MODEL:-fafnet}" == fafnet ]] && train_options+=(model_options.threshold_head_init_scale=0.05) ;;
         release) ;;
         *) echo "RANDOM_START must be demo or release, got '$RANDOM_START'" >&2; exit 2 ;;
     esac

@@ -8,11 +8,11 @@
 #   DATASET=SYNTHETIC STEPS=20 EXTRA="optimizer=adam lr=1e-4" script/train.sh   # the phantom
 #
 # Environment (default in brackets):
-#   DATASET [SABS]       SABS, CHAOST2, CMR, Prostate_MRI or SYNTHETIC (a named config)
+#   DATASET [config.py's dataset, SABS]  SABS, CHAOST2, CMR, Prostate_MRI or SYNTHETIC
 #   SETTING [1]          1 or 2 (docs/protocol.md)
 #   PROTOCOL [release]   setting 2 only: release, any or groups (groups: both class groups
 #                        are trained, one after the other, in fold<k>/group<g>/)
-#   FOLDS [0 1 2 3 4]    folds to train, space-separated
+#   FOLDS [config.py's folds, 0 1 2 3 4]  folds to train, space-separated
 #   STEPS, SNAPSHOT      n_steps and snapshot_interval [config defaults: 42000, 6000]
 #   DEVICE [auto]        auto, cpu, cuda, mps (with GPUS: cuda)
 #   GPUS []              comma-separated GPU ids; with two or more, folds run in parallel,
@@ -34,7 +34,7 @@ fold_environment
 train_unit() {
     local fold=$1 device=$2 group=$3 dir
     dir=$(unit_dir "$fold" "$group")
-    local args=("$DATASET" "${PROTOCOL_ARGS[@]}" "eval_fold=$fold" "device=$device"
+    local args=("dataset=$DATASET" "${PROTOCOL_ARGS[@]}" "eval_fold=$fold" "device=$device"
                 "data_root=$DATA_ROOT" "runs_dir=$dir")
     [[ -n "$group" ]] && args+=("group=$group")
     [[ -n "${STEPS:-}" ]] && args+=("n_steps=$STEPS")

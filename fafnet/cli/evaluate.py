@@ -1,12 +1,13 @@
 """Evaluation of FAF-Net with the shared 1-way 1-shot protocol (docs/protocol.md, evaluation)
 as a Sacred experiment.
 
-    python test.py with SYNTHETIC dataset.eval_fold=0 evaluation.checkpoint=runs/train/1
-    python test.py with SYNTHETIC eval_fold=0 checkpoint=runs/train/1      # the same, by flat names
+    python test.py with SYNTHETIC eval_fold=0 checkpoint=runs/train/1
     python test.py with SABS eval_fold=0 supp_idx=2 checkpoint=release/fold0.pth
     python test.py with SABS eval_fold=0 "supp_idx=[0,1,2]" checkpoint=runs/train/1   # averaged
     python test.py with SYNTHETIC eval_fold=0 checkpoint=untrained     # baseline
 
+The model is built with the checkpoint's own model and options (its snapshot records them);
+`model` and `model_options` given on the command line must agree with them.
 `checkpoint` is a snapshot of this project (train.py), a training run folder (its final or
 latest snapshot), a folder of training runs (its newest completed run trained on this
 dataset, fold and setting), a checkpoint of the authors' release (recognised by its key names
@@ -32,31 +33,25 @@ support indices, predictions and figures go to supp_idx_<k>/ sub-folders.
 """
 import os
 
-from fafnet.cli.config import Experiment, configure_experiment, observer_run_dir, run_commandline
-from fafnet.cli.ingredients.dataset import dataset
-from fafnet.cli.ingredients.evaluation import evaluation
-from fafnet.cli.ingredients.model import model
-from fafnet.cli.ingredients.runtime import runtime
-from fafnet.evaluation.protocol import evaluate
-from fafnet.io.logs import slug
-from fafnet.io.provenance import PROJECT_ROOT
-from fafnet.runtime.options import flat_options
-from fafnet.runtime.runs import record_process, sigterm_interrupts
+from fafnet.cli.experiment import make_experiment, observer_run_dir, run_commandline
 
-# Options: the ingredients dataset, model, runtime and evaluation (fafnet/cli/ingredients/), and seed.
-ex = configure_experiment(
-    Experiment("FAFNet-test", ingredients=[runtime, dataset, model, evaluation], base_dir=PROJECT_ROOT), "test")
+ENGINE = "fafnet.evaluation.protocol"
 
 
-@ex.main
-def main(_config, _run, _log):
+def evaluate(_config, _run, _log, model_options):
+    """Evaluate one fold. (`model_options` is a parameter so that Sacred accepts
+    `model_options.<name>=...` for any option of the model.)"""
+    from fafnet.evaluation.protocol import evaluate as run_evaluation
+    from fafnet.io.logs import slug
+    from fafnet.runtime.runs import record_process, sigterm_interrupts
+
     run_dir = observer_run_dir(_run)
     if run_dir is None:
         raise RuntimeError("test.py writes its results into its run folder; do not run it unobserved")
     _run.info["pid"] = os.getpid()
     record_process(run_dir, dict(_run.info))
     with sigterm_interrupts():
-        results = evaluate(flat_options(_config), run_dir, _log)
+        results = run_evaluation(dict(_config), run_dir, _log)
     _run.info["mean_dice"] = results["mean_dice"]
     for entry in results["classes"].values():
         if entry["dice_mean"] is not None:   # a skipped class has no score to log
@@ -65,9 +60,14 @@ def main(_config, _run, _log):
     return results["mean_dice"]
 
 
+def experiment(config_path=None):
+    """A fresh evaluation experiment (config.py's options, or those of the file `config_path`)."""
+    return make_experiment("FAFNet-test", evaluate, "test", "evaluate", config_path)
+
+
 def cli(argv=None) -> None:
     """The command line (`fafnet-evaluate`, and test.py at the repository root)."""
-    run_commandline(ex, argv)
+    run_commandline(experiment(), argv, ENGINE)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     fafnet-preprocess SABS --raw-dir RAW/Abdomen/RawData/Training --out-dir data_processed/sabs_CT_normalized
     fafnet-preprocess supervoxels --data-dir data_processed/sabs_CT_normalized --min-size 5000
+    fafnet-preprocess superpixels --data-dir data_processed/sabs_CT_normalized --dataset SABS
     fafnet-preprocess synthetic --out data_processed/synthetic_CT_normalized --supervoxels
 
 Each step is also a module of its own (`python -m fafnet.preprocessing.sabs --help`, ...);
@@ -18,6 +19,8 @@ STEPS = {
     "CMR": "fafnet.preprocessing.cmr",
     "Prostate_MRI": "fafnet.preprocessing.prostate_mri",
     "supervoxels": "fafnet.supervoxels.generate",
+    # SSL-ALPNet's 2D superpixels (docs/protocol.md section 16), for pseudo_labels=superpixels
+    "superpixels": "fafnet.supervoxels.superpixels",
     "synthetic": "fafnet.synthetic.__main__",
 }
 USAGE = f"usage: fafnet-preprocess {{{','.join(STEPS)}}} [options]  (STEP --help for its options)"

@@ -9,7 +9,7 @@ every stretch of query slices that share a support slice.
 """
 import time
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,10 +31,6 @@ class InferenceOptions:
     channels_last: bool
     amp_bf16: bool
 
-    @classmethod
-    def from_config(cls, config: Mapping) -> "InferenceOptions":
-        """The evaluation's options (eval_batch_size, channels_last, amp_bf16)."""
-        return cls(config["eval_batch_size"], config["channels_last"], config["amp_bf16"])
 
 
 @dataclass

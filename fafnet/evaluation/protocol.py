@@ -29,11 +29,11 @@ from fafnet.evaluation.writers import (short_path, write_class_figure, write_com
 from fafnet.io.logs import log_to_file
 from fafnet.io.progress import progress
 from fafnet.io.provenance import protocol_record
-from fafnet.models import DEFAULT_MODEL, model_from_options
-from fafnet.runtime.devices import resolve_device
-from fafnet.runtime.options import call_with_options
+from fafnet.models import build_model, predict_batch_size, resolve_model_options
+from fafnet.runtime.devices import configure_threads, eval_channels_last, resolve_device
 from fafnet.runtime.rng import seed_everything
-from fafnet.runtime.snapshots import LoadedCheckpoint, SnapshotError, load_for_evaluation
+from fafnet.runtime.snapshots import (LoadedCheckpoint, SnapshotError, checkpoint_model, load_checkpoint_state,
+                                      read_checkpoint)
 from fafnet.runtime.training_data import OVERLAP, UNCHECKED, leakage_record
 
 UNTRAINED = "untrained"   # checkpoint=untrained: the seeded initialisation, the baseline of a table
@@ -55,17 +55,38 @@ class NothingEvaluatedError(ValueError):
     """Every test class was skipped: the run has no score (results.json lists the skips)."""
 
 
-def load_weights(model: torch.nn.Module, checkpoint: Optional[str], image_size,
-                 wanted: Optional[Dict] = None, model_name: str = DEFAULT_MODEL) -> LoadedCheckpoint:
-    """Load `checkpoint` into `model` (strict), the registry's model `model_name`. `wanted`:
-    what a run picked from a folder of training runs must have been trained on (see
-    `checkpoint_wanted`)."""
+@dataclass
+class EvaluatedModel:
+    """The model an evaluation runs, with what it was built from."""
+    model: torch.nn.Module
+    name: str                     # its registry name
+    options: Dict                 # every option of the model
+    loaded: LoadedCheckpoint      # the weights' file, step, training config and data
+
+
+def load_model(config: Dict, device: torch.device) -> EvaluatedModel:
+    """The model of `checkpoint`, built with the checkpoint's own model and options
+    (`checkpoint_model`) and loaded (strict); checkpoint=untrained: the config's model, seeded,
+    with `pretrained_weights` if given. `checkpoint_wanted` says what a run picked from a folder
+    of training runs must have been trained on."""
+    checkpoint = config["checkpoint"]
     if checkpoint is None:
-        raise ValueError("checkpoint is not set: pass checkpoint=<snapshot, training run folder or "
-                         "release file>, or checkpoint=untrained for the untrained baseline")
+        raise ValueError("config option checkpoint is not set: pass checkpoint=<snapshot, training run folder "
+                         "or release file>, or checkpoint=untrained for the untrained baseline")
+    channels_last = eval_channels_last(config["channels_last"], device)
     if checkpoint == UNTRAINED:
-        return LoadedCheckpoint(UNTRAINED, 0, None, None)
-    return load_for_evaluation(model, checkpoint, image_size, wanted, model_name)
+        options = resolve_model_options(config["model"], config["model_options"])
+        model = build_model(config["model"], config["image_size"], device=device,
+                            pretrained_weights=config["pretrained_weights"],
+                            allow_partial_pretrained=config["pretrained_allow_partial"],
+                            channels_last=channels_last, options=options)
+        return EvaluatedModel(model, config["model"], options, LoadedCheckpoint(UNTRAINED, 0, None, None))
+    path, state = read_checkpoint(checkpoint, wanted=checkpoint_wanted(config))
+    name, options = checkpoint_model(path, state, config["model"], config["model_options"])
+    # A checkpoint overwrites every tensor: no pretrained file is read.
+    model = build_model(name, config["image_size"], device=device, channels_last=channels_last, options=options)
+    loaded = load_checkpoint_state(model, path, state, config["image_size"], name)
+    return EvaluatedModel(model, name, options, loaded)
 
 
 def checkpoint_wanted(config: Dict) -> Dict:
@@ -113,15 +134,14 @@ class Skips:
                        supp_idx, what, reason)
 
 
-def segment_query(model, support: Dict, query: Dict, device: torch.device, config: Dict,
+def segment_query(model, support: Dict, query: Dict, device: torch.device, options: InferenceOptions,
                   timer: Timer) -> np.ndarray:
     """Hard prediction [n, H, W] (bool) of one query volume's evaluated slices: chunk i
     with support slice i (fafnet/evaluation/predict.py, shared with segment.py), the queries of a
-    chunk in batches of eval_batch_size. `model` is a model of fafnet.models.interface, or a
+    chunk in batches of `options.batch_size`. `model` is a model of fafnet.models.interface, or a
     GraphedPredict of one (eval_graphs)."""
     foreground = predict_runs(model, support["images"], support["masks"], query["images"],
-                              chunk_runs(query["chunks"]), device,
-                              InferenceOptions.from_config(config), timer)
+                              chunk_runs(query["chunks"]), device, options, timer)
     # argmax over [1 - P, P] picks the foreground exactly when P > 0.5.
     return foreground > 0.5
 
@@ -131,7 +151,7 @@ def query_text(query: Dict) -> str:
 
 
 def evaluate_class(model, dataset: EvaluationFold, class_id: int, name: str, device: torch.device,
-                   config: Dict, timer: Timer, skips: Skips, logger, bar
+                   options: InferenceOptions, timer: Timer, skips: Skips, logger, bar
                    ) -> Tuple[Optional[Dict], List[QueryOutcome], List[Dict]]:
     """Every query volume of the fold for one class and the selected support volume:
     (support or None when the support volume lacks the class, outcomes, queries). `bar`
@@ -154,7 +174,7 @@ def evaluate_class(model, dataset: EvaluationFold, class_id: int, name: str, dev
             skips.add(logger, class_id, name, dataset.supp_idx, query_text(query),
                       f"chunk(s) {empty} empty: {n_slices} slice(s) for n_part={dataset.n_part}, "
                       f"so support slice(s) {empty} segment nothing")
-        prediction = segment_query(model, support, query, device, config, timer)
+        prediction = segment_query(model, support, query, device, options, timer)
         bar.update(n_slices)
         tp, fp, fn = binary_confusion(prediction, query["labels"].numpy())
         outcomes.append(QueryOutcome(query["volume_index"], query["image_name"], list(query["slice_indices"]),
@@ -166,26 +186,24 @@ def evaluate_class(model, dataset: EvaluationFold, class_id: int, name: str, dev
 def evaluate(config: Dict, run_dir: str, logger) -> Dict:
     """The evaluation of one fold; writes every output into `run_dir`, returns the results."""
     device = resolve_device(config["device"])
+    threads = configure_threads(config["num_threads"])
     indices = supp_indices(config)
     names = class_names(config["dataset"], config["test_classes"])
     with log_to_file(logger, os.path.join(run_dir, "test.log")):
+        # The data first: a wrong folder or image size fails before a model is built.
+        dataset = make_test_dataset(config, indices[0])
         seed_everything(config["seed"])
-        # Pretrained backbone weights matter only for the untrained baseline; a checkpoint
-        # overwrites every tensor anyway.
-        pretrained = config["pretrained_weights"] if config["checkpoint"] == UNTRAINED else None
-        model = model_from_options(config, device, pretrained_weights=pretrained)
-        loaded = load_weights(model, config["checkpoint"], config["image_size"], checkpoint_wanted(config),
-                              config["model"])
+        evaluated = load_model(config, device)
+        model, loaded = evaluated.model, evaluated.loaded
         source, step = loaded.path, loaded.step
         model.eval()
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = config["cudnn_benchmark"]
+        options = InferenceOptions(predict_batch_size(model, device, config["eval_batch_size"]),
+                                   eval_channels_last(config["channels_last"], device), config["amp_bf16"])
         runner = GraphedPredict(model, log=logger) if config["eval_graphs"] else model
-        logger.info("evaluating %s (step %s) on %s fold %d, support index(es) %s, on %s", source, step,
-                    config["dataset"], config["eval_fold"], indices, device)
-        # data_dir, dataset, eval_fold, n_part, n_volumes, test_classes, image_size,
-        # resample_in_plane: by name from the options.
-        dataset = call_with_options(TestDataset, config, supp_idx=indices[0])
+        logger.info("evaluating %s (step %s), model %s, on %s fold %d, support index(es) %s, on %s (%d CPU threads)",
+                    source, step, evaluated.name, config["dataset"], config["eval_fold"], indices, device, threads)
         leakage = check_leakage(config, loaded, dataset.fold_volumes, logger)
         timer, skips = Timer(), Skips()
         per_support = {}
@@ -197,7 +215,7 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
                            desc=f"evaluating support index {supp_idx}", unit="slice")
             for class_id in config["test_classes"]:
                 name = names[class_id]
-                support, outcomes, queries = evaluate_class(runner, dataset, class_id, name, device, config,
+                support, outcomes, queries = evaluate_class(runner, dataset, class_id, name, device, options,
                                                             timer, skips, logger, bar)
                 classes[str(class_id)] = class_entry(name, support, outcomes)
                 for outcome, query in zip(outcomes, queries):
@@ -219,7 +237,8 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
                 "support_image": dataset.file_name(dataset.support_volume),
                 "query_volumes": list(dataset.query_volumes),
                 "query_images": [dataset.file_name(v) for v in dataset.query_volumes], "classes": classes}
-        results = results_summary(config, indices, dataset, loaded, leakage, per_support, skips, timer, device)
+        results = results_summary(config, indices, dataset, evaluated, leakage, per_support, skips, timer, device,
+                                  options, threads)
         write_results(run_dir, results)
         print(results_table(results))
         if results["mean_dice"] is None:
@@ -230,6 +249,14 @@ def evaluate(config: Dict, run_dir: str, logger) -> Dict:
         logger.info("results in %s (mean Dice %.4f over %s)", run_dir, results["mean_dice"],
                     mean_coverage(results["classes"]))
     return results
+
+
+def make_test_dataset(config: Dict, supp_idx: int) -> TestDataset:
+    """The evaluated fold, from the run's options."""
+    return TestDataset(config["data_dir"], dataset=config["dataset"], eval_fold=config["eval_fold"],
+                       supp_idx=supp_idx, n_part=config["n_part"], n_volumes=config["n_volumes"],
+                       test_classes=config["test_classes"], image_size=config["image_size"],
+                       resample_in_plane=config["resample_in_plane"])
 
 
 def slices_to_segment(dataset: TestDataset, class_ids) -> int:
@@ -256,8 +283,9 @@ def _mean(values: List[Optional[float]]) -> Optional[float]:
     return float(np.mean(values)) if values else None
 
 
-def results_summary(config: Dict, indices: List[int], dataset: TestDataset, loaded: LoadedCheckpoint,
-                    leakage: Dict, per_support: Dict, skips: Skips, timer: Timer, device: torch.device) -> Dict:
+def results_summary(config: Dict, indices: List[int], dataset: TestDataset, evaluated: EvaluatedModel,
+                    leakage: Dict, per_support: Dict, skips: Skips, timer: Timer, device: torch.device,
+                    options: InferenceOptions, threads: int) -> Dict:
     """results.json: the protocol record, each support index's classes, and per class the
     mean over support indices (of the means over query volumes). Means over classes cover
     the classes with a score ("mean_classes"; None when none has one)."""
@@ -273,7 +301,9 @@ def results_summary(config: Dict, indices: List[int], dataset: TestDataset, load
     for entry in per_support.values():
         entry["mean_dice"] = _mean([c["dice_mean"] for c in entry["classes"].values()])
         entry["mean_classes"] = scored_classes(entry["classes"])
-    protocol = protocol_record(config, indices, loaded.path, loaded.step, loaded.config, loaded.training_data)
+    loaded = evaluated.loaded
+    protocol = protocol_record(config, indices, loaded.path, loaded.step, loaded.config, loaded.training_data,
+                               model=evaluated.name, model_options=evaluated.options)
     protocol["leakage"] = leakage
     return {
         "protocol": protocol,
@@ -288,8 +318,8 @@ def results_summary(config: Dict, indices: List[int], dataset: TestDataset, load
         "data_dir": config["data_dir"],
         # Label files reoriented onto their image's grid, or used on it without geometry.
         "data_notes": [{"file": path, "note": note} for path, note in dataset.reader.notes],
-        "evaluation": {"device": str(device), "amp_bf16": config["amp_bf16"],
-                       "channels_last": config["channels_last"], "eval_batch_size": config["eval_batch_size"],
+        "evaluation": {"device": str(device), "num_threads": threads, "amp_bf16": config["amp_bf16"],
+                       "channels_last": options.channels_last, "eval_batch_size": options.batch_size,
                        "eval_graphs": config["eval_graphs"], "cudnn_benchmark": config["cudnn_benchmark"]},
         "timing": {"forward_seconds": timer.seconds, "slices": timer.slices,
                    "slices_per_second": timer.slices / timer.seconds if timer.seconds else None},

@@ -24,16 +24,16 @@ from fafnet.io.scans import Scan, read_scan, scan_name
 from fafnet.datasets.specs import DatasetSpec, get_dataset_spec
 from fafnet.episodes.datasets import (VolumeReader, load_labels, present_values, slices_containing,
                                   support_slice_positions, to_network_images)
-from fafnet.runtime.devices import default_eval_batch_size, default_eval_channels_last, resolve_device
+from fafnet.runtime.devices import eval_channels_last, resolve_device
 from fafnet.evaluation.figures import PREDICTION_COLOUR, SUPPORT_COLOUR, TRUTH_COLOUR, Tile, tiles_figure_png
 from fafnet.evaluation.predict import InferenceOptions, predict_runs
 from fafnet.evaluation.metrics import dice_score
 from fafnet.inference.pairing import (Pairing, combine_labels, largest_component, range_pairing, relative_pairing,
                                 slices_in_range)
 from fafnet.io.provenance import code_version, preprocessing_record
-from fafnet.runtime.snapshots import (load_checkpoint_state, read_checkpoint, saved_training_config,
-                                      snapshot_model_name)
-from fafnet.models import build_model
+from fafnet.runtime.snapshots import (checkpoint_model, load_checkpoint_state, read_checkpoint,
+                                      saved_training_config, snapshot_model_name)
+from fafnet.models import build_model, predict_batch_size
 
 RANGE_SYNTAX = "[QUERY:][LABEL=]Z0:Z1"
 log = logging.getLogger("fafnet.segment")
@@ -140,13 +140,12 @@ class Checkpoint:
     resample_in_plane: Optional[Tuple[int, int]]
     data_dir: Optional[str]
 
-    @property
-    def model_name(self) -> str:
-        """The registry name of the model the snapshot holds."""
-        return snapshot_model_name(self.state)
+    model_name: str                      # the registry name of the model the snapshot holds
+    model_options: Dict                  # every option of that model
 
     def record(self) -> Dict:
-        return {"path": self.path, "step": self.step, "model": self.model_name, "dataset": self.spec.name, "image_size": list(self.image_size),
+        return {"path": self.path, "step": self.step, "model": self.model_name, "model_options": self.model_options,
+                "dataset": self.spec.name, "image_size": list(self.image_size),
                 "resample_in_plane": list(self.resample_in_plane) if self.resample_in_plane else None,
                 "training_data_dir": self.data_dir}
 
@@ -159,8 +158,10 @@ def read_training_checkpoint(name: str) -> Checkpoint:
     except KeyError as err:
         raise ValueError(f"--checkpoint {path}: {err.args[0]}") from None
     resampled = config.get("resample_in_plane")
+    model_name = snapshot_model_name(state)
+    model_name, model_options = checkpoint_model(path, state, model_name, {}, "--checkpoint")
     return Checkpoint(path, state, state.get("step"), spec, tuple(state["image_size"]),
-                      tuple(resampled) if resampled else None, config.get("data_dir"))
+                      tuple(resampled) if resampled else None, config.get("data_dir"), model_name, model_options)
 
 
 def training_arithmetic(checkpoint: Checkpoint, asked: Optional[str], warnings: List[str]) -> Tuple[str, str]:
@@ -180,8 +181,10 @@ def training_arithmetic(checkpoint: Checkpoint, asked: Optional[str], warnings: 
     return DEFAULT_MR_ARITHMETIC, "the default (the training data's manifest is not here)"
 
 
-def load_model(checkpoint: Checkpoint, device: torch.device, options: InferenceOptions):
-    model = build_model(checkpoint.image_size, device, None, options.channels_last, name=checkpoint.model_name)
+def load_model(checkpoint: Checkpoint, device: torch.device, channels_last: bool):
+    """The checkpoint's model, built with its own options, its weights loaded."""
+    model = build_model(checkpoint.model_name, checkpoint.image_size, device=device,
+                        channels_last=channels_last, options=checkpoint.model_options)
     load_checkpoint_state(model, checkpoint.path, checkpoint.state, checkpoint.image_size, checkpoint.model_name)
     return model.eval()
 
@@ -540,10 +543,11 @@ def write_outputs(outputs: Sequence[Tuple[str, object]]) -> None:
             atomic_write_bytes(data, path)
 
 
-def inference_options(args, device: torch.device) -> InferenceOptions:
-    batch = args.batch_size or default_eval_batch_size(str(device))
-    channels_last = default_eval_channels_last(str(device)) if args.channels_last is None else args.channels_last
-    return InferenceOptions(batch, channels_last, bool(args.amp_bf16))
+def inference_options(args, device: torch.device, model) -> InferenceOptions:
+    """--batch-size (default: the model's own for the device), --channels-last (default: on for
+    a CPU), --amp-bf16."""
+    return InferenceOptions(predict_batch_size(model, device, args.batch_size),
+                            eval_channels_last(args.channels_last, device), bool(args.amp_bf16))
 
 
 def query_warnings(query: Query) -> List[str]:
@@ -564,7 +568,6 @@ def run(args) -> List[QueryResult]:
         device = resolve_device(args.device)
     except ValueError as err:
         raise ValueError(f"--device {args.device}: {err}") from None
-    options = inference_options(args, device)
     checkpoint = read_training_checkpoint(args.checkpoint)
     shared: List[str] = []   # warnings every query's record carries
     arithmetic, source = training_arithmetic(checkpoint, args.arithmetic, shared)
@@ -575,7 +578,8 @@ def run(args) -> List[QueryResult]:
     queries = [prepare_query(i, path, args, context, support, ranges) for i, path in enumerate(args.query)]
     shared += support.prepared.warnings
     log_warnings(shared)
-    model = load_model(checkpoint, device, options)
+    model = load_model(checkpoint, device, eval_channels_last(args.channels_last, device))
+    options = inference_options(args, device, model)
     results, outputs = [], []
     for query in queries:
         log_warnings(query_warnings(query))

@@ -1,9 +1,14 @@
 """The on-disk layout of a pre-processed dataset folder: which files are its volumes, in which
-order, and where their supervoxels are (docs/protocol.md section 11).
+order, and where their pseudo-labels are (docs/protocol.md sections 11, 13 and 16).
 
     <data_dir>/image_<i>.nii.gz, <data_dir>/label_<i>.nii.gz      i: any non-negative integers
     <data_dir>/supervoxels_<N>/superpix-MIDDLE_<i>.nii.gz          (this project's place)
     <data_dir>/../supervoxels_<N>/superpix-MIDDLE_<i>.nii.gz       (the release's place)
+    <data_dir>/superpixels_<N>/superpix-MIDDLE_<i>.nii.gz          (SSL-ALPNet's 2D superpixels,
+    <data_dir>/../superpixels_<N>/superpix-MIDDLE_<i>.nii.gz        min size N; same two places)
+
+3D supervoxels and 2D superpixels share the file name and differ by their folder; both are
+found with the same rules (`pseudo_label_dir`).
 
 The numbers i need not start at 0 nor be contiguous: the pre-processed data the FSMIS
 community distributes is numbered from 1 (CMR: 1..35) and with gaps (CHAOS-T2: 1, 2, 3, 5, 8,
@@ -38,6 +43,18 @@ _EXPECTED_EXTRAS = re.compile(r"^(classmap_.*\.json|.*manifest\.json)$")
 # generator's settings).
 PREPROCESSING_MANIFEST_NAME = "preprocessing_manifest.json"
 SYNTHETIC_MANIFEST_NAME = "synthetic_manifest.json"
+# Written inside superpixels_<N>/ beside the superpixel files (fafnet/supervoxels/superpixels.py).
+SUPERPIXEL_MANIFEST_NAME = "superpixel_manifest.json"
+
+# The two kinds of pseudo-label folder: <kind>_<min size>/superpix-MIDDLE_<i>.nii.gz.
+SUPERVOXELS, SUPERPIXELS = "supervoxels", "superpixels"
+PSEUDO_LABEL_KINDS = (SUPERVOXELS, SUPERPIXELS)
+# What the error for a missing folder suggests, per kind.
+_HOW_TO_MAKE = {
+    SUPERVOXELS: "compute supervoxels with min size {n} first, or use_gt=True",
+    SUPERPIXELS: "compute superpixels with min size {n} first (fafnet-preprocess superpixels "
+                 "--data-dir {data_dir} --min-size {n}), or pseudo_labels='supervoxels'",
+}
 
 
 def image_name(number: int) -> str:
@@ -48,12 +65,28 @@ def label_name(number: int) -> str:
     return f"label_{number}.nii.gz"
 
 
+def pseudo_label_folder_name(kind: str, min_size: int) -> str:
+    """'supervoxels_5000', 'superpixels_400'."""
+    if kind not in PSEUDO_LABEL_KINDS:
+        raise ValueError(f"pseudo-label kind must be one of {list(PSEUDO_LABEL_KINDS)}, got {kind!r}")
+    return f"{kind}_{min_size}"
+
+
 def supervoxel_folder_name(min_size: int) -> str:
-    return f"supervoxels_{min_size}"
+    return pseudo_label_folder_name(SUPERVOXELS, min_size)
+
+
+def superpixel_folder_name(min_size: int) -> str:
+    return pseudo_label_folder_name(SUPERPIXELS, min_size)
 
 
 def supervoxel_name(number: int) -> str:
     return f"superpix-MIDDLE_{number}.nii.gz"
+
+
+def superpixel_name(number: int) -> str:
+    """The file name of a volume's superpixels (the same as its supervoxels': the folder differs)."""
+    return supervoxel_name(number)
 
 
 @dataclass(frozen=True)
@@ -172,40 +205,82 @@ class DatasetLayout:
                          f"meant to hold {len(self)} (numbers {self.numbering}), set n_volumes={len(self)} "
                          f"to make folds for that count")
 
+    # ------------------------------------------------------------------------- pseudo-labels
+
+    def pseudo_label_folders(self, kind: str, min_size: int) -> Tuple[str, str]:
+        """The two places <kind>_<min_size>/ may be: inside the data folder (this project's)
+        and beside it (the release's, <data_root>/<kind>_<N>/)."""
+        name = pseudo_label_folder_name(kind, min_size)
+        parent = os.path.dirname(os.path.abspath(self.data_dir))
+        return os.path.join(self.data_dir, name), os.path.join(parent, name)
+
+    def pseudo_label_dir(self, kind: str, min_size: int) -> str:
+        """The folder holding <kind>_<min_size>: exactly one of `pseudo_label_folders` must
+        exist (both is an error: which one was meant cannot be guessed)."""
+        inside, beside = self.pseudo_label_folders(kind, min_size)
+        present = [d for d in (inside, beside) if os.path.isdir(d)]
+        if len(present) == 2:
+            raise ValueError(f"{kind} with min size {min_size} exist in two places, {inside} and "
+                             f"{beside}; remove or rename one of them")
+        if not present:
+            hint = _HOW_TO_MAKE[kind].format(n=min_size, data_dir=self.data_dir)
+            raise FileNotFoundError(f"{kind[:-1]} folder not found: neither {inside} nor {beside} exists "
+                                    f"({hint})")
+        return present[0]
+
+    def pseudo_label_files(self, kind: str, min_size: int) -> Dict[int, str]:
+        """{volume number: path} of the files in <kind>_<min_size>/."""
+        folder = self.pseudo_label_dir(kind, min_size)
+        return {n: p for (_, n), p in _numbered_files(folder, _SUPERVOXEL_NAME, kind[:-1]).items()}
+
+    def pseudo_label_path(self, kind: str, volume: VolumeFiles, min_size: int,
+                          files: Optional[Dict[int, str]] = None) -> str:
+        """The <kind> file of `volume` (pass `files` from `pseudo_label_files` to look up many
+        volumes with one folder scan); a missing file is an error naming it."""
+        files = self.pseudo_label_files(kind, min_size) if files is None else files
+        if volume.number not in files:
+            folder = self.pseudo_label_dir(kind, min_size)
+            raise FileNotFoundError(f"{kind[:-1]} file {os.path.join(folder, supervoxel_name(volume.number))} "
+                                    f"of {volume.image} not found")
+        return files[volume.number]
+
     # ------------------------------------------------------------------------- supervoxels
 
     def supervoxel_folders(self, min_size: int) -> Tuple[str, str]:
         """The two places supervoxels_<min_size>/ may be: inside the data folder (this
         project's) and beside it (the release's, <data_root>/supervoxels_<N>/)."""
-        name = supervoxel_folder_name(min_size)
-        parent = os.path.dirname(os.path.abspath(self.data_dir))
-        return os.path.join(self.data_dir, name), os.path.join(parent, name)
+        return self.pseudo_label_folders(SUPERVOXELS, min_size)
 
     def supervoxel_dir(self, min_size: int) -> str:
         """The folder holding supervoxels_<min_size>: exactly one of `supervoxel_folders` must
         exist (both is an error: which one was meant cannot be guessed)."""
-        inside, beside = self.supervoxel_folders(min_size)
-        present = [d for d in (inside, beside) if os.path.isdir(d)]
-        if len(present) == 2:
-            raise ValueError(f"supervoxels with min size {min_size} exist in two places, {inside} and "
-                             f"{beside}; remove or rename one of them")
-        if not present:
-            raise FileNotFoundError(f"supervoxel folder not found: neither {inside} nor {beside} exists "
-                                    f"(compute supervoxels with min size {min_size} first, or use_gt=True)")
-        return present[0]
+        return self.pseudo_label_dir(SUPERVOXELS, min_size)
 
     def supervoxel_files(self, min_size: int) -> Dict[int, str]:
         """{volume number: path} of the supervoxel files of `min_size`."""
-        folder = self.supervoxel_dir(min_size)
-        return {n: p for (_, n), p in _numbered_files(folder, _SUPERVOXEL_NAME, "supervoxel").items()}
+        return self.pseudo_label_files(SUPERVOXELS, min_size)
 
     def supervoxel_path(self, volume: VolumeFiles, min_size: int,
                         files: Optional[Dict[int, str]] = None) -> str:
         """The supervoxel file of `volume` (pass `files` from `supervoxel_files` to look up
         many volumes with one folder scan); a missing file is an error naming it."""
-        files = self.supervoxel_files(min_size) if files is None else files
-        if volume.number not in files:
-            folder = self.supervoxel_dir(min_size)
-            raise FileNotFoundError(f"supervoxel file {os.path.join(folder, supervoxel_name(volume.number))} "
-                                    f"of {volume.image} not found")
-        return files[volume.number]
+        return self.pseudo_label_path(SUPERVOXELS, volume, min_size, files)
+
+    # ------------------------------------------------------------------------- superpixels
+
+    def superpixel_folders(self, min_size: int) -> Tuple[str, str]:
+        """The two places superpixels_<min_size>/ may be (inside the data folder, beside it)."""
+        return self.pseudo_label_folders(SUPERPIXELS, min_size)
+
+    def superpixel_dir(self, min_size: int) -> str:
+        """The folder holding superpixels_<min_size>, found as `supervoxel_dir` finds supervoxels."""
+        return self.pseudo_label_dir(SUPERPIXELS, min_size)
+
+    def superpixel_files(self, min_size: int) -> Dict[int, str]:
+        """{volume number: path} of the superpixel files of `min_size`."""
+        return self.pseudo_label_files(SUPERPIXELS, min_size)
+
+    def superpixel_path(self, volume: VolumeFiles, min_size: int,
+                        files: Optional[Dict[int, str]] = None) -> str:
+        """The superpixel file of `volume`; a missing file is an error naming it."""
+        return self.pseudo_label_path(SUPERPIXELS, volume, min_size, files)

@@ -18,10 +18,11 @@ from fafnet.io.layout import PREPROCESSING_MANIFEST_NAME, SYNTHETIC_MANIFEST_NAM
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Training options that make two checkpoints comparable (the fold is recorded apart).
 TRAINING_KEY_OPTIONS = (
-    "dataset", "setting", "setting2_protocol", "group", "test_classes", "use_gt", "n_shot",
-    "n_steps", "optimizer", "lr", "momentum", "weight_decay", "lr_step_size", "lr_gamma",
-    "grad_clip_norm", "min_size", "augment", "max_iters_per_load", "seed", "supervoxel_min_size",
-    "image_size", "resample_in_plane", "pretrained_weights", "amp_bf16")
+    "model", "model_options", "dataset", "setting", "setting2_protocol", "group", "test_classes", "use_gt",
+    "pseudo_labels", "n_shot", "n_steps", "optimizer", "lr", "momentum", "weight_decay", "lr_step_size",
+    "lr_gamma", "lr_milestones", "grad_clip_norm", "min_size", "augment", "max_iters_per_load", "seed",
+    "supervoxel_min_size", "superpixel_min_size", "image_size", "resample_in_plane", "pretrained_weights",
+    "amp_bf16")
 PREPROCESSING_MANIFESTS = (PREPROCESSING_MANIFEST_NAME, SYNTHETIC_MANIFEST_NAME)
 # The distributions a run computes with (requirements.txt). Sacred finds imported packages by
 # their top_level.txt, which some wheels (torch, scipy) no longer ship, so they are named here.
@@ -111,12 +112,15 @@ def preprocessing_record(data_dir: str) -> Optional[Dict]:
 
 def protocol_record(config: Mapping, supp_indices: Iterable[int], checkpoint: str,
                     checkpoint_step: Optional[int], training_config: Optional[Mapping],
-                    training_data: Optional[Mapping] = None) -> Dict:
-    """The protocol fields of a results.json (see the module docstring)."""
+                    training_data: Optional[Mapping] = None, model: Optional[str] = None,
+                    model_options: Optional[Mapping] = None) -> Dict:
+    """The protocol fields of a results.json (see the module docstring); `model` and
+    `model_options`: the model evaluated (default: the config's)."""
     training = training_record(training_config, training_data)
     pretrained = training["pretrained_weights"] if training else weights_name(config["pretrained_weights"])
     return {
-        "model": config.get("model", "fafnet"),
+        "model": model or config.get("model", "fafnet"),
+        "model_options": dict(model_options if model_options is not None else config.get("model_options") or {}),
         "dataset": config["dataset"],
         "setting": config["setting"],
         "setting2_protocol": config["setting2_protocol"] if config["setting"] == 2 else None,

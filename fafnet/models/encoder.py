@@ -5,7 +5,8 @@ output f3 (1024 channels) sits at 1/4 of the input resolution. Two 1x1 heads rea
 
 - `reduce_features` (the release's `reduce1`): the 512-channel feature map F;
 - `threshold_head` (the release's `down`, the Adaptive Threshold Learner): one threshold per
-  feature pixel, T of shape [N, 1, h, w].
+  feature pixel, T of shape [N, 1, h, w]. Not built with `threshold_head=False` (FAF-Net's
+  `threshold="scalar"` ablation), where the encoder returns thresholds None.
 
 layer4 and `reduce_layer4` (the release's `reduce2`) exist only so checkpoints keep their
 shape; their output is never used, so they are not run (about 14% of the forward arithmetic).
@@ -18,6 +19,8 @@ from torchvision.models import resnet101
 
 from .pretrained import load_pretrained_backbone
 
+# The backbone modules the encoder runs: a pretrained file must fill all of them.
+REQUIRED_MODULES = ("conv1", "bn1", "layer1", "layer2", "layer3")
 FEATURE_CHANNELS = 512
 LAYER3_CHANNELS = 1024
 LAYER4_CHANNELS = 2048
@@ -71,10 +74,11 @@ class ResNet101Encoder(nn.Module):
             authors' release does. Changes no output; only for benchmarks and parity checks.
         allow_partial_pretrained: accept a weights file that lacks some of the tensors of
             conv1, bn1 and layer1 to layer3 (they keep their initialisation); default: error.
+        threshold_head: build the ATL head (False: no thresholds, see the module docstring).
     """
 
     def __init__(self, pretrained_weights: Optional[str] = None, run_discarded_layers: bool = False,
-                 allow_partial_pretrained: bool = False):
+                 allow_partial_pretrained: bool = False, threshold_head: bool = True):
         super().__init__()
         self.backbone = _build_backbone()
         self.reduce_features = nn.Conv2d(LAYER3_CHANNELS, FEATURE_CHANNELS, kernel_size=1, bias=False)
@@ -83,13 +87,13 @@ class ResNet101Encoder(nn.Module):
             nn.Conv2d(LAYER3_CHANNELS, FEATURE_CHANNELS, kernel_size=1, bias=False),
             nn.ReLU(),
             nn.Conv2d(FEATURE_CHANNELS, 1, kernel_size=1, bias=False),
-        )
+        ) if threshold_head else None
         self.run_discarded_layers = run_discarded_layers
         self.pretrained_tensors_loaded = 0
         self.reset_parameters()
         if pretrained_weights is not None:
             self.pretrained_tensors_loaded = load_pretrained_backbone(
-                self.backbone, pretrained_weights, allow_partial=allow_partial_pretrained)
+                self.backbone, pretrained_weights, REQUIRED_MODULES, allow_partial=allow_partial_pretrained)
 
     def reset_parameters(self) -> None:
         """Kaiming-normal (fan_out, relu) for every conv, BatchNorm to weight 1 and bias 0."""
@@ -106,9 +110,11 @@ class ResNet101Encoder(nn.Module):
         x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
         return net.layer3(net.layer2(net.layer1(x)))
 
-    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """images [N, 3, H, W] -> (features [N, 512, h, w], thresholds [N, 1, h, w])."""
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """images [N, 3, H, W] -> (features [N, 512, h, w], thresholds [N, 1, h, w] or None
+        without a threshold head)."""
         f3 = self.layer3_features(images)
         if self.run_discarded_layers:
             self.reduce_layer4(self.backbone.layer4(f3))
-        return self.reduce_features(f3), self.threshold_head(f3)
+        thresholds = self.threshold_head(f3) if self.threshold_head is not None else None
+        return self.reduce_features(f3), thresholds

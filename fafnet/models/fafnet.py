@@ -1,21 +1,30 @@
 """FAF-Net: prototype -> ICM/AFF refinement -> cosine similarity with an adaptive threshold
-(docs/protocol.md sections 3 to 7).
+(docs/protocol.md sections 3 to 7), and its builder `fafnet` (registered as model "fafnet").
 
-1-way K-shot: K support slices of one class, Q query slices sharing that support.
+1-way K-shot: K support slices of one class, Q query slices sharing that support. The three
+modules of the paper's claim can be switched off one by one (docs/protocol.md section 14):
+`icm=False` (the prototype goes unrefined to the prediction), `aff=False` (the ICM's
+attention unfiltered) and `threshold="scalar"` (one learned threshold instead of the ATL map);
+all off is the prototype baseline the modules are added to.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import FEATURE_CHANNELS, ResNet101Encoder, feature_size
+from .encoder import FEATURE_CHANNELS, ResNet101Encoder, feature_size, image_sides_for_feature
+from . import factory
 from .interface import Losses, check_query_labels
 from .modules import ICM, masked_average_pooling
+from .registry import register_model
+from .release import convert_release_checkpoint
 
 SIMILARITY_SCALE = 20.0   # d = -20 * cosine similarity
 THRESHOLD_SLOPE = 0.5     # P = 1 - sigmoid(0.5 * (d - T))
 QUERY_CLASS_WEIGHTS = (0.1, 1.0)
+SCALAR_THRESHOLD_INIT = -10.0   # threshold="scalar": T's initial value, as ADNet's
+THRESHOLDS = ("adaptive", "scalar")
 
 
 # The one weight whose shape depends on the image size: the AFF amplitude branch's Linear,
@@ -25,8 +34,8 @@ SIZE_DEPENDENT_WEIGHT = "icm.aff.amplitude.spectrum_linear.weight"
 
 def feature_size_of_state(state) -> Optional[Tuple[int, int]]:
     """The feature-map size (h, w) a FAF-Net state dict (this project's names) was made for,
-    read from the shape of `SIZE_DEPENDENT_WEIGHT`; None when the dict lacks it or no single
-    size fits."""
+    read from the shape of `SIZE_DEPENDENT_WEIGHT`; None when the dict lacks it (no AFF) or
+    no single size fits."""
     weight = state.get(SIZE_DEPENDENT_WEIGHT) if hasattr(state, "get") else None
     if not torch.is_tensor(weight) or weight.dim() != 2:
         return None
@@ -34,6 +43,18 @@ def feature_size_of_state(state) -> Optional[Tuple[int, int]]:
     fits = [(h, n_in // h) for h in range(1, n_in + 1)
             if n_in % h == 0 and h * ((n_in // h) // 2 + 1) == n_out]
     return fits[0] if len(fits) == 1 else None
+
+
+def image_size_of_state(state) -> Optional[str]:
+    """Which image sizes a FAF-Net state dict fits, as text for an error message (the AFF
+    Linear's shape tells); None when it cannot tell."""
+    fitted = feature_size_of_state(state)
+    if fitted is None:
+        return None
+    heights, widths = (image_sides_for_feature(side) for side in fitted)
+    return (f"its weights were made for {fitted[0]} x {fitted[1]} feature maps, i.e. image_size="
+            f"[{heights[0]}, {widths[0]}] (any of {heights[0]}..{heights[-1]} by {widths[0]}..{widths[-1]}); "
+            f"evaluate it with image_size=[{heights[0]}, {widths[0]}]")
 
 
 def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
@@ -95,19 +116,28 @@ class FAFNet(nn.Module):
             (no output changes; for benchmarks only).
         allow_partial_pretrained: accept a `pretrained_weights` file that lacks some of the
             backbone tensors the encoder runs (default: an error listing them).
+        icm: refine the prototype with the ICM (False: p' = p, in the main and the alignment
+            path; the prototype loss then compares the unrefined prototypes).
+        aff: filter the ICM's attention with the AFF (needs `icm`).
+        threshold: "adaptive" (the ATL head's map T) or "scalar" (one learned T, initially
+            -10, for queries and supports alike; no ATL head).
     """
 
     def __init__(self, image_size: Tuple[int, int], pretrained_weights: Optional[str] = None,
                  heads: int = 4, run_discarded_layers: bool = False,
-                 allow_partial_pretrained: bool = False):
+                 allow_partial_pretrained: bool = False, icm: bool = True, aff: bool = True,
+                 threshold: str = "adaptive"):
         super().__init__()
         if len(tuple(image_size)) != 2:
             raise ValueError(f"image_size must be (H, W), got {image_size!r}")
+        check_switches({"icm": icm, "aff": aff, "threshold": threshold})
         self.image_size = tuple(image_size)
         self.feature_size = feature_size(*self.image_size)
         self.encoder = ResNet101Encoder(pretrained_weights, run_discarded_layers,
-                                        allow_partial_pretrained)
-        self.icm = ICM(FEATURE_CHANNELS, heads, self.feature_size)
+                                        allow_partial_pretrained, threshold_head=threshold == "adaptive")
+        self.icm = ICM(FEATURE_CHANNELS, heads, self.feature_size, aff=aff) if icm else None
+        self.scalar_threshold = (nn.Parameter(torch.tensor(SCALAR_THRESHOLD_INIT))
+                                 if threshold == "scalar" else None)
         # Not in the state dict; a buffer so it follows the model to its device once (a tensor
         # made per step would be a host-to-device copy, which a CUDA graph cannot capture).
         self.register_buffer("query_class_weights", torch.tensor(QUERY_CLASS_WEIGHTS, dtype=torch.float32),
@@ -129,16 +159,29 @@ class FAFNet(nn.Module):
             raise ValueError(f"support_masks must be [K,H,W] = {expected}, got {tuple(support_masks.shape)}")
 
     # -- building blocks --------------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """images [N, 3, H, W] -> (features [N, C, h, w], thresholds [N, 1, h, w], or the
+        scalar threshold as [1, 1, 1, 1] with threshold="scalar")."""
+        features, thresholds = self.encoder(images)
+        if self.scalar_threshold is not None:
+            thresholds = self.scalar_threshold.view(1, 1, 1, 1)
+        return features, thresholds
+
+    def refine(self, prototypes: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The ICM's refined prototypes [B, C] (section 4), or `prototypes` without an ICM."""
+        return prototypes if self.icm is None else self.icm(prototypes, features)
+
     def segment(self, features: torch.Tensor, thresholds: torch.Tensor,
                 prototypes: torch.Tensor) -> torch.Tensor:
-        """Foreground probability from cosine similarity and the adaptive threshold (section 6).
+        """Foreground probability from cosine similarity and the threshold (section 6).
 
         Computed in float32 or float64 (also under autocast) so the probabilities feed the log
         safely.
 
         Args:
-            features: [B, C, h, w]; thresholds: [B, 1, h, w] (each image's own map);
-            prototypes: [B, C] (prototype b is compared with feature map b).
+            features: [B, C, h, w]; thresholds: [B, 1, h, w] (each image's own map) or
+            [1, 1, 1, 1] (the scalar threshold); prototypes: [B, C] (prototype b is compared
+            with feature map b).
         Returns:
             foreground probabilities [B, H, W].
         """
@@ -163,7 +206,7 @@ class FAFNet(nn.Module):
             (foreground [Q, H, W], refined prototypes [Q, C]).
         """
         prototypes = prototype.expand(query_features.shape[0], -1)
-        refined = self.icm(prototypes, query_features)
+        refined = self.refine(prototypes, query_features)
         return self.segment(query_features, query_thresholds, refined), refined
 
     def alignment_losses(self, support_features: torch.Tensor, support_thresholds: torch.Tensor,
@@ -193,7 +236,7 @@ class FAFNet(nn.Module):
         proto_loss = query_probs.new_zeros(())
         for index in range(queries):
             query_prototype = masked_average_pooling(query_features[index:index + 1], pseudo_masks[index:index + 1])
-            refined = self.icm(query_prototype.expand(shots, -1), support_features)      # [K, C]
+            refined = self.refine(query_prototype.expand(shots, -1), support_features)   # [K, C]
             foreground = self.segment(support_features, support_thresholds, refined)     # [K, H, W]
             support_probs = torch.stack([1.0 - foreground, foreground], dim=1)
             # One NLL over all K masks = sum of the per-shot means / K (equal pixel counts).
@@ -222,20 +265,32 @@ class FAFNet(nn.Module):
         self._check_episode(support_images, support_masks, query_images)
         shots = support_images.shape[0]
         # One encoder pass over [supports; queries]: in training BatchNorm shares batch statistics.
-        features, thresholds = self.encoder(torch.cat([support_images, query_images], dim=0))
+        features, thresholds = self.encode(torch.cat([support_images, query_images], dim=0))
         support_features, query_features = features[:shots], features[shots:]
+        support_thresholds, query_thresholds = self._split_thresholds(thresholds, shots)
         prototype = self.support_prototype(support_features, support_masks)
-        foreground, refined = self.segment_queries(prototype, query_features, thresholds[shots:])
+        foreground, refined = self.segment_queries(prototype, query_features, query_thresholds)
         probs = torch.stack([1.0 - foreground, foreground], dim=1)
         if query_labels is None:
             return probs, {}
         align_loss, proto_loss = self.alignment_losses(
-            support_features, thresholds[:shots], support_masks, query_features, probs, refined)
+            support_features, support_thresholds, support_masks, query_features, probs, refined)
         # After the alignment losses: the autograd graph, and so the order in which gradients
         # are summed, is the one of the reference step that the training tests pin.
         with torch.autocast(device_type=probs.device.type, enabled=False):
             q_loss = clamped_nll(probs.float(), query_labels, self.query_class_weights)
         return probs, {"query_loss": q_loss, "align_loss": align_loss.float(), "proto_loss": proto_loss.float()}
+
+    def _split_thresholds(self, thresholds: torch.Tensor, shots: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(the supports', the queries') thresholds of one encoder pass over [supports; queries]."""
+        if self.scalar_threshold is not None:
+            return thresholds, thresholds
+        return thresholds[:shots], thresholds[shots:]
+
+    def default_batch_size(self, device: torch.device) -> int:
+        """Query slices per encoder pass in `predict` when none is given (see
+        `default_predict_batch_size`)."""
+        return default_predict_batch_size(device)
 
     def image_encoder(self) -> nn.Module:
         """The encoder (images -> features, threshold maps): the compile and graph target."""
@@ -266,12 +321,68 @@ class FAFNet(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            support_features, _ = self.encoder(support_images)
+            support_features, _ = self.encode(support_images)
             prototype = self.support_prototype(support_features, support_masks)
             foregrounds = []
             for batch in query_images.split(batch_size):
-                query_features, query_thresholds = self.encoder(batch)
+                query_features, query_thresholds = self.encode(batch)
                 foregrounds.append(self.segment_queries(prototype, query_features, query_thresholds)[0])
             return torch.cat(foregrounds)
         finally:
             self.train(was_training)
+
+
+def check_switches(options: Dict) -> None:
+    """The ablation switches' relations: the AFF filters the ICM's attention, so it needs the ICM."""
+    if options["threshold"] not in THRESHOLDS:
+        raise ValueError(f"config option model_options.threshold={options['threshold']!r} must be one of "
+                         f"{', '.join(THRESHOLDS)}")
+    if options["aff"] and not options["icm"]:
+        raise ValueError("config option model_options.aff=True needs icm=True (the AFF filters the ICM's "
+                         "attention); with icm=False pass aff=False too")
+
+
+def check_fafnet_options(options: Dict) -> None:
+    """FAF-Net's options together (the registry calls it before anything is built)."""
+    check_switches(options)
+    if options["threshold_head_init_scale"] <= 0:
+        raise ValueError(f"config option model_options.threshold_head_init_scale="
+                         f"{options['threshold_head_init_scale']!r} must be > 0 (1.0: the release's initialisation)")
+    if options["threshold"] == "scalar" and options["threshold_head_init_scale"] != 1.0:
+        raise ValueError("config option model_options.threshold_head_init_scale scales the ATL head, which "
+                         "threshold='scalar' does not have; leave it at 1.0")
+
+
+def scale_threshold_head(model: FAFNet, factor: float) -> None:
+    """Multiply the initial weights of the threshold head's output conv (512 -> 1) by `factor`
+    (the option `threshold_head_init_scale`; 1.0 is the release). A random start needs a small
+    factor: the release's initialisation makes the threshold map, not the similarity, decide
+    the first predictions (docs/real_data.md)."""
+    with torch.no_grad():
+        model.encoder.threshold_head[-1].weight.mul_(factor)
+
+
+@register_model("fafnet", description="FAF-Net: ResNet-101 encoder with the ATL threshold head, ICM + AFF on "
+                "the support prototype", check=check_fafnet_options, convert_checkpoint=convert_release_checkpoint,
+                image_size_hint=image_size_of_state)
+def fafnet(image_size: Sequence[int], pretrained_weights: Optional[str] = None,
+           allow_partial_pretrained: bool = False, *, icm: bool = True, aff: bool = True,
+           threshold: Literal["adaptive", "scalar"] = "adaptive", zero_init_residual: bool = False,
+           threshold_head_init_scale: float = 1.0) -> FAFNet:
+    """FAF-Net with the backbone from `pretrained_weights` (a path; None: the encoder's own
+    initialisation; a file missing backbone tensors is an error unless
+    `allow_partial_pretrained`).
+
+    Options: `icm`, `aff`, `threshold`: the ablation switches (see `FAFNet`); for a random
+    start (no pretrained weights), `zero_init_residual` (every bottleneck's last BatchNorm
+    weight at 0, torchvision's option) and `threshold_head_init_scale` (the ATL head's output
+    conv starts at this times the release's initial weights). The defaults are the release.
+    """
+    model = FAFNet(image_size=tuple(image_size), pretrained_weights=pretrained_weights,
+                   allow_partial_pretrained=allow_partial_pretrained, icm=icm, aff=aff, threshold=threshold)
+    if zero_init_residual:
+        factory.zero_init_residual(model)
+    if threshold_head_init_scale != 1.0:
+        scale_threshold_head(model, threshold_head_init_scale)
+    return model
+

@@ -12,10 +12,13 @@ contract; everything else about it is its own. A model is an `nn.Module` with:
 - ``predict(support_images, support_masks, query_images, batch_size=None)`` -> foreground
   probabilities [Q, H, W], in eval mode, without gradients: what evaluation and `segment` run.
 - ``image_encoder()`` -> the sub-module every image passes through, or None: the target of
-  ``compile="encoder"`` and of the benchmark's encoder graphs.
+  ``compile="encoder"`` and of the evaluation's encoder graphs (it returns a tensor or a tuple
+  of tensors and Nones).
+- optionally ``default_batch_size(device)`` (int): query slices per forward pass of `predict`
+  when the evaluation's `eval_batch_size` is None (without it: 1).
 - optionally ``pretrained_tensors_loaded`` (int): backbone tensors read from a pretrained file.
 
-A model is chosen by name from `fafnet.models.registry`.
+A model is chosen by name from `fafnet.models.registry`, where its builder registers.
 """
 from typing import Dict, Optional
 
@@ -46,6 +49,14 @@ def total_loss(losses: Losses) -> torch.Tensor:
     for value in values:
         total = total + value
     return total
+
+
+def predict_batch_size(model: nn.Module, device: torch.device, requested: Optional[int] = None) -> int:
+    """`requested`, else the model's `default_batch_size(device)`, else 1."""
+    if requested is not None:
+        return int(requested)
+    method = getattr(model, "default_batch_size", None)
+    return int(method(torch.device(device))) if callable(method) else 1
 
 
 def image_encoder(model: nn.Module) -> Optional[nn.Module]:

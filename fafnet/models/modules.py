@@ -127,6 +127,8 @@ class AFF(nn.Module):
 class ICM(nn.Module):
     """Intra-class Commonality Miner: multi-head cross-attention from a prototype to the pixels
     of a feature map, with the attention logits filtered by the AFF; p' = p + W_o(heads).
+    With `aff=False` (FAF-Net's ablation switch) the logits go to the softmax unfiltered and the
+    AFF's filter generators are not built.
 
     The projections are Linear C -> m*C (head i = output block i*C .. (i+1)*C - 1). Instead of
     projecting every pixel (hw x m*C keys and values), the same result is computed through
@@ -136,7 +138,8 @@ class ICM(nn.Module):
     saves two hw x C x m*C products per call.
     """
 
-    def __init__(self, channels: int = 512, heads: int = 4, feature_size: Tuple[int, int] = (65, 65)):
+    def __init__(self, channels: int = 512, heads: int = 4, feature_size: Tuple[int, int] = (65, 65),
+                 aff: bool = True):
         super().__init__()
         self.channels = channels
         self.heads = heads
@@ -144,7 +147,7 @@ class ICM(nn.Module):
         self.key_proj = nn.Linear(channels, heads * channels)
         self.value_proj = nn.Linear(channels, heads * channels)
         self.out_proj = nn.Linear(heads * channels, channels)
-        self.aff = AFF(channels, heads, feature_size)
+        self.aff = AFF(channels, heads, feature_size) if aff else None
 
     def _per_head(self, tensor: torch.Tensor) -> torch.Tensor:
         """[..., m*C] -> [..., m, C] (head i takes the i-th block of C elements)."""
@@ -182,6 +185,6 @@ class ICM(nn.Module):
         height, width = features.shape[-2:]
         pixels = features.flatten(2)                                                 # [B, C, hw], row-major
         logits = self.attention_logits(prototypes, pixels).unflatten(-1, (height, width))
-        filtered = self.aff(logits, features)                                        # [B, m, h, w]
+        filtered = logits if self.aff is None else self.aff(logits, features)        # [B, m, h, w]
         weights = torch.softmax(filtered.flatten(2), dim=-1)
         return prototypes + self.out_proj(self.attend(weights, pixels))

@@ -8,11 +8,12 @@ Two torchvision formats are accepted:
   `backbone.`; `classifier.*` and `aux_classifier.*` are ignored.
 
 Unlike the release (which silently loads nothing from the ImageNet file), the file must cover
-the whole part of the backbone that the model runs: conv1, bn1 and layer1 to layer3, every
-parameter and BatchNorm running statistic. A partial match (a ResNet-50 file matches only 318
-of the 624 tensors) is an error that summarises what is missing, unless `allow_partial=True`.
-layer4 is loaded when present (both accepted files hold it, and checkpoints keep its shape) but
-not required: the encoder never runs it, so it cannot change a result. `num_batches_tracked`
+the whole part of the backbone that the model runs (the modules its encoder names: FAF-Net's
+conv1, bn1 and layer1 to layer3; ADNet's and SSL-ALPNet's layer4 too), every parameter and
+BatchNorm running statistic. A partial match (a ResNet-50 file matches only 318 of the 624
+tensors) is an error that summarises what is missing, unless `allow_partial=True`. Other
+backbone tensors are loaded when present (FAF-Net never runs layer4, which both accepted files
+hold and its checkpoints keep) but not required. `num_batches_tracked`
 counters are not required either (older files lack them; BatchNorm fills them in).
 Files are read with `weights_only=True`: no code runs on load.
 """
@@ -23,10 +24,12 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from fafnet.io.weights import DEEPLABV3_FILE, DOWNLOAD_URL, IMAGENET_FILE
+
 logger = logging.getLogger(__name__)
 
-IMAGENET_URL = "https://download.pytorch.org/models/resnet101-63fe2227.pth"
-DEEPLABV3_URL = "https://download.pytorch.org/models/deeplabv3_resnet101_coco-586e9e4e.pth"
+IMAGENET_URL = DOWNLOAD_URL + IMAGENET_FILE
+DEEPLABV3_URL = DOWNLOAD_URL + DEEPLABV3_FILE
 ACCEPTED_FORMATS = (
     "accepted formats: a torchvision ResNet-101 state dict (keys like 'layer1.0.conv1.weight', "
     f"e.g. {IMAGENET_URL}) or a torchvision DeepLabV3-ResNet-101 state dict (keys like "
@@ -35,23 +38,10 @@ ACCEPTED_FORMATS = (
 DEEPLAB_PREFIX = "backbone."
 # Wrappers some training scripts put around a state dict.
 _WRAPPER_KEYS = ("state_dict", "model")
-# The backbone modules the encoder runs; their tensors must all come from the file.
-REQUIRED_MODULES = ("conv1", "bn1", "layer1", "layer2", "layer3")
 _OPTIONAL_SUFFIX = "num_batches_tracked"
 _MAX_LISTED = 6
-# The experiment option that passes allow_partial=True.
+# The config option that passes allow_partial=True.
 PARTIAL_OPTION = "pretrained_allow_partial"
-
-
-def default_pretrained_weights() -> Optional[str]:
-    """The first of the two accepted files found in torchvision's cache
-    (`torch.hub.get_dir()/checkpoints`), DeepLabV3 first (the paper's choice); None if neither."""
-    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
-    for url in (DEEPLABV3_URL, IMAGENET_URL):
-        path = os.path.join(folder, os.path.basename(url))
-        if os.path.isfile(path):
-            return path
-    return None
 
 
 def _read_state_dict(path: str) -> Mapping[str, torch.Tensor]:
@@ -78,10 +68,11 @@ def _backbone_tensors(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tens
     return {key: value for key, value in state.items() if not key.startswith("fc.")}
 
 
-def required_tensor_names(backbone: nn.Module) -> List[str]:
-    """The backbone's state-dict names a pretrained file must provide (see the module doc)."""
+def required_tensor_names(backbone: nn.Module, modules: Sequence[str]) -> List[str]:
+    """The backbone's state-dict names a pretrained file must provide: those of `modules`
+    (the top-level backbone modules the encoder runs), BatchNorm counters excepted."""
     return [name for name in backbone.state_dict()
-            if name.split(".")[0] in REQUIRED_MODULES and not name.endswith(_OPTIONAL_SUFFIX)]
+            if name.split(".")[0] in modules and not name.endswith(_OPTIONAL_SUFFIX)]
 
 
 def _block(name: str) -> str:
@@ -129,12 +120,15 @@ def summarise_missing(missing: Sequence[str], required: Sequence[str]) -> str:
     return listed + (f"; and {len(parts) - _MAX_LISTED} more blocks" if len(parts) > _MAX_LISTED else "")
 
 
-def load_pretrained_backbone(backbone: nn.Module, path: str, allow_partial: bool = False) -> int:
+def load_pretrained_backbone(backbone: nn.Module, path: str, required_modules: Sequence[str],
+                             allow_partial: bool = False) -> int:
     """Copies matching tensors of the file at `path` into `backbone` (a torchvision ResNet).
 
     Args:
-        allow_partial: accept a file that lacks some of the required tensors (conv1, bn1,
-            layer1 to layer3): the missing ones keep their initialisation, with a warning.
+        required_modules: the top-level backbone modules the model runs (e.g. conv1, bn1,
+            layer1 to layer3): the file must hold every tensor of them.
+        allow_partial: accept a file that lacks some of the required tensors: the missing
+            ones keep their initialisation, with a warning.
     Returns:
         the number of tensors loaded (parameters and BatchNorm buffers).
     Raises:
@@ -156,12 +150,12 @@ def load_pretrained_backbone(backbone: nn.Module, path: str, allow_partial: bool
         matched[name] = value
     if not matched:
         raise ValueError(f"pretrained weights {path!r} contain no ResNet-101 backbone tensor; {ACCEPTED_FORMATS}")
-    required = required_tensor_names(backbone)
+    required = required_tensor_names(backbone, required_modules)
     missing = [name for name in required if name not in matched]
     if missing:
         summary = (f"pretrained weights {path!r} match {len(matched)} of {len(own)} backbone tensors "
-                   f"and lack {len(missing)} of the {len(required)} that the encoder runs (conv1, bn1, "
-                   f"layer1-layer3): {summarise_missing(missing, required)}")
+                   f"and lack {len(missing)} of the {len(required)} that the encoder runs "
+                   f"({', '.join(required_modules)}): {summarise_missing(missing, required)}")
         if not allow_partial:
             raise ValueError(f"{summary}; is it a ResNet-101 file? To train the missing tensors from "
                              f"their initialisation, allow a partial load explicitly "

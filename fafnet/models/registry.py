@@ -1,97 +1,149 @@
-"""Models by name, in the style of torchvision's builders: `build_model(..., name="fafnet")`.
+"""Models by name, in torchvision's style: a model module registers its builder beside it,
+and the builder's keyword-only arguments are the model's options.
 
-A second model is one new module (its `nn.Module` following fafnet.models.interface and a
-builder) plus one `register_model(ModelSpec(...))` line, here or in the code that uses it
-before the commands run. The name goes into every run's config (`model`) and every snapshot's
-header, and a snapshot is refused by a model of another name.
+    @register_model("fafnet", description="...", convert_checkpoint=convert_release_checkpoint)
+    def fafnet(image_size, pretrained_weights=None, allow_partial_pretrained=False, *,
+               icm: bool = True, threshold: Literal["adaptive", "scalar"] = "adaptive") -> FAFNet:
+
+`build_model("fafnet", image_size, options={"icm": False})` builds it. The options a run
+gives (`model_options` in config.py) are resolved against the builder's signature once,
+before anything is written (`resolve_model_options`): an unknown option or a value of the
+wrong type is an error naming it, and the result (every option, defaults filled in) is what
+snapshots and results.json record, and what evaluation and `segment` build the model with.
+A model that must relate its options (FAF-Net: the AFF needs the ICM) registers a `check`.
 """
-from dataclasses import dataclass, field
+import inspect
+import typing
+from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .factory import FAFNET_OPTIONS, build_fafnet
-from .release import convert_release_checkpoint
-
 DEFAULT_MODEL = "fafnet"
 NO_PRETRAINED = "none"   # the config's explicit "random initialisation"
+OPTIONS_NAME = "model_options"   # the config option that holds a model's own options
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelEntry:
     """A registered model.
 
-    name: what `model=` selects. build(image_size, pretrained_weights, allow_partial_pretrained,
-    options) -> the model on the CPU. options: the config options only this model takes, with
-    the values its reference run uses (the only values another model accepts). convert_checkpoint:
-    a foreign state dict (e.g. the authors' release) -> this model's names; raises ValueError
-    when it is not one (None: only this project's state dicts load).
+    name: what `model=` selects. builder(image_size, pretrained_weights, allow_partial_pretrained,
+    **options) -> the model on the CPU; its keyword-only parameters, each with a default, are
+    the model's options. check(options): relations between options (ValueError naming them).
+    convert_checkpoint: a foreign state dict (the authors' release) -> this model's names;
+    raises ValueError when it is not one (None: only this project's state dicts load).
+    image_size_hint: a state dict of this model -> which image sizes it fits, as text for an
+    error message, or None when it cannot tell (a plain state dict records no size).
     """
     name: str
-    build: Callable[..., nn.Module]
+    builder: Callable[..., nn.Module]
     description: str = ""
-    options: Mapping[str, object] = field(default_factory=dict)
+    check: Optional[Callable[[Dict], None]] = None
     convert_checkpoint: Optional[Callable[[Mapping], Dict]] = None
+    image_size_hint: Optional[Callable[[Mapping], Optional[str]]] = None
+
+    def option_defaults(self) -> Dict[str, object]:
+        """The model's options with their default values, in the builder's order."""
+        return {name: parameter.default for name, parameter in _option_parameters(self.builder).items()}
+
+    def resolve_options(self, given: Optional[Mapping] = None) -> Dict[str, object]:
+        """Every option of the model: `given` over the defaults. An option the builder does not
+        take, or a value its annotation rules out, is a ValueError naming `model_options.<name>`."""
+        given = dict(given or {})
+        parameters = _option_parameters(self.builder)
+        unknown = sorted(set(given) - set(parameters))
+        if unknown:
+            known = ", ".join(parameters) or "none"
+            raise ValueError(f"config option {OPTIONS_NAME}.{unknown[0]}: model {self.name!r} has no option "
+                             f"{unknown[0]!r} (its options: {known})")
+        for name, value in given.items():
+            _check_annotation(f"{OPTIONS_NAME}.{name}", value, parameters[name].annotation)
+        options = {**self.option_defaults(), **given}
+        if self.check is not None:
+            self.check(options)
+        return options
 
 
-MODELS: Dict[str, ModelSpec] = {}
+def _option_parameters(builder: Callable) -> Dict[str, inspect.Parameter]:
+    return {name: parameter for name, parameter in inspect.signature(builder).parameters.items()
+            if parameter.kind is parameter.KEYWORD_ONLY}
 
 
-def register_model(spec: ModelSpec) -> ModelSpec:
-    """Add `spec` under its name (a name already taken is an error)."""
-    if spec.name in MODELS and MODELS[spec.name] is not spec:
-        raise ValueError(f"a model named {spec.name!r} is already registered")
-    MODELS[spec.name] = spec
-    return spec
+def _check_annotation(option: str, value, annotation) -> None:
+    """`value` must fit `annotation`: bool, int, float, str, Optional[...] or Literal[...]."""
+    if annotation is inspect.Parameter.empty:
+        return
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        if value not in arguments or isinstance(value, bool) != isinstance(arguments[0], bool):
+            raise ValueError(f"config option {option}={value!r} must be one of "
+                             f"{', '.join(repr(a) for a in arguments)}")
+        return
+    if origin is typing.Union:
+        if value is None and type(None) in arguments:
+            return
+        annotation = next(a for a in arguments if a is not type(None))
+    fits = {bool: lambda v: isinstance(v, bool),
+            int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf"),
+            str: lambda v: isinstance(v, str)}.get(annotation)
+    if fits is not None and not fits(value):
+        kind = {bool: "True or False", int: "an integer", float: "a finite number", str: "a string"}[annotation]
+        raise ValueError(f"config option {option}={value!r} must be {kind}")
 
 
-def get_model_spec(name: str, option: str = "model") -> ModelSpec:
+MODELS: Dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, *, description: str = "", check: Optional[Callable[[Dict], None]] = None,
+                   convert_checkpoint: Optional[Callable[[Mapping], Dict]] = None,
+                   image_size_hint: Optional[Callable[[Mapping], Optional[str]]] = None) -> Callable:
+    """Decorator: register the builder it decorates under `name` (a name already taken by another
+    builder is an error; see `ModelEntry` for the rest). Returns the builder unchanged."""
+    def register(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        for parameter in _option_parameters(builder).values():
+            if parameter.default is parameter.empty:
+                raise TypeError(f"model {name!r}: option {parameter.name!r} of its builder has no default")
+        entry = ModelEntry(name, builder, description, check, convert_checkpoint, image_size_hint)
+        if name in MODELS and MODELS[name].builder is not builder:
+            raise ValueError(f"a model named {name!r} is already registered")
+        MODELS[name] = entry
+        return builder
+    return register
+
+
+def unregister_model(name: str) -> None:
+    """Remove model `name` (tests register throw-away models)."""
+    MODELS.pop(name, None)
+
+
+def get_model(name: str, option: str = "config option model") -> ModelEntry:
     """The registered model `name`, or a ValueError naming `option` and listing the registered ones."""
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ValueError(f"{option}={name!r} is not a registered model; registered: {', '.join(MODELS)}")
     return MODELS[name]
 
 
-def model_options(name: str, config: Mapping) -> Dict[str, object]:
-    """The options of model `name` taken from `config` (a run's config). An option of another
-    model set away from its reference value is an error: it would silently do nothing."""
-    own = get_model_spec(name).options
-    for other in MODELS.values():
-        for option, reference in other.options.items():
-            if option not in own and option in config and config[option] != reference:
-                raise ValueError(f"config option {option}={config[option]!r} is an option of model "
-                                 f"{other.name!r}; model={name!r} does not take it (leave it at {reference!r})")
-    return {option: config.get(option, default) for option, default in own.items()}
+def resolve_model_options(name: str, given: Optional[Mapping] = None) -> Dict[str, object]:
+    """Every option of model `name`, `given` over its defaults (see `ModelEntry.resolve_options`)."""
+    return get_model(name).resolve_options(given)
 
 
-def build_model(image_size: Sequence[int], device: torch.device, pretrained_weights: Optional[str] = None,
-                channels_last: bool = False, allow_partial_pretrained: bool = False, *,
-                name: str = DEFAULT_MODEL, options: Optional[Mapping] = None) -> nn.Module:
+def build_model(name: str, image_size: Sequence[int], *, device: torch.device = torch.device("cpu"),
+                pretrained_weights: Optional[str] = None, allow_partial_pretrained: bool = False,
+                channels_last: bool = False, options: Optional[Mapping] = None) -> nn.Module:
     """Model `name` for `image_size` [H, W] on `device`, with backbone weights from
-    `pretrained_weights` (a path; None or "none": the model's own initialisation), its
-    `options` (see `model_options`), optionally with channels-last weights."""
-    spec = get_model_spec(name)
+    `pretrained_weights` (a path; None or "none": the model's own initialisation) and its
+    `options` (resolved against the builder: `resolve_model_options`), optionally with
+    channels-last weights."""
+    entry = get_model(name)
     if pretrained_weights == NO_PRETRAINED:
         pretrained_weights = None
-    model = spec.build(tuple(image_size), pretrained_weights, allow_partial_pretrained, dict(options or {}))
+    model = entry.builder(tuple(image_size), pretrained_weights, allow_partial_pretrained,
+                          **entry.resolve_options(options))
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
-
-
-def model_from_options(options: Mapping, device: torch.device, **given) -> nn.Module:
-    """A run's model from its flat options (fafnet.runtime.options): `model` (the name),
-    `image_size`, `pretrained_weights`, `pretrained_allow_partial`, `channels_last` and the
-    model's own options; `given` replaces any of them (evaluation: no pretrained file under a
-    checkpoint's weights)."""
-    chosen = {**options, **given}
-    name = chosen.get("model", DEFAULT_MODEL)
-    return build_model(chosen["image_size"], device, chosen.get("pretrained_weights"),
-                       chosen.get("channels_last", False), chosen.get("pretrained_allow_partial", False),
-                       name=name, options=model_options(name, chosen))
-
-
-register_model(ModelSpec("fafnet", build_fafnet, "FAF-Net: ResNet-101 encoder with the ATL threshold head, "
-                         "ICM + AFF on the support prototype", FAFNET_OPTIONS, convert_release_checkpoint))

@@ -1,12 +1,9 @@
-"""Choosing the device from the config and moving image batches to it."""
-import os
+"""Choosing the device and the CPU threads from the config, and moving image batches to it."""
 from typing import Optional
 
 import torch
 
-from fafnet.models.fafnet import default_predict_batch_size
-
-DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+from fafnet.runtime.options import DEVICE_CHOICES
 
 
 def resolve_device(name: str) -> torch.device:
@@ -43,29 +40,18 @@ def device_type(name: str) -> str:
     return str(name).split(":")[0]
 
 
-def default_eval_batch_size(name: str) -> int:
-    """Query slices per forward pass in evaluation on the device `name` resolves to: 1 on a
-    CPU (larger batches spill layer3's activations out of cache there), 8 on a GPU
-    (fafnet.models.fafnet.default_predict_batch_size)."""
-    return default_predict_batch_size(torch.device(device_type(name)))
+def eval_channels_last(option: Optional[bool], device: torch.device) -> bool:
+    """The evaluation's channels-last layout: `option`, or by default on for a CPU and off for
+    GPUs (the faster of the two on each, docs/benchmarks.md)."""
+    return device.type == "cpu" if option is None else bool(option)
 
 
-def default_eval_channels_last(name: str) -> bool:
-    """Channels-last inputs in evaluation: on for the CPU, off for GPUs (the faster of the two on
-    each, README benchmarks)."""
-    return device_type(name) == "cpu"
-
-
-def default_num_workers(cpu_count: Optional[int] = None) -> int:
-    """Data-loading worker processes: one core stays with the training process, at most 4
-    workers (an episode takes about 2 ms to build, so 4 keep up with any GPU step); 0 (load in
-    the main process) on a single core."""
-    if cpu_count is None:
-        # The cores this process may run on (a container or a batch job may grant fewer than
-        # the machine has).
-        cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cpu_count or 1
-    return max(0, min(4, cores - 1))
+def configure_threads(num_threads: Optional[int]) -> int:
+    """Set torch's CPU threads of this process to `num_threads` (None: leave torch's default);
+    returns the number in use (recorded with the run)."""
+    if num_threads is not None:
+        torch.set_num_threads(int(num_threads))
+    return torch.get_num_threads()
 
 
 def to_device_images(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:

@@ -27,22 +27,20 @@ from typing import Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optiona
 import torch
 
 from fafnet.io.atomic import atomic_path, remove_stale_temporaries
-from fafnet.runtime.options import flat_options
+from fafnet.models.registry import DEFAULT_MODEL, get_model
+from fafnet.runtime.options import KEEP_CHOICES, flat_record
 from fafnet.runtime.rng import capture_rng_state, restore_rng_state
 from fafnet.runtime.runs import COMPLETED, RUNNING, list_runs, run_status
-from fafnet.models.encoder import image_sides_for_feature
-from fafnet.models.fafnet import feature_size_of_state
-from fafnet.models.registry import DEFAULT_MODEL, get_model_spec
 
 SNAPSHOT_FORMAT = "fafnet-snapshot-v2"
 LEGACY_FORMATS = ("fafnet-snapshot-v1",)
 FULL, WEIGHTS = "full", "weights"
-KEEP_CHOICES = ("weights", "none")
 FOLDER = "snapshots"
 LATEST_NAME, FINAL_NAME = "latest.pth", "final.pth"
 _STEP_NAME = re.compile(r"^step_(\d+)\.pth$")
 # Options that did not exist in older snapshots, with the value those runs trained with.
-OPTIONS_ADDED_LATER = {"optimizer": "sgd", "group": None, "resample_in_plane": None, "model": DEFAULT_MODEL}
+OPTIONS_ADDED_LATER = {"optimizer": "sgd", "group": None, "resample_in_plane": None, "model": DEFAULT_MODEL,
+                       "pseudo_labels": "supervoxels", "superpixel_min_size": 400, "model_options": {}}
 
 
 class SnapshotError(ValueError):
@@ -142,12 +140,12 @@ def resolve_checkpoint(path: str, option: str = "checkpoint", wanted: Optional[M
 
 
 def _run_config(run_dir: str) -> Optional[Dict]:
-    """A run folder's options (its Sacred config.json, flattened: fafnet.runtime.options), or None."""
+    """A run folder's options (its Sacred config.json; 0.5's grouped ones flattened), or None."""
     import json
     try:
         with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
-            return flat_options(json.load(f))
-    except (OSError, ValueError):
+            return flat_record(json.load(f))
+    except (OSError, ValueError, AttributeError):
         return None
 
 
@@ -226,6 +224,7 @@ class SnapshotWriter:
             raise ValueError(f"keep_snapshots={keep!r} must be one of {KEEP_CHOICES}")
         self.run_dir, self.keep = run_dir, keep
         self.header = {"format": SNAPSHOT_FORMAT, "model_name": config.get("model", DEFAULT_MODEL),
+                       "model_options": _config_record(config.get("model_options", {})),
                        "image_size": list(image_size), "config": _config_record(config)}
         if training_data is not None:
             self.header["training_data"] = _config_record(training_data)
@@ -322,7 +321,7 @@ def resume_differences(saved: Mapping, config: Mapping, free_options: FrozenSet[
     """The options (all but `free_options`) on which a snapshot's config and this run's
     config differ, as 'name: snapshot X vs now Y' lines. Options missing from older
     snapshots count with the value those runs used."""
-    saved = {**OPTIONS_ADDED_LATER, **_translate_legacy(saved)}
+    saved = {**OPTIONS_ADDED_LATER, **_translate_legacy(flat_record(saved))}
     return [f"{name}: snapshot {saved.get(name)!r} vs now {config[name]!r}"
             for name in sorted(config) if name not in free_options and saved.get(name) != config[name]]
 
@@ -381,7 +380,40 @@ def read_checkpoint(checkpoint: str, option: str = "checkpoint",
 
 def snapshot_model_name(state: Mapping) -> str:
     """The registry name of the model a project snapshot holds (older snapshots: FAF-Net)."""
-    return state.get("model_name") or (state.get("config") or {}).get("model") or DEFAULT_MODEL
+    return state.get("model_name") or flat_record(state.get("config") or {}).get("model") or DEFAULT_MODEL
+
+
+def snapshot_model_options(state: Mapping) -> Dict:
+    """The options of the model a project snapshot holds, as recorded (snapshots of 0.5 and
+    earlier: FAF-Net's initialisation options from their config; the model's defaults fill in
+    the rest when it is built)."""
+    if isinstance(state.get("model_options"), dict):
+        return dict(state["model_options"])
+    return dict(flat_record(state.get("config") or {}).get("model_options") or {})
+
+
+def checkpoint_model(path: str, state, model: str, model_options: Mapping,
+                     option: str = "checkpoint") -> Tuple[str, Dict]:
+    """(registry name, every option) of the model to build for the checkpoint `path` with
+    contents `state`: a project snapshot's own model and options (`model` and the given
+    `model_options` must agree with them: a different value is an error, not an override); for
+    a plain state dict (the authors' release), `model` with `model_options`."""
+    from fafnet.models.registry import resolve_model_options
+
+    if not is_project_snapshot(state):
+        return model, resolve_model_options(model, model_options)
+    name = snapshot_model_name(state)
+    if name != model:
+        raise SnapshotError(f"{option} {path} holds weights of model {name!r}, not of model={model!r}; "
+                            f"evaluate it with model={name}")
+    saved = resolve_model_options(name, snapshot_model_options(state))
+    for key, value in model_options.items():
+        if key in saved and saved[key] != value:
+            raise SnapshotError(f"config option model_options.{key}={value!r}: {path} was trained with "
+                                f"{key}={saved[key]!r}, and a checkpoint is evaluated with its own model "
+                                f"options; leave model_options.{key} out")
+    resolve_model_options(name, model_options)   # an option the model does not have: an error naming it
+    return name, saved
 
 
 def load_checkpoint_state(model, path: str, state, image_size: Iterable[int],
@@ -396,16 +428,17 @@ def load_checkpoint_state(model, path: str, state, image_size: Iterable[int],
             raise SnapshotError(f"checkpoint {path} holds weights of model {saved_model!r}, not of "
                                 f"model={model_name!r}; evaluate it with model={saved_model}")
         if list(state["image_size"]) != image_size:
-            resampled = (state.get("config") or {}).get("resample_in_plane")
+            resampled = flat_record(state.get("config") or {}).get("resample_in_plane")
             option = f"resample_in_plane={list(resampled)}" if resampled else f"image_size={state['image_size']}"
             raise SnapshotError(f"checkpoint {path} was trained with image_size={state['image_size']}"
                                 + (f" (resample_in_plane={list(resampled)})" if resampled else "")
                                 + f"; evaluate it with {option}")
         weights = state["model"]
-        loaded = LoadedCheckpoint(path, int(state["step"]), state.get("config"), state.get("training_data"))
+        loaded = LoadedCheckpoint(path, int(state["step"]), flat_record(state.get("config") or {}),
+                                  state.get("training_data"))
     else:
         weights = _plain_weights(state, model, path, image_size, model_name)
-    _load_fitting(model, weights, path, image_size)
+    _load_fitting(model, weights, path, image_size, model_name)
     problem = describe_non_finite(model.state_dict())
     if problem:
         raise NonFiniteWeightsError(f"checkpoint {path}: {problem}; these weights cannot be evaluated")
@@ -421,7 +454,7 @@ def _plain_weights(state, model, path: str, image_size: List[int], model_name: s
         raise SnapshotError(f"checkpoint {path}: expected a state dict, got {type(state).__name__}")
     if set(state) == set(model.state_dict()):
         return state
-    convert = get_model_spec(model_name).convert_checkpoint
+    convert = get_model(model_name).convert_checkpoint
     if convert is None:
         raise SnapshotError(f"checkpoint {path}: not a state dict of model={model_name!r} (its keys "
                             f"differ) and that model converts no other checkpoints")
@@ -432,7 +465,8 @@ def _plain_weights(state, model, path: str, image_size: List[int], model_name: s
                             f"checkpoint for image_size={image_size}: {err}") from None
 
 
-def _load_fitting(model, weights: Mapping[str, torch.Tensor], path: str, image_size: List[int]) -> None:
+def _load_fitting(model, weights: Mapping[str, torch.Tensor], path: str, image_size: List[int],
+                  model_name: str) -> None:
     """load_state_dict(strict=True) after checking that every tensor has the model's shape;
     a state dict of another image size says which size it fits (a raw `size mismatch`
     traceback would not)."""
@@ -444,19 +478,18 @@ def _load_fitting(model, weights: Mapping[str, torch.Tensor], path: str, image_s
                             f"unexpected {unexpected[:5]}")
     wrong = [name for name, tensor in own.items() if tuple(weights[name].shape) != tuple(tensor.shape)]
     if wrong:
-        raise SnapshotError(f"checkpoint {path} does not fit image_size={image_size}: {_size_hint(weights, wrong)}")
+        raise SnapshotError(f"checkpoint {path} does not fit image_size={image_size}: "
+                            f"{_size_hint(weights, wrong, model_name)}")
     model.load_state_dict(weights, strict=True)
 
 
-def _size_hint(weights: Mapping[str, torch.Tensor], wrong: List[str]) -> str:
-    """Which image size a state dict fits, when its AFF Linear shape tells; else the
-    mismatching tensors."""
-    fitted = feature_size_of_state(weights)
+def _size_hint(weights: Mapping[str, torch.Tensor], wrong: List[str], model_name: str) -> str:
+    """Which image size a state dict fits, when its model can tell (`image_size_hint` of its
+    registry entry); else the mismatching tensors."""
+    hint = get_model(model_name).image_size_hint
+    fitted = hint(weights) if hint is not None else None
     if fitted is not None:
-        heights, widths = (image_sides_for_feature(side) for side in fitted)
-        return (f"its weights were made for {fitted[0]} x {fitted[1]} feature maps, i.e. image_size="
-                f"[{heights[0]}, {widths[0]}] (any of {heights[0]}..{heights[-1]} by "
-                f"{widths[0]}..{widths[-1]}); evaluate it with image_size=[{heights[0]}, {widths[0]}]")
+        return fitted
     shown = ", ".join(f"{name} {list(weights[name].shape)}" for name in wrong[:3])
     return f"{len(wrong)} tensor(s) have other shapes: {shown}" + (" ..." if len(wrong) > 3 else "")
 
@@ -468,4 +501,4 @@ def saved_training_config(path: str, state, option: str = "checkpoint") -> Dict:
     if not is_project_snapshot(state) or not isinstance(state.get("config"), dict):
         raise SnapshotError(f"{option} {path} is not a training snapshot of this project: it holds no "
                             "saved config saying which dataset and pre-processing it was trained with")
-    return {**OPTIONS_ADDED_LATER, **_translate_legacy(state["config"])}
+    return {**OPTIONS_ADDED_LATER, **_translate_legacy(flat_record(state["config"]))}

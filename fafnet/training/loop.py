@@ -16,52 +16,60 @@ from fafnet.episodes.datasets import TrainDataset
 from fafnet.io.atomic import atomic_write_json
 from fafnet.io.logs import log_to_file
 from fafnet.io.progress import duration_text, progress
-from fafnet.models import model_from_options
-from fafnet.runtime.devices import resolve_device
-from fafnet.runtime.options import call_with_options
+from fafnet.models import build_model, resolve_model_options
+from fafnet.runtime.devices import configure_threads, resolve_device
+from fafnet.runtime.options import OPTIMIZERS, milestones, optimizer_choices
 from fafnet.runtime.rng import seed_everything
 from fafnet.runtime.snapshots import (NonFiniteWeightsError, SnapshotError, SnapshotWriter, load_for_resume,
-                                      restore_training_state, resume_differences)
+                                      restore_training_state, resume_differences, saved_training_config)
 from fafnet.runtime.training_data import (DATA_MANIFEST_NAME, describe_differences, resume_data_differences,
                                           training_data_record)
 from fafnet.training.curves import TrainingCurves
 from fafnet.training.step import NonFiniteLossError, TrainStep, optimizer_implementation
 
-# The optimisers by option value, with what a user should know when choosing one.
-OPTIMIZERS = {"sgd": "the release", "adam": "not in the release"}
-# Training options that may differ between a snapshot and the run resuming it; every other
-# training option shapes the trajectory and must agree (a new option is checked by default).
+# Options that may differ between a snapshot and the run resuming it; every other option
+# shapes the trajectory and must agree (a new option is checked by default).
 FREE_ON_RESUME = frozenset({
     "resume", "n_steps", "snapshot_interval", "keep_snapshots", "print_interval", "device",
-    "num_workers", "runs_dir", "data_root", "data_dir", "lr_milestones", "channels_last",
-    "cudnn_benchmark", "cuda_graph", "compile", "resume_other_data",
+    "num_workers", "num_threads", "runs_dir", "data_root", "data_dir", "lr_milestones", "channels_last",
+    "cudnn_benchmark", "cuda_graph", "compile", "resume_other_data", "folds",
     # Resumed weights come from the snapshot, whatever pretrained file started the run.
-    "pretrained_weights", "pretrained_allow_partial"})
+    "pretrained_weights", "pretrained_allow_partial",
+    # The evaluation's options (test.py's, in the same config).
+    "checkpoint", "supp_idx", "n_part", "save_predictions", "save_figures", "allow_leakage",
+    "eval_batch_size", "eval_graphs"})
 
 
 def train(config: Dict, run_dir: str, logger, log_scalar: Optional[Callable] = None) -> Dict:
-    """The training loop; `config` is a run's Sacred config. Returns a summary dict."""
+    """The training loop; `config` is a run's Sacred config (flat, model_options resolved).
+    Returns a summary dict."""
     device = resolve_device(config["device"])
+    threads = configure_threads(config["num_threads"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = config["cudnn_benchmark"]
     with log_to_file(logger, os.path.join(run_dir, "train.log")):
-        logger.info("training %s fold %d (setting %d%s) on %s; run folder %s", config["dataset"],
-                    config["eval_fold"], config["setting"],
-                    f", {config['setting2_protocol']}" if config["setting"] == 2 else "", device, run_dir)
+        logger.info("training %s (%s) on %s fold %d (setting %d%s) on %s (%d CPU threads); run folder %s",
+                    config["model"], options_text(config["model_options"]), config["dataset"], config["eval_fold"],
+                    config["setting"], f", {config['setting2_protocol']}" if config["setting"] == 2 else "",
+                    device, threads, run_dir)
+        # The data first: a wrong folder or image size fails before a model is built.
+        dataset = make_train_dataset(config)
         seed_everything(config["seed"])
-        model = model_from_options(config, device)
+        model = build_model(config["model"], config["image_size"], device=device,
+                            pretrained_weights=config["pretrained_weights"],
+                            allow_partial_pretrained=config["pretrained_allow_partial"],
+                            options=config["model_options"])
         if getattr(model, "pretrained_tensors_loaded", 0):
             logger.info("loaded %d pretrained backbone tensors from %s",
                         model.pretrained_tensors_loaded, config["pretrained_weights"])
         optimizer = build_optimizer(model, config, device)
-        scheduler = build_scheduler(optimizer, config["lr_milestones"], config["lr_gamma"])
+        scheduler = build_scheduler(optimizer, milestones(config), config["lr_gamma"])
         start_step, resumed = 0, None
         if config["resume"]:
             start_step, resumed = resume_from(config, model, optimizer, scheduler, logger)
         if start_step >= config["n_steps"]:
             raise ValueError(f"resume: the snapshot is at step {start_step}, not before "
                              f"n_steps={config['n_steps']}; raise n_steps to train further")
-        dataset = make_train_dataset(config)
         data_record = training_data_record(dataset, config["dataset"], config["data_dir"])
         manifest = dict(data_record)
         if resumed is not None:
@@ -76,11 +84,13 @@ def resume_from(config: Dict, model, optimizer, scheduler, logger) -> Tuple[int,
     """Restore a snapshot's states after checking it was trained with this run's options.
     Returns (step, {"path", "training_data": the snapshot's record or None})."""
     path, state = load_for_resume(config["resume"])
-    different = resume_differences(state["config"], config, FREE_ON_RESUME)
+    saved = saved_training_config(path, state, "resume")
+    saved["model_options"] = resolve_model_options(saved["model"], saved["model_options"])
+    different = resume_differences(saved, config, FREE_ON_RESUME)
     if different:
         raise SnapshotError(f"resume={config['resume']!r}: {path} was trained with other options, so "
                             f"resuming would not continue that run: {'; '.join(different)}")
-    step = restore_training_state(state, model, optimizer, scheduler, config["lr_milestones"])
+    step = restore_training_state(state, model, optimizer, scheduler, milestones(config))
     logger.info("resumed from %s at step %d", path, step)
     return step, {"path": path, "training_data": state.get("training_data")}
 
@@ -107,10 +117,9 @@ def check_resumed_data(config: Dict, resumed: Dict, data_record: Dict, logger) -
             "resume_other_data": config["resume_other_data"]}
 
 
-def optimizer_choices() -> str:
-    """The optimizer values for an error message: "'sgd' (the release) or 'adam' (...)"."""
-    named = [f"{name!r} ({what})" for name, what in OPTIMIZERS.items()]
-    return " or ".join([", ".join(named[:-1]), named[-1]] if len(named) > 1 else named)
+def options_text(options: Mapping) -> str:
+    """A model's options as one line: "icm=True, aff=True, ..." ("no options")."""
+    return ", ".join(f"{name}={value!r}" for name, value in options.items()) or "no options"
 
 
 def build_optimizer(model: torch.nn.Module, config: Dict, device: torch.device = torch.device("cpu")
@@ -137,9 +146,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, milestones, gamma: float):
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
 
 
-def make_train_dataset(options: Mapping) -> TrainDataset:
-    """The fold's training episodes, every parameter taken from the run's options by its name."""
-    return call_with_options(TrainDataset, options)
+def make_train_dataset(config: Mapping) -> TrainDataset:
+    """The fold's training episodes, from the run's options."""
+    return TrainDataset(
+        config["data_dir"], dataset=config["dataset"], eval_fold=config["eval_fold"], n_shot=config["n_shot"],
+        use_gt=config["use_gt"], setting=config["setting"], setting2_protocol=config["setting2_protocol"],
+        group=config["group"], test_classes=config["test_classes"], min_size=config["min_size"],
+        supervoxel_min_size=config["supervoxel_min_size"], augment=config["augment"], seed=config["seed"],
+        max_iters_per_load=config["max_iters_per_load"], n_volumes=config["n_volumes"],
+        image_size=config["image_size"], resample_in_plane=config["resample_in_plane"],
+        pseudo_labels=config["pseudo_labels"], superpixel_min_size=config["superpixel_min_size"])
 
 
 class TrainingLoop:
@@ -153,9 +169,9 @@ class TrainingLoop:
         self.snapshots = SnapshotWriter(run_dir, config, config["image_size"], config["keep_snapshots"],
                                         training_data)
         self.last_snapshot: Optional[str] = None
-        # grad_clip_norm, amp_bf16, channels_last, compile, cuda_graph: by name from the options.
-        self.step = call_with_options(TrainStep, config, model=model, optimizer=optimizer, scheduler=scheduler,
-                                      device=device, log=logger)
+        self.step = TrainStep(model, optimizer, scheduler, device=device, grad_clip_norm=config["grad_clip_norm"],
+                              amp_bf16=config["amp_bf16"], channels_last=bool(config["channels_last"]),
+                              compile=config["compile"], cuda_graph=config["cuda_graph"], log=logger)
 
     def run(self, dataset: TrainDataset, start_step: int) -> Dict:
         n_steps = self.config["n_steps"]

@@ -26,9 +26,9 @@ from torch import nn
 
 from fafnet.io.logs import error_summary
 from fafnet.models.interface import check_query_labels, image_encoder, total_loss
+from fafnet.runtime.options import COMPILE_TARGETS
 
 TOTAL, GRAD_NORM = "loss", "grad_norm"   # the values a step reports besides the model's losses
-COMPILE_TARGETS = (None, "encoder", "model")
 # Untimed forward + backward passes on a side stream before a CUDA graph is captured: they
 # pick cuDNN/cuBLAS algorithms, create FFT plans and workspaces, and run torch.compile.
 GRAPH_WARMUP_PASSES = 3
