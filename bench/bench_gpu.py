@@ -441,8 +441,7 @@ class Runner:
         if channels_last:
             model.to(memory_format=torch.channels_last)
         self.device = device
-        self.config = {"eval_batch_size": batch_size, "channels_last": channels_last, "amp_bf16": amp_bf16}
-        self.options = InferenceOptions.from_config(self.config)
+        self.options = InferenceOptions(batch_size, channels_last, amp_bf16)
         self.encoder_graphs = self.predict_graphs = None
         if graphs == "encoder" and device.type == "cuda":
             self.encoder_graphs = GraphedEncoder(image_encoder(model)).install()
@@ -477,7 +476,7 @@ def ep1_mean_dice(runner: Runner, volumes: Dict[int, Tuple[np.ndarray, np.ndarra
     per_class = {}
     for class_id in classes:
         name = f"class {class_id}"
-        support, outcomes, _ = evaluate_class(runner.model, data, class_id, name, runner.device, runner.config,
+        support, outcomes, _ = evaluate_class(runner.model, data, class_id, name, runner.device, runner.options,
                                               Timer(), Skips(), LOG, _NoBar())
         dice = class_entry(name, support, outcomes)["dice_mean"]
         if dice is not None:
@@ -521,7 +520,7 @@ def time_eval_variant(spec: Tuple, eval_model: FAFNet, device: torch.device, vol
 
     def run_ep1():
         for support, query in ep1_inputs:
-            segment_query(runner.model, support, query, device, runner.config, Timer())
+            segment_query(runner.model, support, query, device, runner.options, Timer())
 
     probabilities = None
     try:
@@ -633,7 +632,7 @@ def section_train(args, device: torch.device, budget: Budget, record: Recorder) 
     query_volume = synthetic_volume(args.seed, 1, args.size, args.slices)
     episodes = timing_episodes(*support_volume, device)
     torch.manual_seed(args.seed)
-    template = build_model((args.size, args.size), torch.device("cpu"))
+    template = build_model("fafnet", (args.size, args.size))
     flops = flop_count(template, episodes[0], device)
     record.set("train_step_gflop", flops / 1e9 if flops else None)
 
@@ -804,8 +803,7 @@ def section_dice(args, device: torch.device, budget: Budget, record: Recorder) -
         torch.manual_seed(seed)
         # The demo's random start (script/demo.sh), or the release's initialisation.
         random_start = {"zero_init_residual": True, "threshold_head_init_scale": DEMO_THRESHOLD_SCALE}
-        template = build_model((size, size), torch.device("cpu"),
-                               options=None if args.dice_release_init else random_start)
+        template = build_model("fafnet", (size, size), options=None if args.dice_release_init else random_start)
         runs = {}
         for label, variant in (("fp32", "baseline"), ("fast", fast_train)):
             model = copy.deepcopy(template).to(device).train()
@@ -865,7 +863,7 @@ def section_compile(args, device: torch.device, budget: Budget, record: Recorder
     query_volume = synthetic_volume(args.seed, 1, args.size, args.slices)
     episodes = timing_episodes(*support_volume, device)
     torch.manual_seed(args.seed)
-    template = build_model((args.size, args.size), torch.device("cpu"))
+    template = build_model("fafnet", (args.size, args.size))
     options = dict(TRAIN_VARIANTS.get(args.compile_base or "fast_bf16_cl_bench", ({}, True))[0])
     options.pop("cuda_graph", None)
     for name, extra in (("compile_encoder", {**options, "compile": "encoder"}),

@@ -4,7 +4,7 @@
 # fold, the supervoxels shipped beside the data) with the options of config.py's `cpu_recipe`
 # (128 x 128, random start, Adam 2e-4, 1000 steps; each an environment variable below), then the release's evaluation protocol (support volume
 # 2, EP1) of the weights training started from, of every snapshot (the learning curve) and of
-# the final model, per class. docs/real_data.md shows it on CMR and CHAOS-T2.
+# the final model, per class. docs/real_data.md shows it on CMR (and the command for CHAOS-T2).
 #
 # DATA_ROOT is the folder that holds the dataset's folder (cmr_MR_normalized/,
 # chaos_MR_T2_normalized/, ...) and its supervoxels_<N>/ exactly as the FSMIS repositories

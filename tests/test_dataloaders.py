@@ -17,6 +17,7 @@ from fafnet.datasets.specs import DATASETS, get_dataset_spec, group_classes, mak
 from fafnet.episodes.datasets import (SETTING2_PROTOCOLS, TestDataset, TrainDataset, chunk_bounds,
                                   consecutive_runs, count_volumes, excluded_classes_for,
                                   remaining_slices, slice_class_areas, support_slice_positions)
+from tests.helpers import truncate
 
 Z, H, W = 12, 32, 32
 N_VOLUMES = 6            # folds: [0,1] [1,2] [2,3] [3,4] [4,5,0]
@@ -544,12 +545,6 @@ def broken_copy(root, tmp_path):
     return copy
 
 
-def truncate(path, n_bytes):
-    with open(path, "rb") as f:
-        data = f.read()
-    assert n_bytes < len(data)
-    with open(path, "wb") as f:
-        f.write(data[:n_bytes])
 
 
 # The label files compress to about 270 bytes: they keep 100 instead of 400.

@@ -1,14 +1,15 @@
-"""The demo's random-start options of train.py: zero_init_residual, threshold_head_init_scale and
-save_initial_snapshot (all off by default: the release's behaviour)."""
+"""The demo's random-start options: FAF-Net's model options zero_init_residual and
+threshold_head_init_scale (model_options.<name>; flat options of train.py in 0.5), and
+train.py's save_initial_snapshot (all off by default: the release's behaviour)."""
 import os
 
 import pytest
 import torch
 from torchvision.models.resnet import Bottleneck
 
-from fafnet.runtime.rng import seed_everything
 from fafnet.models import FAFNet, build_model, scale_threshold_head, zero_init_residual
-from tests.test_experiment import base_config, run_train, train_script, write_phantom
+from fafnet.runtime.rng import seed_everything
+from tests.helpers import base_config, experiment_for, model_state, run_train
 
 SIZE = (33, 33)
 RESNET101_BOTTLENECKS = 3 + 4 + 23 + 3
@@ -43,33 +44,36 @@ def test_threshold_head_init_scale_scales_the_threshold_map():
 
 
 @pytest.mark.parametrize("updates, message", [
-    ({"threshold_head_init_scale": 0}, "threshold_head_init_scale=0 must be a number > 0"),
-    ({"zero_init_residual": "yes"}, "zero_init_residual='yes' must be True or False"),
-    ({"zero_init_residual": True, "pretrained_weights": "weights.pth"},
-     r"config option model\.zero_init_residual=True is for a random start; with model\.pretrained_weights="),
+    ({"model_options": {"threshold_head_init_scale": 0}}, r"model_options.threshold_head_init_scale=0 must be > 0"),
+    ({"model_options": {"zero_init_residual": "yes"}}, "model_options.zero_init_residual='yes' must be True or False"),
+    ({"model_options": {"zero_init_residual": True}, "pretrained_weights": "weights.pth"},
+     r"zero_init_residual=True is for a random start; with pretrained_weights='weights.pth'"),
     ({"save_initial_snapshot": 1}, "save_initial_snapshot=1 must be True or False"),
+    # 0.5's flat names are refused, naming the model option they became.
+    ({"zero_init_residual": True}, r"zero_init_residual: one of FAF-Net's model options since 0.6 "
+                                   r"\(model_options.zero_init_residual=...\)"),
 ])
 def test_bad_demo_options_fail_before_the_run_starts(updates, message, tmp_path):
     with pytest.raises(ValueError, match=message):
-        train_script.ex.run(named_configs=["SYNTHETIC"], config_updates={"runs_dir": str(tmp_path), **updates})
+        experiment_for("train").run(named_configs=["SYNTHETIC"], config_updates={"runs_dir": str(tmp_path), **updates})
     assert not os.listdir(tmp_path)
 
 
-def test_initial_snapshot_holds_the_weights_training_started_from(tmp_path):
-    data_dir = str(tmp_path / "data")
-    write_phantom(data_dir)
-    config = base_config(data_dir, str(tmp_path / "runs"), n_steps=1, snapshot_interval=1,
-                         optimizer="adam", lr=1e-4, zero_init_residual=True,
-                         threshold_head_init_scale=0.05, save_initial_snapshot=True)
+def test_initial_snapshot_holds_the_weights_training_started_from(phantom, tmp_path):
+    config = base_config(phantom, str(tmp_path / "runs"), n_steps=1, snapshot_interval=1, optimizer="adam", lr=1e-4,
+                         model_options={"zero_init_residual": True, "threshold_head_init_scale": 0.05},
+                         save_initial_snapshot=True)
     run = run_train(config)
     folder = os.path.join(run.observers[0].dir, "snapshots")
     assert sorted(os.listdir(folder)) == ["final.pth", "step_0000000.pth"]
-    initial = torch.load(os.path.join(folder, "step_0000000.pth"), weights_only=True)
-    trained = torch.load(os.path.join(folder, "final.pth"), weights_only=True)
+    initial = model_state(os.path.join(folder, "step_0000000.pth"))
+    trained = model_state(os.path.join(folder, "final.pth"))
     assert initial["step"] == 0 and initial["kind"] == "weights" and trained["step"] == 1
+    assert initial["model_options"] == trained["model_options"] == {
+        "icm": True, "aff": True, "threshold": "adaptive", "zero_init_residual": True, "threshold_head_init_scale": 0.05}
 
     seed_everything(run.config["seed"])
-    expected = build_model(run.config["dataset"]["image_size"], torch.device("cpu")).state_dict()
+    expected = build_model("fafnet", run.config["image_size"]).state_dict()
     head = "encoder.threshold_head.2.weight"
     torch.testing.assert_close(initial["model"][head], 0.05 * expected[head])
     bn3 = [k for k in expected if k.endswith("bn3.weight")]

@@ -1,10 +1,6 @@
-"""End to end: train.py and test.py as Sacred experiments on a tiny phantom dataset.
-
-The phantom (written here, independent of data/synthetic): 10 volumes of 8 x 65 x 65, so
-make_folds(10) gives folds of 3 volumes ({0, 1, 2} for fold 0); organs 1 (spleen) and 6
-(liver) are discs on slices 2..5, and the supervoxel files cut each slice into quadrants, so
-setting 2 leaves slices 0, 1, 6, 7 for self-supervised episodes.
-"""
+"""End to end: train.py and test.py as Sacred experiments on the phantom dataset
+(tests/helpers.py; the run and its evaluation are session fixtures, tests/conftest.py), and
+the fold scripts with a stand-in python."""
 import json
 import math
 import os
@@ -14,82 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from fafnet.io.nifti import Geometry, read_volume, write_volume
+import fafnet.cli.train as train_script
+import fafnet.training.loop as training_loop
 from fafnet.evaluation.metrics import dice_score, iou_score
-from fafnet.models import build_model
-from fafnet.runtime.options import flat_options
+from fafnet.evaluation.protocol import load_model
+from fafnet.io.nifti import read_volume, write_volume
+from fafnet.models import FAFNet, build_model, predict_batch_size
+from fafnet.runtime.devices import eval_channels_last
+from fafnet.runtime.options import flat_record, milestones
 from fafnet.runtime.snapshots import (OPTIONS_ADDED_LATER, final_path, latest_path, list_step_snapshots,
-                                  step_path)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-N_VOLUMES, DEPTH, SIZE = 10, 8, 65
-ORGAN_SLICES = range(2, 6)
-GEOMETRY = Geometry(spacing=(1.25, 1.25, 7.7), origin=(-40.0, -40.0, 10.0),
-                    direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-
-
-import fafnet.cli.evaluate as test_script  # noqa: E402
-import fafnet.cli.train as train_script  # noqa: E402
-import fafnet.evaluation.protocol as evaluation_protocol  # noqa: E402
-import fafnet.training.loop as training_loop  # noqa: E402
-
-
-def write_phantom(data_dir: str) -> None:
-    rng = np.random.default_rng(0)
-    rows, cols = np.mgrid[:SIZE, :SIZE]
-    quadrants = 1 + (rows >= SIZE // 2) * 2 + (cols >= SIZE // 2)
-    for index in range(N_VOLUMES):
-        image = rng.normal(0.0, 5.0, (DEPTH, SIZE, SIZE)).astype(np.float32) + 100.0
-        label = np.zeros((DEPTH, SIZE, SIZE), dtype=np.uint8)
-        for class_id, centre, intensity in ((1, (20, 20), 180.0), (6, (42, 40), 240.0)):
-            disc = (rows - centre[0] - index % 3) ** 2 + (cols - centre[1]) ** 2 <= 10 ** 2
-            for z in ORGAN_SLICES:
-                label[z][disc] = class_id
-                image[z][disc] += intensity - 100.0
-        supervoxels = np.broadcast_to(quadrants, (DEPTH, SIZE, SIZE)).astype(np.int16)
-        write_volume(image, GEOMETRY, os.path.join(data_dir, f"image_{index}.nii.gz"))
-        write_volume(label, GEOMETRY, os.path.join(data_dir, f"label_{index}.nii.gz"))
-        write_volume(supervoxels, GEOMETRY,
-                     os.path.join(data_dir, "supervoxels_1000", f"superpix-MIDDLE_{index}.nii.gz"))
-
-
-def base_config(data_dir: str, runs_dir: str, **updates):
-    config = {"data_dir": data_dir, "runs_dir": runs_dir, "image_size": [SIZE, SIZE],
-              "test_classes": [1, 6], "device": "cpu", "setting": 2, "setting2_protocol": "any"}
-    config.update(updates)
-    return config
-
-
-TRAINING = {"num_workers": 0, "n_steps": 4, "snapshot_interval": 2, "print_interval": 1, "min_size": 100,
-            # A milestone at step 2 (the release's rule: every lr_step_size steps before n_steps).
-            "lr_step_size": 2, "lr_gamma": 0.5}
-
-
-def run_train(config):
-    return train_script.ex.run(named_configs=["SYNTHETIC"], config_updates={**TRAINING, **config})
-
-
-def run_test(config):
-    return test_script.ex.run(named_configs=["SYNTHETIC"], config_updates={"supp_idx": 0, **config})
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("phantom"))
-    write_phantom(data_dir)
-    return data_dir
-
-
-@pytest.fixture(scope="module")
-def straight_run(phantom, tmp_path_factory):
-    """An uninterrupted 4-step training run (snapshots at steps 2 and 4)."""
-    runs_dir = str(tmp_path_factory.mktemp("runs"))
-    run = run_train(base_config(phantom, runs_dir))
-    return run, runs_dir
-
-
-def _model_state(snapshot: str):
-    return torch.load(snapshot, weights_only=True)
+                                      load_for_evaluation, step_path)
+from tests.helpers import (DEPTH, ORGAN_SLICES, ROOT, SIZE, TRAINING, base_config, command_line, experiment_for,
+                           model_state, options_of, run_script, run_test, run_train)
 
 
 # ----------------------------------------------------------------------------- training
@@ -112,10 +44,10 @@ def test_training_run_records_config_metrics_logs_and_snapshots(straight_run):
     log = open(os.path.join(run_dir, "train.log")).read()
     assert "step 4/4: loss" in log and "snapshot" in log and "left" in log
     assert "loading training volumes: 7 volumes done in" in log
-    snapshot = _model_state(final_path(run_dir))
+    snapshot = model_state(final_path(run_dir))
     assert snapshot["step"] == 4 and snapshot["config"]["n_steps"] == 4
     assert {"model", "optimizer", "scheduler", "rng"} <= set(snapshot)
-    older = _model_state(step_path(run_dir, 2))
+    older = model_state(step_path(run_dir, 2))
     assert older["step"] == 2 and older["kind"] == "weights" and "optimizer" not in older
 
 
@@ -135,13 +67,13 @@ def test_training_records_its_fold_volumes_and_files(straight_run, phantom):
         data = open(os.path.join(phantom, entry["name"]), "rb").read()
         assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size"] == len(data)
     for snapshot in (final_path(run_dir), step_path(run_dir, 2)):
-        assert _model_state(snapshot)["training_data"] == manifest
+        assert model_state(snapshot)["training_data"] == manifest
 
 
 def test_a_dataset_source_files_are_the_files_it_reads(phantom):
     dataset = training_loop.make_train_dataset({
-        **flat_options(train_script.ex.run("print_config", named_configs=["SYNTHETIC"], config_updates={
-            **TRAINING, **base_config(phantom, "unused")}).config), "use_gt": True, "setting": 1, "test_classes": [1]})
+        **options_of("train", "SYNTHETIC", **TRAINING, **base_config(phantom, "unused")),
+        "use_gt": True, "setting": 1, "test_classes": [1], "min_size": 50})
     assert dataset.source_files() == [os.path.join(phantom, f"{kind}_{i}.nii.gz")
                                       for i in range(3, 10) for kind in ("image", "label")]
 
@@ -150,7 +82,6 @@ def test_a_dataset_source_files_are_the_files_it_reads(phantom):
 def nan_run(phantom, tmp_path_factory):
     """Same options as `straight_run`, but the query loss is NaN at step 3."""
     runs_dir = str(tmp_path_factory.mktemp("runs_nan"))
-    from fafnet.models import FAFNet
     original, calls = FAFNet.forward, []
 
     def nan_on_third_step(self, *args, **kwargs):
@@ -176,8 +107,8 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_snapshot(nan_run):
     assert latest_path(run_dir) in message
     assert json.load(open(os.path.join(run_dir, "run.json")))["status"] == "FAILED"
     assert sorted(os.listdir(os.path.join(run_dir, "snapshots"))) == ["latest.pth", "step_0000002.pth"]
-    assert _model_state(latest_path(run_dir))["step"] == 2
-    state = _model_state(latest_path(run_dir))["model"]
+    assert model_state(latest_path(run_dir))["step"] == 2
+    state = model_state(latest_path(run_dir))["model"]
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
 
 
@@ -187,8 +118,8 @@ def test_resume_reaches_the_same_weights_as_a_straight_run(nan_run, straight_run
     # Resumed with data-loading workers: episodes depend only on (seed, step).
     resumed = run_train(base_config(phantom, str(tmp_path), resume=stopped_dir, num_workers=2))
     assert resumed.info["start_step"] == 2
-    expected = _model_state(final_path(straight.observers[0].dir))
-    got = _model_state(resumed.result)
+    expected = model_state(final_path(straight.observers[0].dir))
+    got = model_state(resumed.result)
     assert got["step"] == 4
     for name, tensor in expected["model"].items():
         assert torch.equal(got["model"][name], tensor), name
@@ -209,7 +140,7 @@ def test_resume_refuses_a_snapshot_of_other_options(straight_run, phantom, tmp_p
 
 
 @pytest.mark.parametrize("updates, message", [
-    ({"dataset": "LUNG"}, "dataset='LUNG' is unknown; known datasets: SABS, CHAOST2"),
+    ({"dataset": "LUNG"}, "dataset='LUNG' is not a known dataset; known: SABS, CHAOST2"),
     ({"setting": 3}, "setting=3 must be 1 or 2"),
     ({"setting2_protocol": "some"}, "setting2_protocol='some' must be one of release, any, groups"),
     ({"setting": 2, "setting2_protocol": "groups"}, r"group=None: group must be one of \[0, 1\] for SABS, got None"),
@@ -218,17 +149,17 @@ def test_resume_refuses_a_snapshot_of_other_options(straight_run, phantom, tmp_p
     ({"supp_idx": [0, -1]}, "supp_idx=\\[0, -1\\] must be a fold position"),
     ({"keep_snapshots": "all"}, "keep_snapshots='all' must be one of weights, none"),
     ({"device": "gpu"}, "device='gpu' must be one of"),
-    ({"eval_fold": 5}, "eval_fold=5"),
-    ({"grad_clip_norm": -1.0}, "grad_clip_norm=-1.0 must be None or a number > 0"),
-    ({"optimizer": "rmsprop"}, "optimisation.optimizer='rmsprop' must be 'sgd' \\(the release\\) or 'adam' "
+    ({"eval_fold": 5}, "eval_fold=5 must be 0, 1, 2, 3 or 4"),
+    ({"grad_clip_norm": -1.0}, "grad_clip_norm=-1.0 must be None or a finite number > 0"),
+    ({"optimizer": "rmsprop"}, "^config option optimizer='rmsprop' must be 'sgd' \\(the release\\) or 'adam' "
                                "\\(not in the release\\)"),
-    ({"n_steps": 0}, "n_steps=0 must be an integer >= 1"),
-    ({"channels_last": "yes"}, "channels_last='yes' must be True or False"),
+    ({"n_steps": 0}, "n_steps=0 must be an integer from 1 to"),
+    ({"channels_last": "yes"}, "channels_last='yes' must be None, True or False"),
     # Values Sacred's config scopes used to choke on before any check ran (derived options).
-    ({"n_steps": "abc"}, "n_steps='abc' must be an integer >= 1"),
-    ({"n_steps": 2.5}, "n_steps=2.5 must be an integer >= 1"),
-    ({"lr_step_size": 0}, "lr_step_size=0 must be an integer >= 1"),
-    ({"data_root": 5}, "data_root=5 must be a folder path"),
+    ({"n_steps": "abc"}, "n_steps='abc' must be an integer from 1 to"),
+    ({"n_steps": 2.5}, "n_steps=2.5 must be an integer from 1 to"),
+    ({"lr_step_size": 0}, "lr_step_size=0 must be an integer from 1 to"),
+    ({"data_root": 5}, "data_root=5 must be a path"),
     ({"seed": "abc"}, "seed='abc' must be an integer from 0 to 4294967295"),
     ({"seed": -1}, "seed=-1 must be an integer from 0 to 4294967295"),
     # Non-finite numbers pass `v >= 0`.
@@ -236,13 +167,14 @@ def test_resume_refuses_a_snapshot_of_other_options(straight_run, phantom, tmp_p
     ({"momentum": float("nan")}, "momentum=nan must be a finite number >= 0"),
     ({"weight_decay": float("inf")}, "weight_decay=inf must be a finite number >= 0"),
     ({"lr_gamma": float("inf")}, "lr_gamma=inf must be a finite number >= 0"),
-    ({"grad_clip_norm": float("inf")}, "grad_clip_norm=inf must be None or a number > 0, finite"),
-    ({"threshold_head_init_scale": float("nan")}, "threshold_head_init_scale=nan must be a number > 0, finite"),
+    ({"grad_clip_norm": float("inf")}, "grad_clip_norm=inf must be None or a finite number > 0"),
+    ({"model_options": {"threshold_head_init_scale": float("nan")}, "pretrained_weights": "none"},
+     "model_options.threshold_head_init_scale=nan must be a finite number"),
 ])
 def test_bad_options_fail_before_the_run_starts(updates, message, tmp_path):
-    script = test_script if "supp_idx" in updates else train_script
+    command = "evaluate" if "supp_idx" in updates else "train"
     with pytest.raises(ValueError, match=message):
-        script.ex.run(config_updates={"runs_dir": str(tmp_path), **updates})
+        experiment_for(command).run(config_updates={"runs_dir": str(tmp_path), **updates})
     assert not os.listdir(tmp_path)
 
 
@@ -259,37 +191,32 @@ def test_optimizer_option_builds_release_sgd_by_default_and_adam_on_request():
     assert OPTIONS_ADDED_LATER["optimizer"] == "sgd"
 
 
-def config_of(script, *named, **updates):
-    """The options a run of `script` would use (Sacred's print_config command), flat."""
-    # (No --loglevel: Sacred would set it on the root logger for the rest of the session.)
-    return flat_options(script.ex.run("print_config", named_configs=list(named), config_updates=updates).config)
+class _UsesFAFNetsBatchSize(torch.nn.Module):
+    default_batch_size = FAFNet.default_batch_size
 
 
 @pytest.mark.parametrize("device, batch, channels_last", [("cpu", 1, True), ("cuda", 8, False), ("mps", 8, False)])
 def test_evaluation_defaults_follow_the_device(device, batch, channels_last):
-    config = config_of(test_script, "SYNTHETIC", device=device)
-    assert config["eval_batch_size"] == batch and config["channels_last"] is channels_last
-    assert config_of(test_script, device=device, eval_batch_size=3)["eval_batch_size"] == 3
+    # The options stay None (the model's and the device's choice), resolved when evaluating.
+    config = options_of("evaluate", "SYNTHETIC", device=device)
+    assert config["eval_batch_size"] is None and config["channels_last"] is None
+    assert predict_batch_size(_UsesFAFNetsBatchSize(), torch.device(device)) == batch
+    assert eval_channels_last(config["channels_last"], torch.device(device)) is channels_last
+    given = options_of("evaluate", device=device, eval_batch_size=3, channels_last=False)
+    assert predict_batch_size(_UsesFAFNetsBatchSize(), torch.device(device), given["eval_batch_size"]) == 3
+    assert eval_channels_last(given["channels_last"], torch.device(device)) is False
 
 
 def test_unknown_option_and_missing_data_are_clear_errors(tmp_path):
-    from sacred.utils import ConfigAddedError
-    with pytest.raises(ConfigAddedError, match="n_step"):
-        train_script.ex.run(named_configs=["SYNTHETIC"], config_updates={"runs_dir": str(tmp_path), "n_step": 5})
+    with pytest.raises(ValueError, match=r"config option n_step: no such option \(did you mean n_steps"):
+        experiment_for("train").run(named_configs=["SYNTHETIC"],
+                                    config_updates={"runs_dir": str(tmp_path), "n_step": 5})
     missing = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         run_test(base_config(missing, str(tmp_path), checkpoint="untrained"))
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-
-@pytest.fixture(scope="module")
-def evaluation(straight_run, phantom):
-    straight, runs_dir = straight_run
-    run = run_test(base_config(phantom, runs_dir, checkpoint=os.path.join(runs_dir, "train"),
-                               eval_batch_size=2))
-    return run, run.observers[0].dir
 
 
 def test_evaluation_writes_every_output(evaluation, straight_run, phantom):
@@ -378,7 +305,7 @@ def test_figure_rows_are_all_queries_or_best_median_worst():
 def test_release_checkpoint_loads_into_the_same_weights(straight_run, tmp_path):
     straight, _ = straight_run
     snapshot = final_path(straight.observers[0].dir)
-    own = _model_state(snapshot)["model"]
+    own = model_state(snapshot)["model"]
     # The release's names for this project's modules, as the authors' code saves them.
     renames = [("encoder.reduce_features.", "encoder.reduce1."), ("encoder.reduce_layer4.", "encoder.reduce2."),
                ("encoder.threshold_head.", "encoder.down."), ("icm.query_proj.", "cross_att.fc_q."),
@@ -401,18 +328,18 @@ def test_release_checkpoint_loads_into_the_same_weights(straight_run, tmp_path):
     release["module.encoder.backbone.fc.weight"] = torch.zeros(1000, 2048)
     path = str(tmp_path / "release_fold0.pth")
     torch.save(release, path)
-    model = build_model((SIZE, SIZE), torch.device("cpu"))
-    assert evaluation_protocol.load_weights(model, path, (SIZE, SIZE)) == (path, None, None, None)
+    model = build_model("fafnet", (SIZE, SIZE))
+    assert load_for_evaluation(model, path, (SIZE, SIZE)) == (path, None, None, None)
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, own[name]), name
 
     torch.save({"conv.weight": torch.zeros(1)}, str(tmp_path / "foreign.pth"))
     with pytest.raises(ValueError, match="neither this project's snapshot nor a loadable release"):
-        evaluation_protocol.load_weights(model, str(tmp_path / "foreign.pth"), (SIZE, SIZE))
+        load_for_evaluation(model, str(tmp_path / "foreign.pth"), (SIZE, SIZE))
     with pytest.raises(ValueError, match="checkpoint is not set"):
-        evaluation_protocol.load_weights(model, None, (SIZE, SIZE))
-    with pytest.raises(ValueError, match=r"evaluate it with image_size=\[65, 65\]"):
-        evaluation_protocol.load_weights(model, snapshot, (64, 64))
+        load_model({"checkpoint": None}, torch.device("cpu"))
+    with pytest.raises(ValueError, match=rf"evaluate it with image_size=\[{SIZE}, {SIZE}\]"):
+        load_for_evaluation(model, snapshot, (64, 64))
 
 
 def test_bf16_and_channels_last_evaluation_runs(straight_run, phantom):
@@ -431,7 +358,7 @@ def test_bf16_and_channels_last_evaluation_runs(straight_run, phantom):
 
 FAKE_PYTHON = """#!/usr/bin/env bash
 # Stands in for python: records each call; fold 2 fails; a test run leaves a run folder.
-echo "$* CUDA=${CUDA_VISIBLE_DEVICES:-none}" >> "$FAKE_LOG"
+echo "$* CUDA=${CUDA_VISIBLE_DEVICES:-none}" >> "$CALLS"
 for a in "$@"; do [[ "$a" == eval_fold=2 ]] && exit 3; done
 for a in "$@"; do [[ "$a" == runs_dir=* ]] && mkdir -p "${a#runs_dir=}/test/7"; done
 exit 0
@@ -439,16 +366,7 @@ exit 0
 
 
 def _run_script(name, tmp_path, **env):
-    import subprocess
-    fake = tmp_path / "fake_python"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(0o755)
-    log = tmp_path / "calls.log"
-    environment = dict(os.environ, PYTHON=str(fake), FAKE_LOG=str(log), RUNS_ROOT=str(tmp_path / "runs"), **env)
-    result = subprocess.run(["bash", os.path.join(ROOT, "script", name)], env=environment,
-                            capture_output=True, text=True, timeout=60)
-    calls = log.read_text().splitlines() if log.exists() else []
-    return result, calls
+    return run_script(name, tmp_path, FAKE_PYTHON, **env)
 
 
 def test_train_script_runs_folds_in_parallel_over_gpus_and_fails_loudly(tmp_path):
@@ -459,8 +377,8 @@ def test_train_script_runs_folds_in_parallel_over_gpus_and_fails_loudly(tmp_path
     assert sorted(by_fold) == ["0", "1", "2", "3", "4"]          # the other folds still ran
     for fold, gpu in (("0", "0"), ("1", "1"), ("2", "0"), ("3", "1"), ("4", "0")):
         assert by_fold[fold].endswith(f"CUDA={gpu}") and "device=cuda" in by_fold[fold]
-        # The authors' script's defaults: SABS, setting 1.
-        assert by_fold[fold].startswith("train.py with SABS setting=1 ") and "n_steps=50" in by_fold[fold]
+        # The authors' script's defaults (config.py's dataset and folds): SABS, setting 1.
+        assert by_fold[fold].startswith("train.py with dataset=SABS setting=1 ") and "n_steps=50" in by_fold[fold]
     assert os.path.isfile(tmp_path / "runs" / "SABS_setting1" / "fold0" / "train.out")
 
 
@@ -470,7 +388,7 @@ def test_train_script_groups_protocol_trains_both_groups_of_each_fold(tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(calls) == 4
     for call, (fold, group) in zip(calls, ((0, 0), (0, 1), (1, 0), (1, 1))):
-        assert call.startswith("train.py with CHAOST2 setting=2 setting2_protocol=groups")
+        assert call.startswith("train.py with dataset=CHAOST2 setting=2 setting2_protocol=groups")
         assert f"eval_fold={fold} " in call and f"group={group}" in call
         assert f"CHAOST2_setting2_groups/fold{fold}/group{group}" in call
 
@@ -494,7 +412,7 @@ def test_evaluate_script_runs_folds_in_turn_then_aggregates(tmp_path):
                                 DATASET="CMR", SUPP_IDX="0 1 2")
     assert result.returncode == 0, result.stderr
     assert [c.split()[0] for c in calls] == ["test.py", "test.py", "utils.py"]
-    assert "checkpoint=ckpt/f1.pth" in calls[1] and "supp_idx=[0,1,2]" in calls[1] and " CMR " in calls[1]
+    assert "checkpoint=ckpt/f1.pth" in calls[1] and "supp_idx=[0,1,2]" in calls[1] and " dataset=CMR " in calls[1]
     experiment = tmp_path / "runs" / "CMR_setting1"
     assert calls[2].startswith(f"utils.py aggregate {experiment}/fold0/test/7 {experiment}/fold1/test/7 "
                                f"--out {experiment}/results_table")
@@ -516,19 +434,29 @@ def test_evaluate_script_groups_protocol_joins_the_groups(tmp_path):
 # ----------------------------------------------------------------------------- provenance
 
 
+# What run.json must list: the command's own module as the main file, and as sources the
+# modules that define and check the options (config.py, the file a researcher edits, among
+# them) and the engine's modules. A run in this process has imported everything; the real
+# command's list is checked on a train.py process (test_sigterm_interrupts_...).
+TRAINING_SOURCES = ("config.py", "fafnet/cli/train.py", "fafnet/cli/experiment.py", "fafnet/runtime/options.py",
+                    "fafnet/training/loop.py", "fafnet/models/fafnet.py", "fafnet/models/modules.py",
+                    "fafnet/models/encoder.py", "fafnet/episodes/datasets.py", "fafnet/runtime/snapshots.py",
+                    "fafnet/io/nifti.py")
+
+
+def assert_run_json_names_its_sources(run_dir, mainfile, expected_sources):
+    experiment = json.load(open(os.path.join(run_dir, "run.json")))["experiment"]
+    sources = {path for path, _ in experiment["sources"]}
+    missing = [path for path in expected_sources if path not in sources]
+    assert (experiment["mainfile"], missing) == (mainfile, []), \
+        f"run.json's mainfile is {experiment['mainfile']}; its sources lack {missing}"
+    return experiment
+
+
 def test_training_run_records_sources_dependencies_and_commit(straight_run):
     run, _ = straight_run
     run_dir = run.observers[0].dir
-    experiment = json.load(open(os.path.join(run_dir, "run.json")))["experiment"]
-    sources = {path for path, _ in experiment["sources"]}
-    assert experiment["mainfile"] == "fafnet/cli/train.py"
-    for expected in ("fafnet/cli/train.py", "fafnet/cli/config.py", "fafnet/training/loop.py", "fafnet/models/fafnet.py", "fafnet/models/modules.py", "fafnet/models/encoder.py",
-                     "fafnet/episodes/datasets.py", "fafnet/runtime/snapshots.py", "fafnet/io/nifti.py",
-                     # the option groups, which scan nothing themselves (fafnet/cli/ingredients/base.py)
-                     "fafnet/cli/ingredients/dataset.py", "fafnet/cli/ingredients/episodes.py",
-                     "fafnet/cli/ingredients/model.py", "fafnet/cli/ingredients/optimisation.py",
-                     "fafnet/cli/ingredients/runtime.py", "fafnet/cli/ingredients/checks.py"):
-        assert expected in sources, expected
+    experiment = assert_run_json_names_its_sources(run_dir, "fafnet/cli/train.py", TRAINING_SOURCES)
     packages = {dependency.split("==")[0].lower() for dependency in experiment["dependencies"]}
     assert {"torch", "torchvision", "numpy", "simpleitk", "sacred", "scipy", "tqdm"} <= packages
     assert all("==" in d and not d.endswith("<unknown>") for d in experiment["dependencies"])
@@ -537,30 +465,73 @@ def test_training_run_records_sources_dependencies_and_commit(straight_run):
     assert json.load(open(os.path.join(run_dir, "info.json")))["pid"] == os.getpid()
 
 
-def test_config_json_holds_resolved_values_and_only_the_experiments_options(straight_run, evaluation):
+def test_config_json_holds_every_option_flat_and_resolved(straight_run, evaluation):
     run, _ = straight_run
     training = json.load(open(os.path.join(run.observers[0].dir, "config.json")))
-    # Grouped by ingredient; the loop's own options and the seed at the top.
-    assert {k for k, v in training.items() if isinstance(v, dict)} == {
-        "dataset", "episodes", "model", "optimisation", "runtime"}
-    assert training["optimisation"]["lr_milestones"] == [2] and training["dataset"]["image_size"] == [SIZE, SIZE]
-    assert training["dataset"]["test_classes"] == [1, 6] and training["episodes"]["supervoxel_min_size"] == 1000
-    assert training["num_workers"] == 0 and training["dataset"]["data_dir"] and training["seed"] == 2025
-    assert training["dataset"]["name"] == "SYNTHETIC" and training["model"]["name"] == "fafnet"
-    # The snapshot keeps the same options flat.
-    flat = flat_options(training)
-    assert _model_state(final_path(run.observers[0].dir))["config"] == flat
-    assert "checkpoint" not in flat and "supp_idx" not in flat
+    options = {k: v for k, v in training.items() if not k.startswith("__")}
+    # One flat config (config.py's options, the same for train.py and test.py); the only dict
+    # is the model's options, recorded in full.
+    assert set(options) == {k for k in options_of("train") if not k.startswith("__")}
+    assert [k for k, v in options.items() if isinstance(v, dict)] == ["model_options"]
+    assert options["model_options"] == {"icm": True, "aff": True, "threshold": "adaptive",
+                                        "zero_init_residual": False, "threshold_head_init_scale": 1.0}
+    assert options["lr_milestones"] is None and milestones(options) == [2] and options["image_size"] == [SIZE, SIZE]
+    assert options["test_classes"] == [1, 6] and options["supervoxel_min_size"] == 1000
+    assert options["num_workers"] == 0 and options["data_dir"] and options["seed"] == 2025
+    assert options["dataset"] == "SYNTHETIC" and options["model"] == "fafnet"
+    # flat_record reads it as it is; the snapshot keeps the same options.
+    assert flat_record(training) == options
+    assert flat_record(model_state(final_path(run.observers[0].dir))["config"]) == options
     _, evaluation_dir = evaluation
     evaluated = json.load(open(os.path.join(evaluation_dir, "config.json")))
-    assert {k for k, v in evaluated.items() if isinstance(v, dict)} == {"dataset", "model", "runtime", "evaluation"}
-    assert evaluated["evaluation"]["eval_batch_size"] == 2 and evaluated["evaluation"]["channels_last"] is True
-    for training_only in ("n_steps", "optimizer", "lr", "lr_milestones", "resume", "use_gt"):
-        assert training_only not in flat_options(evaluated), training_only
-    derived = config_of(train_script, "CHAOST2", data_root="/data")
+    assert set(flat_record(evaluated)) == set(options)
+    # The evaluation's options as given (None: the model's and the device's choice) ...
+    assert evaluated["eval_batch_size"] == 2 and evaluated["channels_last"] is None
+    # ... and as used, in results.json.
+    used = json.load(open(os.path.join(evaluation_dir, "results.json")))["evaluation"]
+    assert used["eval_batch_size"] == 2 and used["channels_last"] is True
+    derived = options_of("train", "CHAOST2", data_root="/data")
     assert derived["data_dir"] == os.path.join("/data", "chaos_MR_T2_normalized")
     assert derived["image_size"] == [256, 256] and derived["test_classes"] == [1, 2, 3, 4]
-    assert derived["lr_milestones"] == list(range(3000, 42000, 3000))
+    assert milestones(derived) == list(range(3000, 42000, 3000))
+
+
+@pytest.fixture(scope="module")
+def snapshot_of_0_5(straight_run, tmp_path_factory):
+    """The straight run's final snapshot as 0.5 wrote it: a flat config with FAF-Net's
+    initialisation options at the top (here zero_init_residual=True, as the demo trained), the
+    computed lr_milestones, none of 0.6's options, no model_options entry."""
+    straight, _ = straight_run
+    state = model_state(final_path(straight.observers[0].dir))
+    config = {k: v for k, v in state["config"].items()
+              if k not in ("model_options", "folds", "num_threads", "pseudo_labels", "superpixel_min_size", "__doc__")}
+    config.update(zero_init_residual=True, threshold_head_init_scale=1.0, lr_milestones=[2])
+    state["config"] = config
+    del state["model_options"]
+    path = str(tmp_path_factory.mktemp("older") / "final_0_5.pth")
+    torch.save(state, path)
+    return path
+
+
+def test_a_snapshot_of_0_5_is_evaluated_with_its_model_options(snapshot_of_0_5, phantom, tmp_path):
+    run = run_test(base_config(phantom, str(tmp_path), checkpoint=snapshot_of_0_5, test_classes=[6],
+                               save_predictions=False, save_figures=False))
+    protocol = json.load(open(os.path.join(run.observers[0].dir, "results.json")))["protocol"]
+    assert protocol["model"] == "fafnet" and protocol["model_options"]["zero_init_residual"] is True
+    assert protocol["checkpoint_step"] == 4
+    # Its options are the checkpoint's: another value is refused.
+    with pytest.raises(ValueError, match="was trained with zero_init_residual=True"):
+        run_test(base_config(phantom, str(tmp_path), checkpoint=snapshot_of_0_5, test_classes=[6],
+                             model_options={"zero_init_residual": False}))
+
+
+def test_a_snapshot_of_0_5_resumes_with_its_model_options(snapshot_of_0_5, phantom, tmp_path):
+    with pytest.raises(ValueError, match="model_options: snapshot .*'zero_init_residual': True.* vs now "):
+        run_train(base_config(phantom, str(tmp_path / "refused"), resume=snapshot_of_0_5, n_steps=5))
+    resumed = run_train(base_config(phantom, str(tmp_path / "runs"), resume=snapshot_of_0_5, n_steps=5,
+                                    model_options={"zero_init_residual": True}))
+    assert resumed.info["start_step"] == 4 and model_state(resumed.result)["step"] == 5
+    assert model_state(resumed.result)["model_options"]["zero_init_residual"] is True
 
 
 def test_training_writes_tensorboard_events_and_progress_png(straight_run):
@@ -593,25 +564,25 @@ def test_captured_output_holds_no_progress_bars_and_metric_names_are_slugs(strai
 
 
 def test_defaults_reproduce_the_authors_scripts():
-    training = config_of(train_script, "SABS", pretrained_weights=None)
+    training = options_of("train", "SABS", pretrained_weights=None)
     expected = {"dataset": "SABS", "setting": 1, "setting2_protocol": "release", "test_classes": [1, 2, 3, 6],
                 "n_steps": 42000, "lr_step_size": 3000, "lr_gamma": 0.98, "snapshot_interval": 6000,
                 "seed": 2025, "optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4,
                 "n_shot": 1, "min_size": 200, "max_iters_per_load": 3000, "supervoxel_min_size": 5000,
                 "image_size": [257, 257], "use_gt": False, "grad_clip_norm": None}
     assert {k: training[k] for k in expected} == expected
-    assert training["lr_milestones"] == [3000 * k for k in range(1, 14)]        # 3000 ... 39000
-    evaluation = config_of(test_script, "SABS")
+    assert milestones(training) == [3000 * k for k in range(1, 14)]        # 3000 ... 39000
+    evaluation = options_of("evaluate", "SABS")
     assert evaluation["supp_idx"] == 2 and evaluation["n_part"] == 3 and evaluation["setting"] == 1
-    groups = config_of(test_script, "CHAOST2", setting=2, setting2_protocol="groups", group=1)
+    groups = options_of("evaluate", "CHAOST2", setting=2, setting2_protocol="groups", group=1)
     assert groups["test_classes"] == [1, 4]
 
 
 def test_release_schedule_from_the_default_config_against_hand_values():
-    config = config_of(train_script, "SABS", pretrained_weights=None)
+    config = options_of("train", "SABS", pretrained_weights=None)
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=config["lr"])
-    scheduler = training_loop.build_scheduler(optimizer, config["lr_milestones"], config["lr_gamma"])
+    scheduler = training_loop.build_scheduler(optimizer, milestones(config), config["lr_gamma"])
     lrs = {}
     for step in range(1, 42000):
         optimizer.step()
@@ -626,16 +597,16 @@ def test_release_schedule_from_the_default_config_against_hand_values():
 
 def test_real_datasets_need_pretrained_weights_unless_declined(tmp_path):
     runs = str(tmp_path / "runs")
-    with pytest.raises(ValueError, match="config option model.pretrained_weights is not set.*resnet101-63fe2227.*"
+    with pytest.raises(ValueError, match="config option pretrained_weights is not set.*resnet101-63fe2227.*"
                                          "deeplabv3_resnet101_coco.*pretrained_weights=none"):
-        train_script.ex.run(named_configs=["CMR"], config_updates={"runs_dir": runs, "pretrained_weights": None})
+        experiment_for("train").run(named_configs=["CMR"], config_updates={"runs_dir": runs, "pretrained_weights": None})
     assert not os.path.exists(runs)                  # refused before a run folder exists
     # Declined explicitly: training starts (and here stops at the missing data).
     with pytest.raises(FileNotFoundError, match="data folder not found"):
-        train_script.ex.run(named_configs=["CMR"], config_updates={
+        train_script.experiment().run(named_configs=["CMR"], config_updates={
             "runs_dir": runs, "pretrained_weights": "none", "data_dir": str(tmp_path / "none")})
     # The phantom trains from a random start without saying so.
-    assert config_of(train_script, "SYNTHETIC", pretrained_weights=None)["pretrained_weights"] is None
+    assert options_of("train", "SYNTHETIC", pretrained_weights=None)["pretrained_weights"] is None
 
 
 def test_skipped_work_is_recorded_warned_and_marked(straight_run, phantom, caplog):
@@ -650,28 +621,35 @@ def test_skipped_work_is_recorded_warned_and_marked(straight_run, phantom, caplo
     assert all("chunk(s) [0] empty: 4 slice(s) for n_part=5" in s["reason"] for s in skipped)
     assert "skipped class 6 (liver)" in caplog.text
     assert "| liver * |" in open(os.path.join(run.observers[0].dir, "cout.txt")).read()
+    # Not given, the batch size and layout are the model's and the CPU's: 1 slice, channels-last.
+    assert results["evaluation"]["eval_batch_size"] == 1 and results["evaluation"]["channels_last"] is True
 
 
-def test_command_line_errors_are_one_line(tmp_path):
-    import subprocess
-    done = subprocess.run([sys.executable, "train.py", "with", "dataset=LUNG", f"runs_dir={tmp_path}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith("train.py: error: dataset='LUNG' is unknown")
-    assert "Traceback" not in done.stderr
+@pytest.mark.parametrize("words, last_line", [
+    (["dataset=LUNG"], "train.py: error: config option dataset='LUNG' is not a known dataset"),
+    (["SYNTHETIC", "n_steps=abc"], "train.py: error: config option n_steps='abc' must be an integer from 1 to 1000000000"),
+])
+def test_command_line_errors_are_one_line(words, last_line, tmp_path, capsys):
+    status, _, err = command_line(train_script, "with", *words, f"runs_dir={tmp_path}", capsys=capsys, fresh=False)
+    assert status == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [err.strip().splitlines()[-1]]
+    assert err.strip().splitlines()[-1].startswith(last_line)
+    assert os.listdir(tmp_path) == []
 
 
-def test_eval_graphs_off_cuda_evaluates_exactly_as_without(straight_run, phantom):
-    # eval_graphs wraps the model in GraphedPredict, which runs eagerly off CUDA: same numbers.
-    straight, runs_dir = straight_run
-    means = []
-    for graphs in (False, True):
-        run = run_test(base_config(phantom, runs_dir, checkpoint=straight.result, eval_graphs=graphs,
-                                   test_classes=[6], save_predictions=False, save_figures=False))
-        results = json.load(open(os.path.join(run.observers[0].dir, "results.json")))
-        assert results["evaluation"]["eval_graphs"] is graphs   # recorded with the result
-        means.append(results["classes"]["6"]["dice_mean"])
-    assert means[0] == means[1]
+def test_eval_graphs_off_cuda_evaluates_exactly_as_without(evaluation, straight_run, phantom):
+    # eval_graphs wraps the model in GraphedPredict, which runs eagerly off CUDA: the same
+    # numbers as the evaluation without it (the session's, with the same checkpoint and batch size).
+    _, runs_dir = straight_run
+    _, without_dir = evaluation
+    without = json.load(open(os.path.join(without_dir, "results.json")))
+    assert without["evaluation"]["eval_graphs"] is False
+    run = run_test(base_config(phantom, runs_dir, checkpoint=os.path.join(runs_dir, "train"), eval_graphs=True,
+                               eval_batch_size=2, test_classes=[6], save_predictions=False, save_figures=False))
+    results = json.load(open(os.path.join(run.observers[0].dir, "results.json")))
+    assert results["evaluation"]["eval_graphs"] is True   # recorded with the result
+    assert results["protocol"]["checkpoint"] == without["protocol"]["checkpoint"]
+    assert results["supports"]["0"]["classes"]["6"] == without["supports"]["0"]["classes"]["6"]
 
 
 # ----------------------------------------------------------------------------- issue 18
@@ -708,7 +686,7 @@ def test_a_checkpoint_trained_on_the_evaluated_fold_is_refused(straight_run, pha
 
 def test_an_older_snapshot_is_evaluated_with_a_leakage_warning(straight_run, phantom, tmp_path, caplog):
     straight, _ = straight_run
-    older = _model_state(step_path(straight.observers[0].dir, 2))
+    older = model_state(step_path(straight.observers[0].dir, 2))
     del older["training_data"]                               # as snapshots before issue 18
     path = str(tmp_path / "older.pth")
     torch.save(older, path)
@@ -778,21 +756,22 @@ def test_non_finite_weights_stop_training_before_a_snapshot(phantom, tmp_path, m
 
 def test_evaluation_refuses_non_finite_weights_and_names_the_size_a_state_dict_fits(straight_run, tmp_path):
     straight, _ = straight_run
-    weights = _model_state(straight.result)["model"]
+    weights = model_state(straight.result)["model"]
     plain = str(tmp_path / "plain.pth")
     torch.save(weights, plain)
-    other_size = build_model((64, 64), torch.device("cpu"))
-    with pytest.raises(ValueError, match=r"plain.pth does not fit image_size=\[64, 64\]: its weights were made for "
-                                         r"17 x 17 feature maps, i.e. image_size=\[65, 65\] \(any of 65..68 by "
-                                         r"65..68\); evaluate it with image_size=\[65, 65\]"):
-        evaluation_protocol.load_weights(other_size, plain, (64, 64))
+    assert SIZE == 33   # the phantom's size, in the message below
+    other_size = build_model("fafnet", (41, 41))
+    with pytest.raises(ValueError, match=r"plain.pth does not fit image_size=\[41, 41\]: its weights were made for "
+                                         r"9 x 9 feature maps, i.e. image_size=\[33, 33\] \(any of 33..36 by "
+                                         r"33..36\); evaluate it with image_size=\[33, 33\]"):
+        load_for_evaluation(other_size, plain, (41, 41))
     weights["icm.out_proj.bias"][0] = float("nan")
     weights["encoder.threshold_head.0.weight"].fill_(float("inf"))
     torch.save(weights, plain)
-    model = build_model((SIZE, SIZE), torch.device("cpu"))
+    model = build_model("fafnet", (SIZE, SIZE))
     with pytest.raises(FloatingPointError, match=r"checkpoint .*plain.pth: 2 of \d+ tensors \(parameters and "
                                                  r"buffers\) hold NaN or infinite values"):
-        evaluation_protocol.load_weights(model, plain, (SIZE, SIZE))
+        load_for_evaluation(model, plain, (SIZE, SIZE))
 
 
 def test_a_skipped_class_is_marked_and_nothing_evaluated_fails(phantom, tmp_path, capsys):
@@ -833,8 +812,6 @@ def test_a_full_disk_is_the_last_line(phantom, tmp_path, monkeypatch, capsys):
     import shutil
     from collections import namedtuple
 
-    from fafnet.cli import config as config_module
-
     def no_space(obj, path, *args, **kwargs):   # what torch's zip writer raises on a full disk
         raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 123 vs 456")
 
@@ -842,10 +819,9 @@ def test_a_full_disk_is_the_last_line(phantom, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch, "save", no_space)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, (10 << 30) - 4096, 4096))
     runs_dir = str(tmp_path / "runs")
-    with pytest.raises(SystemExit) as exit_code:
-        config_module.run_commandline(train_script.ex, _train_argv(phantom, runs_dir, n_steps=2))
-    assert exit_code.value.code == 1
-    last = capsys.readouterr().err.strip().splitlines()[-1]
+    status, _, err = command_line(train_script, *_train_argv(phantom, runs_dir, n_steps=1)[1:], capsys=capsys)
+    assert status == 2       # an OSError: the user's to act on, one line
+    last = err.strip().splitlines()[-1]
     folder = os.path.join(runs_dir, "train", "1", "snapshots")
     assert last.startswith(f"train.py: error: [Errno 28] no space left on {folder}: the snapshot final.pth "
                            f"was not written")
@@ -854,7 +830,8 @@ def test_a_full_disk_is_the_last_line(phantom, tmp_path, monkeypatch, capsys):
 def test_sigterm_interrupts_a_run_that_can_be_resumed_at_once(phantom, tmp_path):
     """A real train.py process, sent SIGTERM after its first snapshot: run.json says
     INTERRUPTED (not RUNNING for 300 s), and the pid was in info.json before Sacred's first
-    heartbeat."""
+    heartbeat. Its run.json lists the command's sources (a process that imports only what the
+    command imports: the engine's modules must be there too)."""
     import signal
     import subprocess
     import time
@@ -862,7 +839,7 @@ def test_sigterm_interrupts_a_run_that_can_be_resumed_at_once(phantom, tmp_path)
     from fafnet.runtime.runs import run_status
     from fafnet.runtime.snapshots import load_for_resume
     runs_dir = str(tmp_path / "runs")
-    argv = _train_argv(phantom, runs_dir, n_steps=1000, keep_snapshots="none")
+    argv = _train_argv(phantom, runs_dir, n_steps=1000, snapshot_interval=1, keep_snapshots="none")
     process = subprocess.Popen([sys.executable] + argv, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     run_dir = os.path.join(runs_dir, "train", "1")
@@ -882,16 +859,10 @@ def test_sigterm_interrupts_a_run_that_can_be_resumed_at_once(phantom, tmp_path)
         if process.poll() is None:
             process.kill()
     assert process.returncode == 143
-    assert stderr.strip().splitlines()[-1].startswith("train.py: interrupted (terminated by SIGTERM)")
+    assert stderr.strip().splitlines()[-1].startswith("train.py: terminated (SIGTERM); the run is recorded as "
+                                                      "INTERRUPTED")
     assert json.load(open(os.path.join(run_dir, "run.json")))["status"] == "INTERRUPTED"
     assert run_status(run_dir) == "INTERRUPTED"
     path, state = load_for_resume(run_dir)                   # not refused as still running
-    assert path == latest_path(run_dir) and state["step"] >= 2
-
-
-def test_a_bad_number_on_the_command_line_is_one_line(tmp_path):
-    import subprocess
-    done = subprocess.run([sys.executable, "train.py", "with", "SYNTHETIC", "n_steps=abc", f"runs_dir={tmp_path}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == "train.py: error: config option optimisation.n_steps='abc' must be an integer >= 1"
+    assert path == latest_path(run_dir) and state["step"] >= 1
+    assert_run_json_names_its_sources(run_dir, "fafnet/cli/train.py", TRAINING_SOURCES)

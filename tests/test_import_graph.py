@@ -86,3 +86,36 @@ def test_console_scripts_run_from_outside_the_repository(tmp_path, script, expec
     done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert expected in done.stdout + done.stderr
+
+
+
+def imported_test_modules(source: str):
+    """The test modules (test_*) a Python source imports: `import tests.test_x`,
+    `from tests.test_x import ...`, `from tests import test_x`, `from .test_x import ...`."""
+    import ast
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            # `from tests import test_x` imports a module; `from tests.helpers import test_y` a name.
+            names = [base] + [f"{base}.{alias.name}".lstrip(".") for alias in node.names if base in ("", "tests")]
+        else:
+            continue
+        found += [name for name in names if any(part.startswith("test_") for part in name.split("."))]
+    return found
+
+
+def test_no_test_module_imports_another_test_module():
+    """Shared fixtures live in tests/conftest.py and shared helpers in tests/helpers.py, so a
+    test module can run (and be changed) alone."""
+    assert imported_test_modules("import tests.test_a\nfrom tests.test_b import x\nfrom tests import test_c, helpers\n"
+                                 "from .test_d import y\nfrom tests.helpers import test_like_name\n") == [
+        "tests.test_a", "tests.test_b", "tests.test_c", "test_d"]
+    folder = os.path.join(ROOT, "tests")
+    names = sorted(name for name in os.listdir(folder) if name.endswith(".py"))
+    assert len(names) > 20
+    offenders = {name: imported_test_modules(open(os.path.join(folder, name), encoding="utf-8").read())
+                 for name in names}
+    assert {name: found for name, found in offenders.items() if found} == {}

@@ -116,7 +116,8 @@ def test_query_loss_clamps_at_the_float32_machine_eps():
 def test_alignment_and_prototype_losses_by_hand():
     """Two shots, one query, 2 x 2 images = features; the ICM is replaced by the identity so that
     only the loss arithmetic remains."""
-    stub = SimpleNamespace(image_size=(2, 2), icm=lambda prototypes, features: prototypes)
+    stub = SimpleNamespace(image_size=(2, 2), icm=None)       # FAF-Net without its ICM (icm=False)
+    stub.refine = lambda *args: FAFNet.refine(stub, *args)
     stub.segment = lambda *args: FAFNet.segment(stub, *args)
     f64 = dict(dtype=torch.float64)
     query_features = feature_map(((3.0, 4.0), (1.0, 0.0), (6.0, 8.0), (0.0, 1.0)))

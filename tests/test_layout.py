@@ -108,7 +108,7 @@ def test_gapped_numbering_gives_exactly_the_evaluation_of_the_renumbered_folder(
     depends on positions only."""
     data_dir, _ = gapped
     torch.manual_seed(0)
-    model = build_model([H, W], torch.device("cpu"), None).eval()
+    model = build_model("fafnet", [H, W]).eval()
     for fold in range(5):
         a = TestDataset(data_dir, dataset="SYNTHETIC", eval_fold=fold, supp_idx=1, test_classes=[1, 6])
         b = TestDataset(renumbered, dataset="SYNTHETIC", eval_fold=fold, supp_idx=1, test_classes=[1, 6])

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from fafnet.models import FAFNet, convert_release_checkpoint, load_pretrained_backbone
-from fafnet.models.encoder import _build_backbone
+from fafnet.models.encoder import REQUIRED_MODULES, _build_backbone
 from fafnet.models.pretrained import DEEPLABV3_URL, IMAGENET_URL
 
 
@@ -49,7 +49,7 @@ def test_imagenet_format_loads_every_backbone_tensor(weight_files, resnet_state)
 def test_deeplab_format_loads_the_backbone_and_ignores_classifiers(weight_files):
     files, deeplab_state = weight_files
     backbone = _build_backbone()
-    count = load_pretrained_backbone(backbone, files["deeplab"])
+    count = load_pretrained_backbone(backbone, files["deeplab"], REQUIRED_MODULES)
     expected = {k[len("backbone."):]: v for k, v in deeplab_state.items() if k.startswith("backbone.")}
     assert count == len(expected) == len(backbone.state_dict())
     loaded = backbone.state_dict()
@@ -71,7 +71,7 @@ def test_missing_file_names_path_and_both_formats(tmp_path):
 def test_wrong_files_give_clear_errors(weight_files, kind, match):
     files, _ = weight_files
     with pytest.raises(ValueError, match=match) as error:
-        load_pretrained_backbone(_build_backbone(), files[kind])
+        load_pretrained_backbone(_build_backbone(), files[kind], REQUIRED_MODULES)
     assert str(files[kind]) in str(error.value) and IMAGENET_URL in str(error.value)
 
 
@@ -95,7 +95,7 @@ def test_resnet50_file_is_refused_with_a_summary_of_what_is_missing(resnet50_fil
     deeplab_style = resnet50_file.parent / "deeplabv3_resnet50_style.pth"
     torch.save({f"backbone.{k}": v for k, v in torch.load(resnet50_file).items()}, deeplab_style)
     with pytest.raises(ValueError, match="layer3.6-22: all 255 tensors"):
-        load_pretrained_backbone(_build_backbone(), deeplab_style)
+        load_pretrained_backbone(_build_backbone(), deeplab_style, REQUIRED_MODULES)
 
 
 def test_partial_load_when_explicitly_allowed(resnet50_file, caplog):
@@ -117,15 +117,15 @@ def test_layer4_and_batch_counters_are_optional_but_every_used_tensor_is_require
                       if not k.startswith("layer4.") and not k.endswith("num_batches_tracked")}
     torch.save(without_layer4, tmp_path / "no_layer4.pth")
     backbone = _build_backbone()
-    assert load_pretrained_backbone(backbone, tmp_path / "no_layer4.pth") == len(without_layer4) - 2   # fc
+    assert load_pretrained_backbone(backbone, tmp_path / "no_layer4.pth", REQUIRED_MODULES) == len(without_layer4) - 2   # fc
     assert torch.equal(backbone.state_dict()["layer3.22.bn3.running_var"], resnet_state["layer3.22.bn3.running_var"])
     one_short = dict(resnet_state)
     del one_short["layer3.22.bn3.running_mean"], one_short["conv1.weight"]
     torch.save(one_short, tmp_path / "one_short.pth")
     with pytest.raises(ValueError, match=r"lack 2 of the 470 that the encoder runs \(conv1, bn1, "
-                                         r"layer1-layer3\): conv1: all 1 tensors; layer3\.22: 1 of 15 "
+                                         r"layer1, layer2, layer3\): conv1: all 1 tensors; layer3\.22: 1 of 15 "
                                          r"tensors \(bn3\.running_mean\);"):
-        load_pretrained_backbone(_build_backbone(), tmp_path / "one_short.pth")
+        load_pretrained_backbone(_build_backbone(), tmp_path / "one_short.pth", REQUIRED_MODULES)
 
 
 # -- release checkpoints -----------------------------------------------------------------------

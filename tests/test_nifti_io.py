@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from fafnet.io.nifti import (Geometry, check_finite, count_non_finite, nifti_bytes, read_volume,
                            write_volume)
+from tests.helpers import truncate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,14 +43,6 @@ def assert_geometry_close(actual, expected, atol=1e-5):
     for field in ("spacing", "origin", "direction"):
         np.testing.assert_allclose(getattr(actual, field), getattr(expected, field), atol=atol,
                                    err_msg=field)
-
-
-def truncate(path, n_bytes):
-    with open(path, "rb") as f:
-        data = f.read()
-    with open(path, "wb") as f:
-        f.write(data[:n_bytes])
-    return len(data)
 
 
 # ----------------------------------------------------------------------------- round trips

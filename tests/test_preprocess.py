@@ -24,6 +24,7 @@ from fafnet.preprocessing.common import (centre_crop_or_pad, clip_top_percentile
 from fafnet.preprocessing.manifest import MANIFEST_NAME, raw_differences
 from fafnet.preprocessing import prostate_mri as prostate
 from fafnet.preprocessing import sabs
+from tests.helpers import CHAOS_GREYS, CHAOS_SLICES, truncate, write_chaos_patient, write_dicom_series
 
 # A non-trivial direction (x and y axes swapped and mirrored) catches geometry mistakes that
 # an identity direction hides.
@@ -214,53 +215,6 @@ def test_sabs_bad_input_fails_before_writing(tmp_path):
 
 # ----------------------------------------------------------------------------- CHAOS T2-SPIR
 
-CHAOS_ROWS, CHAOS_COLS, CHAOS_SLICES = 64, 80, 5
-CHAOS_GREYS = (63, 126, 189, 252, 63)   # the organ marked in file k (1-based: file k -> index k-1)
-
-
-def write_dicom_series(volume, folder, spacing_xy, slice_gap, names):
-    """Write (z, rows, cols) uint16 `volume` as one DICOM series: slice i to file names[i],
-    at height slice_gap * i."""
-    os.makedirs(folder, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    uid = "1.2.826.0.1.3680043.8.498.7"
-    for i, name in enumerate(names):
-        image = sitk.GetImageFromArray(volume[i])
-        image.SetSpacing(spacing_xy)
-        tags = {
-            "0008|0060": "MR", "0008|0008": "ORIGINAL\\PRIMARY",
-            "0020|000d": uid + ".1", "0020|000e": uid + ".2", "0008|0018": f"{uid}.3.{i + 1}",
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0020|0032": f"-50\\-40\\{slice_gap * i:.4f}",
-            "0020|0013": str(names.index(name) + 1), "0018|0050": str(slice_gap),
-        }
-        for tag, value in tags.items():
-            image.SetMetaData(tag, value)
-        writer.SetFileName(os.path.join(folder, name))
-        writer.Execute(image)
-
-
-def write_chaos_patient(root, patient_id, intensity_scale=1.0, grey_override=None):
-    """Slice i (bottom to top) holds one organ box, with grey CHAOS_GREYS[i], at a position
-    and an MR intensity that both depend on i. File names run top to bottom, so file order
-    and slice order are reversed."""
-    volume = np.full((CHAOS_SLICES, CHAOS_ROWS, CHAOS_COLS), 40, dtype=np.uint16)
-    masks = np.zeros(volume.shape, dtype=np.uint8)
-    for i in range(CHAOS_SLICES):
-        r0, c0 = 6 + 5 * i, 10 + 8 * i
-        volume[i, r0:r0 + 16, c0:c0 + 20] = int((300 + 100 * i) * intensity_scale)
-        masks[i, r0:r0 + 16, c0:c0 + 20] = CHAOS_GREYS[i]
-    volume[2, 60, 2] = 60000              # one off-resonance outlier, removed by the clipping
-    names = [f"IMG-0002-{CHAOS_SLICES - i:05d}" for i in range(CHAOS_SLICES)]  # top-down names
-    t2 = root / str(patient_id) / "T2SPIR"
-    write_dicom_series(volume, str(t2 / "DICOM_anon"), (1.5, 1.4), 7.7,
-                       [n + ".dcm" for n in names])
-    os.makedirs(t2 / "Ground", exist_ok=True)
-    for i, name in enumerate(names):
-        mask = masks[i] if grey_override is None or i != 3 else np.where(masks[i], grey_override, 0)
-        cv2.imwrite(str(t2 / "Ground" / f"{name}.png"), mask.astype(np.uint8))
-    return volume
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +232,9 @@ def test_chaos_output_size_spacing_values_and_range(chaos_run):
     assert files_in(out) == TWO_VOLUMES
     image, image_obj = read(str(out / "image_1.nii.gz"))   # patient 10 comes after patient 2
     label, label_obj = read(str(out / "label_1.nii.gz"))
-    assert image.shape == label.shape == (6, 256, 256)     # 5 slices of 7.7 mm + the extra one
+    # 5 slices of 7.7 mm, whose spacing the release's NIfTI round trip stores as float32's
+    # 7.6999998: int(5 * 7.6999998 / 7.70 + 1) = 5 slices (the exact spacing would give 6).
+    assert image.shape == label.shape == (5, 256, 256)
     assert np.allclose(image_obj.GetSpacing(), (1.25, 1.25, 7.70))
     assert np.allclose(label_obj.GetOrigin(), image_obj.GetOrigin())
     assert set(np.unique(label)) == {0, 1, 2, 3, 4}
@@ -426,7 +382,7 @@ def test_every_cli_has_help(module, capsys):
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cmr.main(["--raw-dir", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path / "out")])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2   # a user error: one line, exit status 2
     error = capsys.readouterr().err
     assert "raw CMR bSSFP folder not found" in error and str(tmp_path / "nowhere") in error
     assert "Traceback" not in error
@@ -519,13 +475,6 @@ def test_mri_clis_offer_the_arithmetic_and_point_to_data_processed(module, capsy
     assert "--arithmetic {release,float}" in text and "data_processed/" in text
 # ----------------------------------------------------------------------------- damaged raw input
 
-def truncate(path, n_bytes):
-    data = open(path, "rb").read()
-    assert n_bytes < len(data), "the test file must be larger than what is kept"
-    with open(path, "wb") as f:
-        f.write(data[:n_bytes])
-
-
 def write_noisy_cmr_pair(raw, patient, seed=0, **kwargs):
     """A CMR pair whose image and label are noisy (so even the label is several kB and a
     400-byte prefix really cuts it)."""
@@ -547,7 +496,7 @@ def test_truncated_raw_volume_fails_before_writing(tmp_path, capsys, role, keep)
     truncate(paths[role], os.path.getsize(paths[role]) // 2 if keep == "half" else 400)
     with pytest.raises(SystemExit) as exit_info:
         cmr.main(["--raw-dir", str(raw), "--out-dir", str(out)])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2   # a user error: one line, exit status 2
     error = capsys.readouterr().err
     assert f"{paths[role]}: damaged or truncated gzip stream" in error
     assert "Traceback" not in error and error.count("\n") == 1
@@ -647,7 +596,7 @@ def test_changed_raw_folder_is_refused_or_redone_with_overwrite(tmp_path, capsys
     write_noisy_cmr_pair(raw, "patient0", seed=7)
     with pytest.raises(SystemExit) as exit_info:
         cmr.main(["--raw-dir", str(raw), "--out-dir", str(out)])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2   # a user error: one line, exit status 2
     error = capsys.readouterr().err
     assert ("raw file added: patient0_C0.nii.gz; raw file added: patient0_C0_manual.nii.gz"
             in error and "--overwrite" in error and "Traceback" not in error)
@@ -724,7 +673,7 @@ def test_truncated_png_mask_is_named_in_one_line(tmp_path, capfd):
     truncate(str(mask), os.path.getsize(mask) // 2)
     with pytest.raises(SystemExit) as exit_info:
         chaos.main(["--raw-dir", str(raw), "--out-dir", str(out)])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2   # a user error: one line, exit status 2
     error = capfd.readouterr().err
     assert error.endswith(f"error: mask {mask} is truncated or not a PNG file (it does not end "
                           "with the IEND chunk)\n")
@@ -857,9 +806,10 @@ def test_integer_nifti_route_truncates_as_the_release_voxel_for_voxel(tmp_path):
 
 def test_integer_dicom_route_truncates_as_the_release_voxel_for_voxel(tmp_path):
     """A CHAOS-format patient (uint16 DICOM, 10 slices 7.7 mm apart, so the series spacing is
-    7.699999999999999 and every output slice interpolates a hair past an input slice): the
-    CLI's integer route equals the release's steps on the series read as int16, row-flipped
-    with its geometry, voxel for voxel."""
+    7.699999999999999): the CLI's integer route equals the release's steps on the series read
+    as int16, row-flipped, with its geometry after the release's NIfTI round trip (the spacing
+    through float32: 7.6999998, so every output slice interpolates a hair past an input slice),
+    voxel for voxel."""
     rng = np.random.default_rng(1)
     volume = rng.normal(300, 80, (10, 128, 128)).clip(0, 2000).astype(np.uint16)
     names = [f"IMG-0002-{10 - i:05d}" for i in range(10)]
@@ -875,6 +825,7 @@ def test_integer_dicom_route_truncates_as_the_release_voxel_for_voxel(tmp_path):
     series = reader.Execute()
     flipped, geometry = flip_rows(sitk.GetArrayFromImage(series), Geometry.of(series))
     release_input = geometry.apply(sitk.GetImageFromArray(flipped))
+    release_input.SetSpacing(tuple(float(np.float32(s)) for s in release_input.GetSpacing()))
     assert just_below_integers(release_input, chaos.TARGET_SPACING) > 0
     reference = release_mr_steps(release_input, chaos.TARGET_SPACING)
     ours = chaos.preprocess_chaos_patient(patient).image

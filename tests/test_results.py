@@ -202,7 +202,9 @@ def test_a_skipped_class_is_marked_in_every_table_and_means_say_what_they_cover(
     assert csv_lines[0] == "fold,spleen,liver,Mean,note"
     assert csv_lines[1] == "0,50.0000,,50.0000,fold 0: liver skipped; its Mean covers spleen"
     assert csv_lines[3] == "mean,60.0000,90.0000,65.0000,liver: mean ± std over 1 of 2 folds"
-    comparison = tables.comparison_table(tables.load_results(complete), tables.load_results(skipping))
+    # A comparison joins runs of one fold: fold 1's complete run against a skipping run of fold 1.
+    skipping_fold1 = write_skipping_run(tmp_path / "f1_skipping", 1, 0.5)
+    comparison = tables.comparison_table(tables.load_results(complete), tables.load_results(skipping_fold1))
     assert "| liver * | 90.00 | n/a | n/a |" in comparison
     assert "| **mean** (of classes; baseline of 1 of 2 classes (spleen)) | 80.00 | 50.00 | +30.00 |" in comparison
     out = str(tmp_path / "table")

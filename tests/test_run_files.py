@@ -14,7 +14,8 @@ import torch
 
 from fafnet.io.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
 from fafnet.runtime import snapshots
-from fafnet.runtime.devices import default_num_workers, device_type, resolve_device
+from fafnet.cli.defaults import default_num_workers
+from fafnet.runtime.devices import device_type, resolve_device
 from fafnet.runtime.rng import capture_rng_state, restore_rng_state, seed_everything
 from fafnet.runtime.runs import DIED, run_status
 

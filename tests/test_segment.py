@@ -10,7 +10,6 @@ own grid.
 import json
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -28,10 +27,8 @@ from fafnet.inference.pairing import (combine_labels, largest_component, range_p
                                 slices_in_range)
 from fafnet.runtime.snapshots import SNAPSHOT_FORMAT, SnapshotWriter
 from fafnet.models import build_model
-from tests.test_experiment import test_script
-from tests.test_preprocess import truncate, write_dicom_series
+from tests.helpers import run_test, truncate, write_chaos_patient, write_dicom_series
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, DEPTH, ORGAN_SLICES = 33, 8, range(2, 6)
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 GEOMETRY = Geometry((1.25, 1.25, 7.7), (-20.0, -20.0, 10.0), IDENTITY)
@@ -95,7 +92,7 @@ class IntensityModel:
 @pytest.fixture
 def intensity_model(monkeypatch):
     model = IntensityModel()
-    monkeypatch.setattr(segment_engine, "load_model", lambda checkpoint, device, options: model)
+    monkeypatch.setattr(segment_engine, "load_model", lambda checkpoint, device, channels_last: model)
     return model
 
 
@@ -110,15 +107,20 @@ def dataset(tmp_path_factory):
         write_volume(image, GEOMETRY, os.path.join(data_dir, f"image_{index}.nii.gz"))
         write_volume(label, GEOMETRY, os.path.join(data_dir, f"label_{index}.nii.gz"))
     torch.manual_seed(0)
-    model = build_model((SIZE, SIZE), torch.device("cpu"))   # predicts about a third of each slice
+    model = build_model("fafnet", (SIZE, SIZE))   # predicts about a third of each slice
     config = {"dataset": "SYNTHETIC", "image_size": [SIZE, SIZE], "resample_in_plane": None, "data_dir": data_dir}
     snapshot = SnapshotWriter(str(root / "run"), config, (SIZE, SIZE)).save_weights(2, model)
     return root, data_dir, snapshot
 
 
 def run_segment(capsys, *argv) -> tuple:
-    """(exit status, stdout, stderr) of segment.main(argv)."""
-    status = segment.main([str(a) for a in argv])
+    """(exit status, stdout, stderr) of segment.main(argv), run as `python segment.py` (the
+    name its messages carry)."""
+    saved, sys.argv = sys.argv, ["segment.py"]
+    try:
+        status = segment.main([str(a) for a in argv])
+    finally:
+        sys.argv = saved
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 
@@ -132,19 +134,19 @@ def read_json(out, name):
 
 
 @pytest.fixture(scope="module")
-def evaluation(dataset):
+def dataset_evaluation(dataset):
     """test.py's protocol on the dataset folder, support volume 0, query volume 1: (its
     classes' results, its run folder)."""
     root, data_dir, snapshot = dataset
-    run = test_script.ex.run(named_configs=["SYNTHETIC"], config_updates={
-        "data_dir": data_dir, "runs_dir": str(root / "runs"), "image_size": [SIZE, SIZE], "test_classes": [1, 6],
-        "device": "cpu", "supp_idx": 0, "checkpoint": snapshot, "save_figures": False})
+    run = run_test({"data_dir": data_dir, "runs_dir": str(root / "runs"), "image_size": [SIZE, SIZE],
+                    "test_classes": [1, 6], "device": "cpu", "checkpoint": snapshot, "save_figures": False})
     with open(os.path.join(run.observers[0].dir, "results.json"), encoding="utf-8") as f:
         return json.load(f)["supports"]["0"]["classes"], run.observers[0].dir
 
 
 @pytest.mark.parametrize("label", [1, 6])
-def test_query_range_from_the_true_range_gives_the_evaluations_dice(dataset, evaluation, label, tmp_path, capsys):
+def test_query_range_from_the_true_range_gives_the_evaluations_dice(dataset, dataset_evaluation, label, tmp_path,
+                                                                    capsys):
     _, data_dir, snapshot = dataset
     out = tmp_path / "out"
     status, stdout, _ = run_segment(
@@ -153,7 +155,7 @@ def test_query_range_from_the_true_range_gives_the_evaluations_dice(dataset, eva
         "--reference", f"{data_dir}/label_1.nii.gz", "--query-range", "2:6", "--label", label, "--out", out)
     assert status == 0
     record = read_json(out, "image_1")
-    classes, run_dir = evaluation
+    classes, run_dir = dataset_evaluation
     entry, expected = record["labels"][str(label)], classes[str(label)]
     assert entry["pairing"] == "range" and entry["query_range"] == [2, 6] and entry["largest_component"] is False
     assert entry["support_slices"] == expected["support_slices"] == [2, 4, 5]
@@ -311,7 +313,6 @@ def test_routes_on_arrays_equal_the_pre_processing_clis(tmp_path):
     from fafnet.preprocessing import chaost2 as chaos
     from fafnet.io.raw import read_raw_image
     from fafnet.preprocessing import sabs
-    from tests.test_preprocess import write_chaos_patient
     write_chaos_patient(tmp_path / "chaos", 1)
     patient = chaos.find_chaos_patients(str(tmp_path / "chaos"))[0]
     cli = chaos.preprocess_chaos_patient(patient)
@@ -497,19 +498,22 @@ def test_bad_input_is_one_line_and_writes_nothing(bad_inputs, changes, message, 
         args += [option] + [v.replace("BAD/", f"{folder}/").replace("DATA/", f"{data_dir}/") for v in values]
     out = tmp_path / "out"
     status, _, stderr = run_segment(capsys, *args, "--out", out)
-    assert status == 1
+    assert status == 2
     lines = [line for line in stderr.splitlines() if line.startswith("segment.py:")]
     assert len(lines) == 1 and "Traceback" not in stderr
     assert lines[0].startswith("segment.py: error: ") and re.search(message, lines[0]), lines[0]
     assert not out.exists()
 
 
-def test_command_line_help_and_exit_status(tmp_path):
-    done = subprocess.run([sys.executable, "segment.py", "--checkpoint", str(tmp_path / "none"),
-                           "--support-image", "s.nii.gz", "--support-mask", "m.nii.gz", "--query", "q.nii.gz",
-                           "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    last = done.stderr.strip().splitlines()[-1]
+def test_command_line_help_and_exit_status(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["segment.py", "--checkpoint", str(tmp_path / "none"), "--support-image",
+                                     "s.nii.gz", "--support-mask", "m.nii.gz", "--query", "q.nii.gz",
+                                     "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as exit:
+        segment.cli()
+    stderr = capsys.readouterr().err
+    assert exit.value.code == 2 and "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
     assert last == f"segment.py: error: --checkpoint='{tmp_path / 'none'}': no such file or folder"
     assert not (tmp_path / "o").exists()
     help_text = segment.build_parser().format_help()

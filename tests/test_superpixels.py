@@ -236,7 +236,7 @@ def test_cli_help_run_and_one_line_error(images, tmp_path, capsys):
     write_volume(bad, GEOMETRY, str(bad_dir / "image_0.nii.gz"))
     with pytest.raises(SystemExit) as done:
         preprocess.main(["superpixels", "--data-dir", str(bad_dir)])
-    assert done.value.code == 1
+    assert done.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "Traceback" not in error
     assert error.startswith("fafnet-preprocess superpixels: error: ")
@@ -244,7 +244,7 @@ def test_cli_help_run_and_one_line_error(images, tmp_path, capsys):
     assert not (bad_dir / "superpixels_400" / "superpix-MIDDLE_0.nii.gz").exists()
     with pytest.raises(SystemExit) as done:
         preprocess.main(["superpixels", "--data-dir", str(tmp_path / "missing")])
-    assert done.value.code == 1 and "is not a directory" in capsys.readouterr().err
+    assert done.value.code == 2 and "is not a directory" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- episodes

@@ -318,7 +318,7 @@ def test_non_finite_image_is_refused_and_nothing_is_written(tmp_path, capsys, fi
         gen.supervoxels_for_volume(image, (4.0, 1.5, 1.5), 20)
     with pytest.raises(SystemExit) as exit_info:
         gen.main(["--data-dir", str(tmp_path), "--min-size", "20"])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2   # a user error: one line, exit status 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "Traceback" not in error
     assert error.startswith("python -m fafnet.supervoxels.generate: error: ")

@@ -119,8 +119,11 @@ def test_cli_rerun_keeps_subjects_and_refuses_other_settings(tmp_path, capsys):
     assert os.path.getmtime(target) == 1
     assert sorted(os.listdir(out)) == sorted(
         [f"{kind}_{i}.nii.gz" for kind in ("image", "label") for i in range(3)] + [MANIFEST])
-    with pytest.raises(ValueError, match="made with other settings"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:     # one line naming why, exit status 2
         cli.main(args + ["--seed", "1"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "made with other settings" in error and error.count("\n") == 1
     cli.main(args + ["--seed", "1", "--overwrite"])
     assert os.path.getmtime(target) > 1
     with pytest.raises(SystemExit) as exit_info:

@@ -1,8 +1,10 @@
-"""A second model for the registry tests: a two-convolution prototype network.
+"""A second model for the registry tests: a two-convolution prototype network with one option
+of its own, `width` (the convolutions' channels).
 
 It follows fafnet.models.interface and nothing else: the training step, logs, curves,
-snapshots, evaluation and segmentation must run it without knowing it. Registered by
-tests/test_model_registry.py with one line: `register_model(TINY)`.
+snapshots, evaluation and segmentation must run it without knowing it. Importing this module
+registers it as model "tiny" (the decorator below is the only line the registry needs);
+tests/test_model_registry.py imports it.
 """
 from typing import Optional, Tuple
 
@@ -10,21 +12,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fafnet.models import ModelSpec, clamped_nll, masked_average_pooling
+from fafnet.models import clamped_nll, masked_average_pooling, register_model
+
+NAME = "tiny"
 
 
 class TinyPrototypeNet(nn.Module):
-    """Features from two 3 x 3 convolutions; the foreground probability of a query pixel is
-    sigmoid(scale * cos(feature, support prototype) + bias).
+    """Features from two 3 x 3 convolutions of `width` channels; the foreground probability
+    of a query pixel is sigmoid(scale * cos(feature, support prototype) + bias).
 
     Args:
         image_size: (H, W) of every input image.
+        width: channels of both convolutions.
     """
 
-    def __init__(self, image_size: Tuple[int, int]):
+    def __init__(self, image_size: Tuple[int, int], width: int = 8):
         super().__init__()
         self.image_size = tuple(image_size)
-        self.encoder = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+        self.encoder = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+                                     nn.Conv2d(width, width, 3, padding=1))
         self.scale = nn.Parameter(torch.tensor(5.0))
         self.bias = nn.Parameter(torch.tensor(0.0))
 
@@ -58,10 +64,10 @@ class TinyPrototypeNet(nn.Module):
             self.train(was_training)
 
 
-def build_tiny(image_size, pretrained_weights=None, allow_partial_pretrained=False, options=None):
+@register_model(NAME, description="two convolutions and a cosine prototype (tests only)")
+def tiny(image_size, pretrained_weights=None, allow_partial_pretrained=False, *, width: int = 8) -> TinyPrototypeNet:
     if pretrained_weights is not None:
         raise ValueError("the tiny model has no pretrained weights")
-    return TinyPrototypeNet(image_size)
-
-
-TINY = ModelSpec("tiny", build_tiny, "two convolutions and a cosine prototype (tests only)")
+    if width < 1:
+        raise ValueError(f"config option model_options.width={width} must be at least 1")
+    return TinyPrototypeNet(image_size, width)

@@ -1,7 +1,7 @@
 """What the root config.py derives its defaults from, without importing torch: a dataset's
 folder, image size, test classes and supervoxel size, the pretrained file in torchvision's
 cache, the number of data-loading workers. An unknown dataset gives neutral values here, so
-that the config's check (fafnet/cli/checks.py) is the one to name it."""
+that the config's check (fafnet/runtime/options.py) is the one to name it."""
 import os
 from typing import List, Optional
 

@@ -29,7 +29,11 @@ evaluated fails, after writing results.json.
 Outputs in <runs_dir>/test/<id>/: results.json (with the protocol record), results.csv,
 predictions/ (NIfTI volumes with the query's geometry: one per query volume and class, and
 one with all classes per query volume), figures/ (one PNG per class), test.log. With several
-support indices, predictions and figures go to supp_idx_<k>/ sub-folders.
+support indices, predictions and figures go to supp_idx_<k>/ sub-folders. An evaluation
+stopped by Ctrl-C or SIGTERM is recorded as INTERRUPTED and cannot be resumed (run it again);
+its folder gets partial.json (its predictions and figures are partial, no results.json). A
+checkpoint that is the latest.pth of a run that never finished is evaluated with a warning
+(the log, results.json's "warnings").
 """
 import os
 

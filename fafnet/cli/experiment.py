@@ -18,6 +18,8 @@ the program with "<program>: error: <what is wrong>" and exit status 2, never a 
 """
 import difflib
 import importlib.util
+import inspect
+import logging
 import os
 import sys
 import warnings
@@ -33,6 +35,7 @@ from docopt import DocoptExit, docopt  # noqa: E402
 from sacred import SETTINGS  # noqa: E402
 from sacred.arg_parser import get_config_updates  # noqa: E402
 from sacred.config import ConfigScope, load_config_file  # noqa: E402
+from sacred.dependencies import Source, get_sources_from_sys_modules  # noqa: E402
 from sacred.observers import FileStorageObserver  # noqa: E402
 from sacred.utils import SacredError, apply_backspaces_and_linefeeds  # noqa: E402
 
@@ -56,6 +59,19 @@ DICT_OPTIONS = ("model_options",)
 # (a bug keeps its traceback, exit 1).
 USER_ERRORS = (ValueError, OSError, ArithmeticError, SacredError, KeyError)
 PRINT_CONFIG = "print_config"
+
+
+class _ModelOptionsAreDeclared(logging.Filter):
+    """Drops Sacred's 'Added new config entry: "model_options.<name>"' warning: a model's options
+    are declared by its builder (checked by the registry), not by config.py's empty dict."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith('Added new config entry: "model_options.')
+
+
+# Sacred logs it on the root logger itself (its default logger), where this filter applies.
+if not any(isinstance(f, _ModelOptionsAreDeclared) for f in logging.getLogger().filters):
+    logging.getLogger().addFilter(_ModelOptionsAreDeclared())
 
 
 # ----------------------------------------------------------------------------- the config file
@@ -186,7 +202,12 @@ def make_experiment(name: str, main: Callable, runs_subdir: str, command: str,
     checked once and recorded under <runs_dir>/<runs_subdir>/. `command` ("train" or
     "evaluate") selects the command's own rules."""
     module = load_config(config_path)
-    ex = Experiment(name, default_options(module), base_dir=PROJECT_ROOT, save_git_info=True)
+    # Git is asked once, for the main file (run.json's commit), not for every source file.
+    ex = Experiment(name, default_options(module), base_dir=PROJECT_ROOT, save_git_info=False)
+    ex.mainfile = Source.create(inspect.getsourcefile(main), save_git_info=True)
+    ex.sources.discard(ex.mainfile)   # the same file found without its git record
+    ex.sources.add(ex.mainfile)
+    ex.add_source_file(module.__file__)   # the config.py the run's options came from
     record_dependencies(ex)
     ex.config(module.cfg)
     for named in module.NAMED_CONFIGS:
@@ -203,6 +224,8 @@ def make_experiment(name: str, main: Callable, runs_subdir: str, command: str,
             return {}
         check_options(config, command)
         updates = check_model_options(config, command)
+        # The engine is imported by now (run_commandline imports it first): run.json lists its sources.
+        ex.sources |= get_sources_from_sys_modules(None, PROJECT_ROOT, False)
         runs = os.path.join(config["runs_dir"], runs_subdir)
         if os.path.exists(config["runs_dir"]) and not os.path.isdir(config["runs_dir"]):
             raise ValueError(f"config option runs_dir={config['runs_dir']!r} is a file, not a folder")

@@ -1,4 +1,4 @@
-"""Segment your own scans with a trained FAF-Net checkpoint (docs/protocol.md section 14).
+"""Segment your own scans with a trained FAF-Net checkpoint (docs/protocol.md section 18; docs/segmenting.md).
 
     python segment.py --checkpoint runs/train/3 --support-image S.nii.gz --support-mask S_labels.nii.gz \\
         --query Q.nii.gz --out results/
@@ -17,19 +17,24 @@ then the largest 3D component per label (fafnet/inference/pairing.py).
 Outputs in --out, per query <name> (its file name without .nii[.gz], or its DICOM folder's
 name): <name>_labels.nii.gz, <name>_prob_label<L>.nii.gz (--probabilities), <name>_overview.png,
 <name>.json. They are written once every query has been segmented; bad input ends the
-command with one line naming it (exit status 1) and nothing written.
+command with one line naming it (exit status 2) and nothing written. --query, --label and
+--reference may be given several times (their values add up). A label whose predicted volume
+is more than VOLUME_WARNING_FACTOR (3) times larger or smaller than the support mask's volume
+of that label gets a warning in the log and in <name>.json's "warnings" (labels segmented over
+the whole scan, not over a --query-range).
 """
 import argparse
 import sys
 from typing import Optional, Sequence
 
-from fafnet.inference.segment import RANGE_SYNTAX, QueryResult, run
+from fafnet.cli.names import program_name
+from fafnet.inference.segment import RANGE_SYNTAX, VOLUME_WARNING_FACTOR, QueryResult, run
 from fafnet.io.progress import log_to_console
 from fafnet.preprocessing.common import MR_ARITHMETIC
 from fafnet.preprocessing.routes import PREPROCESS_CHOICES
 from fafnet.runtime.devices import DEVICE_CHOICES
 
-PROG = "segment.py"
+PROG = "fafnet-segment"   # the usage's name when the command's own name says nothing
 USER_ERRORS = (ValueError, OSError, ArithmeticError)
 
 EPILOG = f"""\
@@ -48,24 +53,34 @@ support's slices holding the label, the range cut into 3 chunks, chunk i with su
 Without one, every query slice is paired with the support slice at the same relative position
 of the scan (the nearest that holds the label), and only the largest 3D component of each label
 is kept (--largest-component auto). Where labels overlap, the most probable one is written.
+
+--query, --label and --reference add up when repeated (--query a.nii.gz --query b.nii.gz is
+--query a.nii.gz b.nii.gz). A label predicted more than {VOLUME_WARNING_FACTOR:g}x larger or smaller than
+its volume in the support mask gets a warning (log and <name>.json): organs of one kind differ
+less than that between adults, so such a prediction is likely wrong (not checked for labels
+segmented over a --query-range, which may cover part of the organ). Errors end the command
+with one line and exit status 2.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog=program_name(PROG), description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     parser.add_argument("--checkpoint", required=True,
                         help="a snapshot of this project's training (.pth) or a training run folder")
     parser.add_argument("--support-image", required=True, help="NIfTI file or folder of one DICOM series")
     parser.add_argument("--support-mask", required=True,
                         help="label map (NIfTI) on the support image's grid; every non-zero value is a label")
-    parser.add_argument("--query", required=True, nargs="+", help="NIfTI files or DICOM series folders")
+    parser.add_argument("--query", required=True, nargs="+", action="extend",
+                        help="NIfTI files or DICOM series folders (repeatable)")
     parser.add_argument("--out", required=True, help="output folder (created; files of the same names are replaced)")
-    parser.add_argument("--label", type=int, nargs="+", help="labels of the mask to segment (default: all)")
+    parser.add_argument("--label", type=int, nargs="+", action="extend",
+                        help="labels of the mask to segment (default: all; repeatable)")
     parser.add_argument("--query-range", action="append", default=[], metavar=RANGE_SYNTAX,
                         help="slices to segment (see below; default: the whole scan)")
-    parser.add_argument("--reference", nargs="+",
-                        help="one ground-truth label map per query, on its grid: Dice per label is printed")
+    parser.add_argument("--reference", nargs="+", action="extend",
+                        help="one ground-truth label map per query, on its grid, in --query's order: Dice "
+                             "per label is printed (repeatable)")
     parser.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="auto",
                         help="route: the checkpoint dataset's pre-processing; none: the scans are pre-processed "
                              "already (as in a dataset folder); auto (default): none for a scan that has the "
@@ -103,8 +118,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         results = run(args)
     except USER_ERRORS as err:
-        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+        print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     for result in results:
         print(summary(result))
     print(f"outputs in {args.out}")

@@ -1,11 +1,11 @@
 """A comparison of methods under one protocol (docs/protocol.md section 17): variants x seeds
 x folds, each trained and evaluated by the real commands, then reported with paired statistics.
 
-    fafnet-study run studies/cmr_cpu.json               # train and evaluate what is not done yet
-    fafnet-study run studies/cmr_cpu.json --gpus 0,1    # one worker per GPU, units shared out
-    fafnet-study run studies/cmr_cpu.json --unit 7      # one unit (a Slurm array task)
-    fafnet-study status studies/cmr_cpu.json            # every unit and where it stands
-    fafnet-study report studies/cmr_cpu.json            # tables, statistics and the figure
+    fafnet-study run bench/studies/cmr_cpu.json              # train and evaluate what is not done yet
+    fafnet-study run bench/studies/cmr_cpu.json --gpus 0,1   # one worker per GPU, units shared out
+    fafnet-study run bench/studies/cmr_cpu.json --unit 7     # one unit (a Slurm array task)
+    fafnet-study status bench/studies/cmr_cpu.json           # every unit and where it stands
+    fafnet-study report bench/studies/cmr_cpu.json           # tables, statistics and the figure
 
 A study file (JSON) names the variants (each a model and its options: nothing else may differ),
 the options every run shares (config.py's options and named configs), the seeds, the folds,

@@ -12,8 +12,12 @@ status), metrics.json and cout.txt; train.log; tensorboard/ and progress.png; sn
 the weights of older snapshot steps in step_XXXXXXX.pth); data_manifest.json (the fold, the
 training volumes and every training file with its sha256). An episode depends only on (seed,
 step), so a resumed run continues with exactly the episodes the interrupted run would have
-seen. Ctrl-C or SIGTERM saves latest.pth at the step reached and ends the run as
-INTERRUPTED: `resume=<its run folder>` continues it (docs/training.md).
+seen. Ctrl-C or SIGTERM lets the step under way finish, saves it as latest.pth and ends the
+run as INTERRUPTED: `resume=<its run folder>` continues it (a second signal stops at once,
+without saving that step). A resumed run goes on in a new run folder; the two are linked
+both ways (the old folder's continued.json, the new one's data_manifest.json), checkpoint=<old
+folder> follows to the continuation, and the new run's curves carry the earlier steps
+(docs/training.md).
 """
 import os
 
@@ -34,7 +38,7 @@ def train(_config, _run, _log, model_options):
     _run.info["pid"] = os.getpid()   # lets fafnet.runtime.runs tell a killed run from a live one
     record_process(run_dir, dict(_run.info))
     with sigterm_interrupts():
-        summary = run_training(dict(_config), run_dir, _log, log_scalar=_run.log_scalar)
+        summary = run_training(dict(_config), run_dir, _log, log_scalar=_run.log_scalar, info=_run.info)
     _run.info.update(summary)
     return summary["final_snapshot"]
 

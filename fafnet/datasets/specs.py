@@ -114,7 +114,7 @@ DATASETS: Dict[str, DatasetSpec] = {
         # Prostate T2-weighted MRI of several institutions: in-plane about 0.4-0.8 mm, slices
         # about 1.5-4 mm.
         modality="MR", raw_spacing=(0.6, 0.6, 3.0)),
-    # The project's embedded phantom (data/synthetic): SABS layout, label ids and groups, a
+    # The project's embedded phantom (fafnet/synthetic/): SABS layout, label ids and groups, a
     # small image size so that it trains on a CPU, and as many volumes as were generated.
     "SYNTHETIC": DatasetSpec(
         name="SYNTHETIC", folder="synthetic_CT_normalized", n_volumes=None, image_size=(129, 129),

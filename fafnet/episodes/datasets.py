@@ -6,7 +6,7 @@ gapped in the files the FSMIS community distributes), supervoxels_<min size>/ (o
 SSL-ALPNet's 2D superpixels, superpixels_<min size>/) inside the folder or beside it. Volumes
 are ordered by i; folds, support and query volumes are positions in that order, as in the
 release. Every label and pseudo-label file is checked to lie on its image's voxel grid
-(data/nifti_io.on_reference_grid). Volumes are (slice, row, column) arrays, optionally
+(fafnet.io.nifti.on_reference_grid). Volumes are (slice, row, column) arrays, optionally
 resampled in-plane (`resample_in_plane`: images linear, labels and pseudo-labels nearest),
 z-scored per volume, and reach the network as 3 identical channels.
 
@@ -149,7 +149,7 @@ def load_labels(path: str, shape: Tuple[int, ...], like: str,
             None accepts any non-negative integer (supervoxel ids).
         dataset: named in the error for a value outside `allowed`.
         like_geometry: the image's geometry; when given, the file must lie on the image's
-            voxel grid or be reoriented onto it (data/nifti_io.on_reference_grid), else only
+            voxel grid or be reoriented onto it (fafnet.io.nifti.on_reference_grid), else only
             the shapes are compared.
         notes: receives (path, note) when the file needed reorienting or carried no geometry.
     """

@@ -36,9 +36,11 @@ def _signature(tensors: Sequence[torch.Tensor]) -> Tuple:
 
 
 class _GraphCache:
-    """CUDA graphs of `function(*tensors) -> tuple of tensors`, one per input signature."""
+    """CUDA graphs of `function(*tensors)`, one per input signature. The function returns a
+    tensor or a tuple of tensors and Nones (a model's encoder: FAF-Net's returns (features,
+    thresholds or None), ADNet's a tensor); a replay returns the same structure."""
 
-    def __init__(self, function: Callable[..., Tuple[torch.Tensor, ...]], what: str, max_graphs: int,
+    def __init__(self, function: Callable[..., object], what: str, max_graphs: int,
                  log: logging.Logger):
         self.function, self.what, self.max_graphs, self.log = function, what, max_graphs, log
         self.graphs: Dict[Tuple, Tuple["torch.cuda.CUDAGraph", list, Tuple[torch.Tensor, ...]]] = {}
@@ -46,7 +48,7 @@ class _GraphCache:
         self.failed = False
         self.replays = 0
 
-    def __call__(self, *tensors: torch.Tensor) -> Optional[Tuple[torch.Tensor, ...]]:
+    def __call__(self, *tensors: torch.Tensor) -> Optional[object]:
         """The function's outputs (copies) from a graph replay, or None: run it eagerly."""
         if self.failed:
             return None
@@ -64,7 +66,9 @@ class _GraphCache:
         graph.replay()
         self.replays += 1
         # Copies: the next replay overwrites the static outputs.
-        return tuple(output.clone() for output in static_outputs)
+        if isinstance(static_outputs, torch.Tensor):
+            return static_outputs.clone()
+        return tuple(None if output is None else output.clone() for output in static_outputs)
 
     @staticmethod
     def _autocast(key: Tuple):
@@ -86,7 +90,9 @@ class _GraphCache:
             current.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"), self._autocast(key):
-                static_outputs = tuple(self.function(*static_inputs))
+                static_outputs = self.function(*static_inputs)
+            if not isinstance(static_outputs, torch.Tensor):
+                static_outputs = tuple(static_outputs)
         except Exception as error:
             self.log.warning("capturing the %s in a CUDA graph failed (%s); evaluation continues "
                              "without graphs", self.what, error_summary(error))
@@ -126,8 +132,8 @@ class GraphedPredict(_Graphed):
         self.batch_size: Optional[int] = None
         self.cache = _GraphCache(self._predict, "predict call", max_graphs, log or logger)
 
-    def _predict(self, support_images, support_masks, query_images) -> Tuple[torch.Tensor]:
-        return (self.model.predict(support_images, support_masks, query_images, batch_size=self.batch_size),)
+    def _predict(self, support_images, support_masks, query_images) -> torch.Tensor:
+        return self.model.predict(support_images, support_masks, query_images, batch_size=self.batch_size)
 
     def __call__(self, support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor,
                  batch_size: Optional[int] = None) -> torch.Tensor:
@@ -141,7 +147,7 @@ class GraphedPredict(_Graphed):
         outputs = self.cache(support_images, support_masks, query_images)
         if outputs is None:
             return self.model.predict(support_images, support_masks, query_images, batch_size=batch_size)
-        return outputs[0]
+        return outputs
 
     # Stands in for the model where callers segment with `model.predict(...)`.
     predict = __call__
@@ -152,7 +158,8 @@ class GraphedEncoder(_Graphed):
     graph replays; eager in training mode, with gradients enabled or off CUDA.
 
     Args:
-        encoder: the model's ResNet101Encoder (any module returning a tuple of tensors).
+        encoder: the model's `image_encoder()` (a module returning a tensor or a tuple of
+            tensors and Nones).
         max_graphs: graphs kept at most; further signatures run eagerly.
         log: logger for the one warning when a capture fails (default: this module's).
     """

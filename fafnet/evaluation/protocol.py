@@ -10,6 +10,7 @@ class is recorded as skipped; means over classes cover the classes with a score 
 `evaluate(config, run_dir, logger)` runs it from a run's (Sacred) config dict; the command
 line around it is `fafnet.cli.evaluate`.
 """
+import datetime
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -26,17 +27,23 @@ from fafnet.evaluation.predict import InferenceOptions, Timer, chunk_runs, predi
 from fafnet.evaluation.results import mean_coverage, results_table, scored_classes
 from fafnet.evaluation.writers import (short_path, write_class_figure, write_combined_predictions,
                                        write_predictions, write_results)
+from fafnet.io.atomic import atomic_write_json
 from fafnet.io.logs import log_to_file
 from fafnet.io.progress import progress
 from fafnet.io.provenance import protocol_record
-from fafnet.models import build_model, predict_batch_size, resolve_model_options
+from fafnet.models import build_model, model_counters, predict_batch_size, resolve_model_options
 from fafnet.runtime.devices import configure_threads, eval_channels_last, resolve_device
 from fafnet.runtime.rng import seed_everything
+from fafnet.runtime.runs import Terminated
 from fafnet.runtime.snapshots import (LoadedCheckpoint, SnapshotError, checkpoint_model, load_checkpoint_state,
-                                      read_checkpoint)
-from fafnet.runtime.training_data import OVERLAP, UNCHECKED, leakage_record
+                                      read_checkpoint, unfinished_run_warning)
+from fafnet.runtime.training_data import OVERLAP, UNCHECKED, evaluation_data_record, leakage_record
 
 UNTRAINED = "untrained"   # checkpoint=untrained: the seeded initialisation, the baseline of a table
+# Written into an evaluation's run folder when Ctrl-C or SIGTERM stops it before results.json.
+PARTIAL_NAME = "partial.json"
+EVALUATION_ADVICE = ("; an evaluation cannot be resumed: run it again (its run folder's partial.json marks "
+                     "its predictions and figures as partial)")
 
 
 def supp_indices(config: Dict) -> list:
@@ -62,6 +69,7 @@ class EvaluatedModel:
     name: str                     # its registry name
     options: Dict                 # every option of the model
     loaded: LoadedCheckpoint      # the weights' file, step, training config and data
+    warnings: List[str] = field(default_factory=list)   # about the checkpoint (results.json "warnings")
 
 
 def load_model(config: Dict, device: torch.device) -> EvaluatedModel:
@@ -86,7 +94,8 @@ def load_model(config: Dict, device: torch.device) -> EvaluatedModel:
     # A checkpoint overwrites every tensor: no pretrained file is read.
     model = build_model(name, config["image_size"], device=device, channels_last=channels_last, options=options)
     loaded = load_checkpoint_state(model, path, state, config["image_size"], name)
-    return EvaluatedModel(model, name, options, loaded)
+    unfinished = unfinished_run_warning(path, state)
+    return EvaluatedModel(model, name, options, loaded, [unfinished] if unfinished else [])
 
 
 def checkpoint_wanted(config: Dict) -> Dict:
@@ -184,70 +193,99 @@ def evaluate_class(model, dataset: EvaluationFold, class_id: int, name: str, dev
 
 
 def evaluate(config: Dict, run_dir: str, logger) -> Dict:
-    """The evaluation of one fold; writes every output into `run_dir`, returns the results."""
+    """The evaluation of one fold; writes every output into `run_dir`, returns the results.
+    Stopped by Ctrl-C or SIGTERM before results.json, it leaves partial.json in `run_dir`
+    (`mark_partial`) and re-raises with `advice` (an evaluation is run again, not resumed)."""
+    with log_to_file(logger, os.path.join(run_dir, "test.log")):
+        try:
+            return evaluate_fold(config, run_dir, logger)
+        except KeyboardInterrupt as interrupt:
+            interrupt.advice = EVALUATION_ADVICE
+            mark_partial(run_dir, interrupt, logger)
+            raise
+
+
+def mark_partial(run_dir: str, interrupt: KeyboardInterrupt, logger) -> None:
+    """Write partial.json (atomically) into a stopped evaluation's run folder, unless its
+    results.json was written: the predictions and figures there are those of the classes
+    done before the stop."""
+    if os.path.isfile(os.path.join(run_dir, "results.json")):
+        return
+    how = "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C"
+    atomic_write_json({"partial": True, "stopped_by": how,
+                       "time": datetime.datetime.now().isoformat(timespec="seconds"),
+                       "note": "this evaluation stopped before it finished: predictions/ and figures/ hold only "
+                               "the classes it completed and results.json was not written; an evaluation "
+                               "cannot be resumed, run it again"}, os.path.join(run_dir, PARTIAL_NAME))
+    logger.warning("evaluation stopped by %s before it finished; %s marks %s as partial", how, PARTIAL_NAME, run_dir)
+
+
+def evaluate_fold(config: Dict, run_dir: str, logger) -> Dict:
+    """`evaluate`'s work, inside its log."""
     device = resolve_device(config["device"])
     threads = configure_threads(config["num_threads"])
     indices = supp_indices(config)
     names = class_names(config["dataset"], config["test_classes"])
-    with log_to_file(logger, os.path.join(run_dir, "test.log")):
-        # The data first: a wrong folder or image size fails before a model is built.
-        dataset = make_test_dataset(config, indices[0])
-        seed_everything(config["seed"])
-        evaluated = load_model(config, device)
-        model, loaded = evaluated.model, evaluated.loaded
-        source, step = loaded.path, loaded.step
-        model.eval()
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = config["cudnn_benchmark"]
-        options = InferenceOptions(predict_batch_size(model, device, config["eval_batch_size"]),
-                                   eval_channels_last(config["channels_last"], device), config["amp_bf16"])
-        runner = GraphedPredict(model, log=logger) if config["eval_graphs"] else model
-        logger.info("evaluating %s (step %s), model %s, on %s fold %d, support index(es) %s, on %s (%d CPU threads)",
-                    source, step, evaluated.name, config["dataset"], config["eval_fold"], indices, device, threads)
-        leakage = check_leakage(config, loaded, dataset.fold_volumes, logger)
-        timer, skips = Timer(), Skips()
-        per_support = {}
-        for supp_idx in indices:
-            dataset.select_support(supp_idx)
-            folder = run_dir if len(indices) == 1 else os.path.join(run_dir, f"supp_idx_{supp_idx}")
-            classes, predicted = {}, {}
-            bar = progress(total=slices_to_segment(dataset, config["test_classes"]),
-                           desc=f"evaluating support index {supp_idx}", unit="slice")
-            for class_id in config["test_classes"]:
-                name = names[class_id]
-                support, outcomes, queries = evaluate_class(runner, dataset, class_id, name, device, options,
-                                                            timer, skips, logger, bar)
-                classes[str(class_id)] = class_entry(name, support, outcomes)
-                for outcome, query in zip(outcomes, queries):
-                    entry = predicted.setdefault(outcome.volume_index, {
-                        "shape": query["volume_shape"], "geometry": query["geometry"],
-                        "number": query["image_number"], "classes": []})
-                    entry["classes"].append((class_id, outcome))
-                if config["save_predictions"]:
-                    write_predictions(folder, class_id, name, outcomes, queries)
-                if config["save_figures"] and outcomes:
-                    title = (f"{config['dataset']} fold {config['eval_fold']}, class {class_id} ({name}); "
-                             f"checkpoint {short_path(source)}" + (f", step {step}" if step else ""))
-                    write_class_figure(folder, title, class_id, name, support, outcomes, queries)
-            bar.close()
+    # The data first: a wrong folder or image size fails before a model is built.
+    dataset = make_test_dataset(config, indices[0])
+    seed_everything(config["seed"])
+    evaluated = load_model(config, device)
+    model, loaded = evaluated.model, evaluated.loaded
+    source, step = loaded.path, loaded.step
+    for warning in evaluated.warnings:
+        logger.warning("%s", warning)
+    model.eval()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = config["cudnn_benchmark"]
+    options = InferenceOptions(predict_batch_size(model, device, config["eval_batch_size"]),
+                               eval_channels_last(config["channels_last"], device), config["amp_bf16"])
+    runner = GraphedPredict(model, log=logger) if config["eval_graphs"] else model
+    logger.info("evaluating %s (step %s), model %s, on %s fold %d, support index(es) %s, on %s (%d CPU threads)",
+                source, step, evaluated.name, config["dataset"], config["eval_fold"], indices, device, threads)
+    leakage = check_leakage(config, loaded, dataset.fold_volumes, logger)
+    timer, skips = Timer(), Skips()
+    per_support = {}
+    for supp_idx in indices:
+        dataset.select_support(supp_idx)
+        folder = run_dir if len(indices) == 1 else os.path.join(run_dir, f"supp_idx_{supp_idx}")
+        classes, predicted = {}, {}
+        bar = progress(total=slices_to_segment(dataset, config["test_classes"]),
+                       desc=f"evaluating support index {supp_idx}", unit="slice")
+        for class_id in config["test_classes"]:
+            name = names[class_id]
+            support, outcomes, queries = evaluate_class(runner, dataset, class_id, name, device, options,
+                                                        timer, skips, logger, bar)
+            classes[str(class_id)] = class_entry(name, support, outcomes)
+            for outcome, query in zip(outcomes, queries):
+                entry = predicted.setdefault(outcome.volume_index, {
+                    "shape": query["volume_shape"], "geometry": query["geometry"],
+                    "number": query["image_number"], "classes": []})
+                entry["classes"].append((class_id, outcome))
             if config["save_predictions"]:
-                write_combined_predictions(folder, predicted)
-            per_support[str(supp_idx)] = {
-                "support_volume": dataset.support_volume,
-                "support_image": dataset.file_name(dataset.support_volume),
-                "query_volumes": list(dataset.query_volumes),
-                "query_images": [dataset.file_name(v) for v in dataset.query_volumes], "classes": classes}
-        results = results_summary(config, indices, dataset, evaluated, leakage, per_support, skips, timer, device,
-                                  options, threads)
-        write_results(run_dir, results)
-        print(results_table(results))
-        if results["mean_dice"] is None:
-            raise NothingEvaluatedError(
-                f"no test class could be evaluated ({len(skips.entries)} skip(s), first: class "
-                f"{skips.entries[0]['class_id']}, {skips.entries[0]['what']}: {skips.entries[0]['reason']}); "
-                f"{os.path.join(run_dir, 'results.json')} lists them")
-        logger.info("results in %s (mean Dice %.4f over %s)", run_dir, results["mean_dice"],
-                    mean_coverage(results["classes"]))
+                write_predictions(folder, class_id, name, outcomes, queries)
+            if config["save_figures"] and outcomes:
+                title = (f"{config['dataset']} fold {config['eval_fold']}, class {class_id} ({name}); "
+                         f"checkpoint {short_path(source)}" + (f", step {step}" if step else ""))
+                write_class_figure(folder, title, class_id, name, support, outcomes, queries)
+        bar.close()
+        if config["save_predictions"]:
+            write_combined_predictions(folder, predicted)
+        per_support[str(supp_idx)] = {
+            "support_volume": dataset.support_volume,
+            "support_image": dataset.file_name(dataset.support_volume),
+            "query_volumes": list(dataset.query_volumes),
+            "query_images": [dataset.file_name(v) for v in dataset.query_volumes], "classes": classes}
+    results = results_summary(config, indices, dataset, evaluated, leakage, per_support, skips, timer, device,
+                              options, threads)
+    write_results(run_dir, results)
+    print(results_table(results))
+    if results["mean_dice"] is None:
+        raise NothingEvaluatedError(
+            f"no test class could be evaluated ({len(skips.entries)} skip(s), first: class "
+            f"{skips.entries[0]['class_id']}, {skips.entries[0]['what']}: {skips.entries[0]['reason']}); "
+            f"{os.path.join(run_dir, 'results.json')} lists them")
+    logger.info("results in %s (mean Dice %.4f over %s)", run_dir, results["mean_dice"],
+                mean_coverage(results["classes"]))
     return results
 
 
@@ -305,8 +343,10 @@ def results_summary(config: Dict, indices: List[int], dataset: TestDataset, eval
     protocol = protocol_record(config, indices, loaded.path, loaded.step, loaded.config, loaded.training_data,
                                model=evaluated.name, model_options=evaluated.options)
     protocol["leakage"] = leakage
+    protocol["data"] = evaluation_data_record(dataset)
     return {
         "protocol": protocol,
+        "warnings": list(evaluated.warnings),   # about the checkpoint (a run that never finished)
         "skipped": skips.entries,
         "classes": classes,
         "mean_dice": _mean([c["dice_mean"] for c in classes.values()]),
@@ -321,6 +361,7 @@ def results_summary(config: Dict, indices: List[int], dataset: TestDataset, eval
         "evaluation": {"device": str(device), "num_threads": threads, "amp_bf16": config["amp_bf16"],
                        "channels_last": options.channels_last, "eval_batch_size": options.batch_size,
                        "eval_graphs": config["eval_graphs"], "cudnn_benchmark": config["cudnn_benchmark"]},
+        "model_counters": model_counters(evaluated.model),
         "timing": {"forward_seconds": timer.seconds, "slices": timer.slices,
                    "slices_per_second": timer.slices / timer.seconds if timer.seconds else None},
     }

@@ -11,6 +11,17 @@ class group and the table joins the groups' classes into one row. A run whose ch
 trained on volumes of the fold it evaluates (test-set leakage) is never joined. A class that
 could not be evaluated (skipped) has no score: every table marks it, and every mean over
 classes or folds says which it covers.
+
+Runs are joined or compared only on the same data: results.json's protocol records a data
+identity (`protocol["data"]`, the sha256 of every label file of the dataset folder, written by
+`fafnet.runtime.training_data.evaluation_data_record`); runs whose identities differ are
+refused naming the first differing file, and a run without one (written before it was
+recorded) is accepted with a warning (`data_identity_warnings`). A comparison
+(`comparison_table`) needs the same fold, data and evaluation protocol (`COMPARED_FIELDS`: the
+checkpoint and model may differ, that is what is compared); a learning curve (`curve_table`)
+needs one training run's checkpoints evaluated with one protocol on one fold (only the step
+differs). A results.json that is not a JSON object, lacks protocol fields or holds a
+non-finite score is refused naming the file.
 """
 import csv
 import io
@@ -27,10 +38,20 @@ from fafnet.io.provenance import TRAINING_FOLD_FIELDS
 PROTOCOL_FIELDS = ("model", "dataset", "setting", "setting2_protocol", "supp_idx", "n_part", "image_size",
                    "resample_in_plane", "n_volumes", "checkpoint_step", "training", "pretrained_weights",
                    "preprocessing")
+# Protocol fields that must agree between the two runs of `comparison_table`: the fold, the
+# data and how they were evaluated; the model, its checkpoint and its training are compared.
+COMPARED_FIELDS = ("dataset", "eval_fold", "group", "setting", "setting2_protocol", "supp_idx", "n_part",
+                   "image_size", "resample_in_plane", "n_volumes", "preprocessing")
+# Fields every results.json's protocol holds (the tables name them); one without them is refused.
+REQUIRED_PROTOCOL_FIELDS = ("dataset", "setting", "eval_fold", "supp_idx", "n_part")
+# The data identity inside the protocol (fafnet.runtime.training_data.evaluation_data_record).
+DATA_FIELD = "data"
 
 
 def load_results(path: str) -> Dict:
-    """Read an evaluation run's results.json (given the file or its run folder)."""
+    """Read an evaluation run's results.json (given the file or its run folder); a file that
+    is not one (not a JSON object, a protocol without its fields, a non-finite score) is a
+    ValueError naming it."""
     file = os.path.join(path, "results.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{path!r}: no results.json (is it an evaluation run folder?)")
@@ -39,12 +60,50 @@ def load_results(path: str) -> Dict:
             results = json.load(f)
         except ValueError as err:
             raise ValueError(f"{file}: not valid JSON ({err})") from None
+    if not isinstance(results, dict):
+        raise ValueError(f"{file}: holds {json.dumps(results)[:40]}, not an evaluation's results (a JSON object)")
     for key in ("protocol", "classes", "mean_dice"):
         if key not in results:
             raise ValueError(f"{file}: missing key {key!r}; not a results.json written by this "
                              f"version of test.py (re-run the evaluation to record its protocol)")
+    _check_protocol(results["protocol"], file)
+    _check_scores(results, file)
     results["_path"] = file
     return results
+
+
+def _check_protocol(protocol, file: str) -> None:
+    if not isinstance(protocol, dict):
+        raise ValueError(f"{file}: its protocol is {json.dumps(protocol)[:40]}, not a record (a JSON object)")
+    missing = [name for name in REQUIRED_PROTOCOL_FIELDS if name not in protocol]
+    if missing:
+        raise ValueError(f"{file}: its protocol lacks {', '.join(map(repr, missing))}; not a results.json "
+                         f"written by test.py (re-run the evaluation)")
+    data = protocol.get(DATA_FIELD)
+    if data is not None and not (isinstance(data, dict) and isinstance(data.get("digest"), str)):
+        raise ValueError(f"{file}: its protocol's {DATA_FIELD!r} is not a data identity (no digest)")
+
+
+def _finite_or_none(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                             and bool(np.isfinite(value)))
+
+
+def _check_scores(results: Dict, file: str) -> None:
+    """Every class entry is a record whose scores are finite numbers or None (not scored)."""
+    if not isinstance(results["classes"], dict):
+        raise ValueError(f"{file}: its classes are not a record (a JSON object)")
+    for class_id, entry in results["classes"].items():
+        if not isinstance(entry, dict) or "dice_mean" not in entry:
+            raise ValueError(f"{file}: class {class_id} has no dice_mean")
+        for key in ("dice_mean", "iou_mean"):
+            if not _finite_or_none(entry.get(key)):
+                raise ValueError(f"{file}: class {class_id} ({entry.get('name', '?')}) has {key} "
+                                 f"{entry.get(key)!r}, not a finite number; its evaluation went wrong, so "
+                                 f"its scores cannot be averaged (re-run it)")
+    for key in ("mean_dice", "mean_iou"):
+        if not _finite_or_none(results.get(key)):
+            raise ValueError(f"{file}: {key} is {results.get(key)!r}, not a finite number; re-run the evaluation")
 
 
 def csv_text(rows: Sequence[Sequence]) -> str:
@@ -125,10 +184,14 @@ def results_table(results: Dict) -> str:
 
 def comparison_table(results: Dict, baseline: Dict) -> str:
     """Markdown: Dice (%) per class of `results` against `baseline` (two evaluation runs of
-    the same classes, e.g. a trained and an untrained model) and the difference."""
+    the same classes, fold, data and evaluation protocol, e.g. a trained and an untrained
+    model) and the difference; runs that differ in any of `COMPARED_FIELDS` or in their data
+    identity are refused naming the field."""
     if list(results["classes"]) != list(baseline["classes"]):
         raise ValueError(f"{results['_path']} and {baseline['_path']} evaluate different classes "
                          f"({list(results['classes'])} vs {list(baseline['classes'])})")
+    check_same_fields([results, baseline], COMPARED_FIELDS, "compare")
+    check_same_data([results, baseline])
     lines = ["| class | Dice (%) | baseline Dice (%) | difference (points) |", "|---|---|---|---|"]
     skipped = {str(s["class_id"]) for run in (results, baseline) for s in run.get("skipped", [])}
     rows = [(entry["name"] + (" *" if class_id in skipped else ""), entry["dice_mean"],
@@ -142,14 +205,60 @@ def comparison_table(results: Dict, baseline: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def checkpoint_run(protocol: Dict) -> Optional[str]:
+    """The training run a checkpoint belongs to: the run folder of a snapshot
+    (<run>/snapshots/<file>), else the checkpoint file itself (a release file, 'untrained')."""
+    checkpoint = protocol.get("checkpoint")
+    if not checkpoint:
+        return None
+    path = os.path.normpath(checkpoint)
+    folder = os.path.dirname(path)
+    return os.path.dirname(folder) if os.path.basename(folder) == "snapshots" else path
+
+
+def _same_run(mine: Optional[str], theirs: Optional[str]) -> bool:
+    if mine == theirs:
+        return True
+    try:   # one folder named two ways (relative and absolute) on this machine
+        return mine is not None and theirs is not None and os.path.samefile(mine, theirs)
+    except OSError:
+        return False
+
+
+def check_one_training_run(runs: Sequence[Dict]) -> None:
+    """Raise ValueError naming the first run whose checkpoint comes from another training run
+    than the first run's, or whose step is given twice (`curve_table`)."""
+    reference, steps = runs[0], {}
+    for run in runs:
+        mine, theirs = checkpoint_run(reference["protocol"]), checkpoint_run(run["protocol"])
+        if not _same_run(mine, theirs):
+            raise ValueError(f"cannot join {reference['_path']} and {run['_path']}: their checkpoints come from "
+                             f"different training runs ('checkpoint': {mine!r} vs {theirs!r}); a curve is one "
+                             f"training run's snapshots")
+        step = run["protocol"].get("checkpoint_step")
+        if step in steps:
+            raise ValueError(f"step {step} appears twice: {steps[step]} and {run['_path']}; pass one "
+                             f"evaluation per snapshot")
+        steps[step] = run["_path"]
+
+
+# Fields of a curve's runs that must agree, beyond the checkpoint's run: the fold table's
+# protocol but the step, with the fold and the group.
+CURVE_FIELDS = ("eval_fold", "group") + tuple(f for f in PROTOCOL_FIELDS if f != "checkpoint_step")
+
+
 def curve_table(runs: Sequence[Dict]) -> str:
     """Markdown: Dice (%) per class and mean against the training step of each run's
-    checkpoint (evaluations of one training run's snapshots), ordered by step; the header
-    names the protocol of the first run (the others must share it but for the checkpoint)."""
-    check_same_protocol([dict(r, protocol=dict(r["protocol"], checkpoint_step=None)) for r in runs])
+    checkpoint (evaluations of one training run's snapshots), ordered by step; the runs must
+    share the training run, the fold, the data and the protocol (only the step differs), and
+    the header names them."""
+    check_same_fields(runs, CURVE_FIELDS, "curve", whole_training=True)
+    check_one_training_run(runs)
+    check_same_data(runs)
     runs = sorted(runs, key=lambda r: r["protocol"].get("checkpoint_step") or 0)
     names = [entry["name"] for entry in runs[0]["classes"].values()]
-    lines = [protocol_summary(dict(runs[0]["protocol"], checkpoint="snapshots of one run", checkpoint_step=None)),
+    source = f"snapshots of training run {checkpoint_run(runs[0]['protocol'])}"
+    lines = [protocol_summary(dict(runs[0]["protocol"], checkpoint=source, checkpoint_step=None)),
              "", "| step | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 2) + "|"]
     for run in runs:
         values = [percent(entry["dice_mean"]) for entry in run["classes"].values()]
@@ -165,25 +274,76 @@ def curve_table(runs: Sequence[Dict]) -> str:
 GROUP_TRAINING_OPTIONS = ("group", "test_classes")
 
 
-def _comparable(protocol: Dict, name: str):
+def _comparable(protocol: Dict, name: str, whole_training: bool = False):
     # results.json files written before the model registry hold FAF-Net's numbers.
     value = protocol.get(name, "fafnet" if name == "model" else None)
-    if name == "training" and value is not None:
+    if name == "training" and value is not None and not whole_training:
         value = {k: v for k, v in value.items() if k not in GROUP_TRAINING_OPTIONS + TRAINING_FOLD_FIELDS}
     return value
 
 
-def check_same_protocol(runs: Sequence[Dict]) -> None:
-    """Raise ValueError naming the first protocol field on which two runs differ."""
+# What `check_same_fields` says the runs were to be, by its `what`.
+_PURPOSES = {"join": ("join", "averaged"), "compare": ("compare", "compared"), "curve": ("join", "joined in one curve")}
+
+
+def check_same_fields(runs: Sequence[Dict], fields: Sequence[str], what: str = "join",
+                      whole_training: bool = False) -> None:
+    """Raise ValueError naming the first of `fields` on which two runs' protocols differ
+    (`what`: join, compare or curve, for the message; `whole_training`: the training
+    record's fold fields count too)."""
+    verb, ending = _PURPOSES[what]
     reference = runs[0]
     for other in runs[1:]:
-        for name in PROTOCOL_FIELDS:
-            mine, theirs = _comparable(reference["protocol"], name), _comparable(other["protocol"], name)
+        for name in fields:
+            mine = _comparable(reference["protocol"], name, whole_training)
+            theirs = _comparable(other["protocol"], name, whole_training)
             if mine != theirs:
                 raise ValueError(
-                    f"cannot join {reference['_path']} and {other['_path']}: their protocols "
+                    f"cannot {verb} {reference['_path']} and {other['_path']}: their protocols "
                     f"differ in {name!r} ({mine!r} vs {theirs!r}); numbers made differently "
-                    f"must not be averaged")
+                    f"must not be {ending}")
+
+
+def check_same_protocol(runs: Sequence[Dict]) -> None:
+    """Raise ValueError naming the first protocol field on which two runs differ."""
+    check_same_fields(runs, PROTOCOL_FIELDS)
+
+
+def _data_files(record: Dict) -> Dict[str, str]:
+    return {e.get("name"): e.get("sha256") for e in record.get("labels") or [] if isinstance(e, dict)}
+
+
+def _first_data_difference(mine: Dict, theirs: Dict) -> str:
+    """The first label file whose hash differs, or that only one record holds."""
+    a, b = _data_files(mine), _data_files(theirs)
+    for name in sorted(a.keys() | b.keys()):
+        if a.get(name) != b.get(name):
+            shown = [f"{h[:12]}..." if h else "absent" for h in (a.get(name), b.get(name))]
+            return f"{name}: sha256 {shown[0]} vs {shown[1]}"
+    return f"digest {str(mine.get('digest'))[:12]}... vs {str(theirs.get('digest'))[:12]}..."
+
+
+def check_same_data(runs: Sequence[Dict]) -> None:
+    """Raise ValueError naming the two runs and the first differing label file when two runs'
+    data identities (protocol["data"]) differ; runs without one are not compared (see
+    `data_identity_warnings`)."""
+    recorded = [run for run in runs if run["protocol"].get(DATA_FIELD)]
+    for other in recorded[1:]:
+        mine, theirs = recorded[0]["protocol"][DATA_FIELD], other["protocol"][DATA_FIELD]
+        if mine.get("digest") != theirs.get("digest"):
+            raise ValueError(f"cannot join {recorded[0]['_path']} and {other['_path']}: they were evaluated on "
+                             f"different data ('data': {_first_data_difference(mine, theirs)}); numbers on "
+                             f"other data must not be joined")
+
+
+def data_identity_warnings(runs: Sequence[Dict]) -> List[str]:
+    """One line per run that records no data identity (older results.json), whose data
+    could therefore not be checked against the other runs'."""
+    if len(runs) < 2:
+        return []
+    return [f"{run['_path']}: records no data identity (written before it was recorded), so its "
+            f"data could not be checked against the other runs'" for run in runs
+            if not run["protocol"].get(DATA_FIELD)]
 
 
 def _runs_by_fold(runs: Sequence[Dict]) -> Dict[int, List[Dict]]:
@@ -266,8 +426,9 @@ def aggregate_folds(paths: Sequence[str], metric: str = "dice") -> Tuple[List[st
     its mean over classes, as the literature reports it. A class a fold could not evaluate
     (skipped) is None there: the fold's Mean covers its other classes and the class's mean
     and std its other folds (`fold_table_notes` says so). Raises ValueError when the runs'
-    protocols differ (naming the field), a run's checkpoint was trained on its test volumes,
-    a fold appears twice, or the folds' classes differ.
+    protocols differ (naming the field), their data identities differ (naming the file), a
+    run's checkpoint was trained on its test volumes, a fold appears twice, or the folds'
+    classes differ.
     """
     if metric not in ("dice", "iou"):
         raise ValueError(f"metric must be 'dice' or 'iou', got {metric!r}")
@@ -275,6 +436,7 @@ def aggregate_folds(paths: Sequence[str], metric: str = "dice") -> Tuple[List[st
         raise ValueError("aggregate needs at least one evaluation run")
     runs = [load_results(path) for path in paths]
     check_same_protocol(runs)
+    check_same_data(runs)
     check_no_leakage(runs)
     by_fold = {fold: _joined_classes(fold_runs) for fold, fold_runs in _runs_by_fold(runs).items()}
     class_ids = sorted(next(iter(by_fold.values())), key=int)

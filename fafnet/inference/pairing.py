@@ -1,5 +1,5 @@
 """Which support slice segments which query slice in segment.py, and the clean-up of its
-predictions (docs/protocol.md section 14). Slice indices here are on the network's grid (the
+predictions (docs/protocol.md section 18). Slice indices here are on the network's grid (the
 scans after pre-processing and in-plane resampling).
 
 - With a slice range (`range_pairing`), the evaluation's pairing exactly: support slices at

@@ -1,4 +1,4 @@
-"""Segmenting new scans with a trained checkpoint (docs/protocol.md section 14): read and
+"""Segmenting new scans with a trained checkpoint (docs/protocol.md section 18): read and
 pre-process the support and the queries as the checkpoint's training data was, pair query
 and support slices (the evaluation's chunks over a range, or by relative position), predict,
 and put each label map back on its query's grid. `run(request)` does it all; `request` holds
@@ -36,6 +36,12 @@ from fafnet.runtime.snapshots import (checkpoint_model, load_checkpoint_state, r
 from fafnet.models import build_model, predict_batch_size
 
 RANGE_SYNTAX = "[QUERY:][LABEL=]Z0:Z1"
+# A label predicted more than this factor larger or smaller (in mL) than its volume in the
+# support mask gets a warning: one organ's volume varies less than that between adults (a
+# liver 1-2.5 L, a kidney 0.1-0.3 L), so such a prediction is likely wrong (an organ found in
+# a neighbour, bright structures taken for it, or missed). Labels segmented over a
+# --query-range are not checked: the range may hold part of the organ.
+VOLUME_WARNING_FACTOR = 3.0
 log = logging.getLogger("fafnet.segment")
 
 
@@ -142,12 +148,13 @@ class Checkpoint:
 
     model_name: str                      # the registry name of the model the snapshot holds
     model_options: Dict                  # every option of that model
+    warnings: List[str] = field(default_factory=list)   # about the checkpoint (a run that never finished)
 
     def record(self) -> Dict:
         return {"path": self.path, "step": self.step, "model": self.model_name, "model_options": self.model_options,
                 "dataset": self.spec.name, "image_size": list(self.image_size),
                 "resample_in_plane": list(self.resample_in_plane) if self.resample_in_plane else None,
-                "training_data_dir": self.data_dir}
+                "training_data_dir": self.data_dir, "warnings": list(self.warnings)}
 
 
 def read_training_checkpoint(name: str) -> Checkpoint:
@@ -160,8 +167,13 @@ def read_training_checkpoint(name: str) -> Checkpoint:
     resampled = config.get("resample_in_plane")
     model_name = snapshot_model_name(state)
     model_name, model_options = checkpoint_model(path, state, model_name, {}, "--checkpoint")
+    from fafnet.runtime.snapshots import unfinished_run_warning
+    unfinished = unfinished_run_warning(path, state)   # latest.pth of a run that never finished
+    if unfinished:
+        log.warning("warning: %s", unfinished)
     return Checkpoint(path, state, state.get("step"), spec, tuple(state["image_size"]),
-                      tuple(resampled) if resampled else None, config.get("data_dir"), model_name, model_options)
+                      tuple(resampled) if resampled else None, config.get("data_dir"), model_name, model_options,
+                      [unfinished] if unfinished else [])
 
 
 def training_arithmetic(checkpoint: Checkpoint, asked: Optional[str], warnings: List[str]) -> Tuple[str, str]:
@@ -442,7 +454,7 @@ def grid_record(prepared: PreparedScan) -> Dict:
 
 def query_record(result: QueryResult, support: Support, context: Context, options: InferenceOptions,
                  device: torch.device, files: Dict, warnings: List[str]) -> Dict:
-    """<name>.json (see the README's "Segment your own scan")."""
+    """<name>.json (docs/segmenting.md)."""
     prepared, labels = result.query.prepared, support.labels
     checkpoint = context.checkpoint
     return {
@@ -550,6 +562,27 @@ def inference_options(args, device: torch.device, model) -> InferenceOptions:
                             eval_channels_last(args.channels_last, device), bool(args.amp_bf16))
 
 
+def support_volume_ml(support: Support, label: int) -> float:
+    """The volume (mL) of `label` in the support mask, on the support's own grid."""
+    voxel_ml = float(np.prod(support.prepared.scan.geometry.spacing)) / 1000.0
+    return int(np.count_nonzero(support.mask == label)) * voxel_ml
+
+
+def volume_warnings(result: QueryResult, support: Support) -> List[str]:
+    """One line per label (segmented without a range) whose predicted volume differs from
+    the support mask's by more than VOLUME_WARNING_FACTOR either way."""
+    lines = []
+    for label in support.labels:
+        if result.query.plans[label].query_range is not None:
+            continue
+        predicted, prior = result.volume_ml(label), support_volume_ml(support, label)
+        if prior <= 0 or not 1 / VOLUME_WARNING_FACTOR <= predicted / prior <= VOLUME_WARNING_FACTOR:
+            lines.append(f"{result.query.prepared.scan.path}: label {label} is predicted at {predicted:.1f} mL, "
+                         f"but the support mask's label {label} holds {prior:.1f} mL (more than "
+                         f"{VOLUME_WARNING_FACTOR:g}x apart): check the prediction")
+    return lines
+
+
 def query_warnings(query: Query) -> List[str]:
     """The warnings about one query: its scan, and its ranges."""
     return query.prepared.warnings + [line for plan in query.plans.values() for line in plan.warnings]
@@ -569,7 +602,7 @@ def run(args) -> List[QueryResult]:
     except ValueError as err:
         raise ValueError(f"--device {args.device}: {err}") from None
     checkpoint = read_training_checkpoint(args.checkpoint)
-    shared: List[str] = []   # warnings every query's record carries
+    shared: List[str] = list(checkpoint.warnings)   # warnings every query's record carries
     arithmetic, source = training_arithmetic(checkpoint, args.arithmetic, shared)
     reader = VolumeReader(checkpoint.spec, checkpoint.image_size, checkpoint.resample_in_plane)
     context = Context(checkpoint, reader, args.preprocess, arithmetic, source)
@@ -585,6 +618,9 @@ def run(args) -> List[QueryResult]:
         log_warnings(query_warnings(query))
         result = segment(model, support, query, device, options, args.probabilities)
         results.append(result)
-        outputs += query_files(result, support, context, options, device, args.out, shared + query_warnings(query))
+        implausible = volume_warnings(result, support)
+        log_warnings(implausible)
+        outputs += query_files(result, support, context, options, device, args.out,
+                               shared + query_warnings(query) + implausible)
     write_outputs(outputs)
     return results

@@ -19,8 +19,9 @@ are read like `.nii.gz`.
 
 Scanning is strict, because a file the loader does not see shifts every fold after it: two
 files for one volume (image_5.nii and image_5.nii.gz, image_05 and image_5), an image without
-its label or a label without its image, and a NIfTI file named like a volume that cannot be
-read as one (image_5_old.nii.gz) are errors naming the files. Other files are ignored and
+its label or a label without its image, a NIfTI file named like a volume that cannot be
+read as one (image_5_old.nii.gz, image_5.NII.GZ: suffixes are lower case) and a folder named
+like a volume (image_5.nii.gz/) are errors naming the files. Other files are ignored and
 listed (`ignored`), except the class maps and manifests that belong in such a folder.
 """
 import os
@@ -36,6 +37,8 @@ _SUPERVOXEL_NAME = re.compile(rf"^superpix-MIDDLE_(\d+){_SUFFIX}$")
 # A NIfTI name that starts like a numbered volume but is not one (image_5_old.nii.gz,
 # Image_5.nii.gz): the user may have meant it as a volume, so it is an error, not ignored.
 _LOOKS_NUMBERED = re.compile(r"^(image|label)_?\d", re.IGNORECASE)
+# A NIfTI suffix in any case (image_5.NII.GZ): the loader reads lower-case suffixes only.
+_NIFTI_ANY_CASE = re.compile(rf"{_SUFFIX}$", re.IGNORECASE)
 _EXPECTED_EXTRAS = re.compile(r"^(classmap_.*\.json|.*manifest\.json)$")
 
 
@@ -114,6 +117,8 @@ def _numbered_files(folder: str, pattern: "re.Pattern", what: str) -> Dict[Tuple
         groups = match.groups()[:-1]
         key = (groups[0], int(groups[1])) if len(groups) == 2 else ("", int(groups[0]))
         path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a folder, not a {what} file; rename or move it")
         if key in found:
             raise ValueError(f"two {what} files for volume number {key[1]} in {folder}: "
                              f"{os.path.basename(found[key])} and {name}; keep one")
@@ -163,9 +168,9 @@ class DatasetLayout:
             path = os.path.join(self.data_dir, name)
             if name in known or os.path.isdir(path) or name.startswith(".") or _EXPECTED_EXTRAS.match(name):
                 continue
-            if _LOOKS_NUMBERED.match(name) and re.search(rf"{_SUFFIX}$", name):
+            if _LOOKS_NUMBERED.match(name) and _NIFTI_ANY_CASE.search(name):
                 raise ValueError(f"{path}: a volume file must be named image_<i>.nii.gz or "
-                                 f"label_<i>.nii.gz (i an integer); rename or move it, since a "
+                                 f"label_<i>.nii.gz (lower case, i an integer); rename or move it, since a "
                                  f"volume the loader cannot see would shift every fold after it")
             self.ignored.append((name, "not a volume file (image_<i> / label_<i>.nii[.gz])"))
 

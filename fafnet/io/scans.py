@@ -5,7 +5,10 @@ pre-processing reads its DICOM series here too.
 Reading is strict, as everywhere in the project: a folder without a DICOM series, with several,
 or with DICOM files that the series leaves out (GDCM drops unreadable or truncated files from a
 series without a word) is an error naming the folder and the files; so are pixel data that
-cannot be decoded and NaN or infinite voxels.
+cannot be decoded and NaN or infinite voxels. A series whose slices are not evenly spaced (a
+missing slice leaves a gap) is refused too, naming the folder, the two slice positions and the
+spacing expected and found: ITK would read it as evenly spaced, putting every slice after the
+gap, and every label drawn on it, in the wrong place.
 """
 import os
 from dataclasses import dataclass
@@ -15,10 +18,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from fafnet.io.nifti import NIFTI_SUFFIXES, Geometry, check_finite
-from fafnet.io.raw import itk_error_text, natural_sort_key, read_raw_image, strip_nifti_suffix
+from fafnet.io.raw import image_information, itk_error_text, natural_sort_key, read_raw_image, strip_nifti_suffix
 
 _DICOM_PREAMBLE = 128          # bytes before the "DICM" magic of a DICOM Part 10 file
 _MODALITY_TAG = "0008|0060"
+_POSITION_TAG, _ORIENTATION_TAG = "0020|0032", "0020|0037"   # Image Position / Orientation (Patient)
+# Consecutive slices may lie this fraction of the series' spacing (the median step) closer or
+# farther apart than it (scanners round positions); more is a gap (a missing slice) or an
+# uneven series, refused.
+SLICE_SPACING_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -81,10 +89,53 @@ def series_file_names(folder: str, expected: Sequence[str], what: str = "DICOM f
     return by_position
 
 
+def _numbers(text: str, count: int) -> Optional[np.ndarray]:
+    try:
+        values = np.array([float(v) for v in text.strip().split("\\")], dtype=np.float64)
+    except ValueError:
+        return None
+    return values if values.shape == (count,) else None
+
+
+def slice_positions(files: Sequence[str]) -> Optional[np.ndarray]:
+    """Each file's position (mm) along its slices' normal, from its Image Position and Image
+    Orientation (Patient) tags; None when a file lacks them (no check is possible then)."""
+    positions = []
+    for path in files:
+        reader = image_information(path, f"DICOM file {path}")
+        if not (reader.HasMetaDataKey(_POSITION_TAG) and reader.HasMetaDataKey(_ORIENTATION_TAG)):
+            return None
+        position = _numbers(reader.GetMetaData(_POSITION_TAG), 3)
+        orientation = _numbers(reader.GetMetaData(_ORIENTATION_TAG), 6)
+        if position is None or orientation is None:
+            return None
+        positions.append(float(np.dot(np.cross(orientation[:3], orientation[3:]), position)))
+    return np.asarray(positions)
+
+
+def check_slice_spacing(files: Sequence[str], folder: str) -> None:
+    """Refuse a series (files in position order) whose consecutive slices are not evenly
+    spaced within SLICE_SPACING_TOLERANCE, naming the folder, where and by how much."""
+    positions = slice_positions(files) if len(files) > 2 else None
+    if positions is None:
+        return
+    steps = np.abs(np.diff(positions))
+    expected = float(np.median(steps))
+    for k, step in enumerate(steps):
+        if abs(step - expected) > SLICE_SPACING_TOLERANCE * expected or step == 0:
+            what = "a gap (a missing slice?)" if step > expected else "slices closer than the rest"
+            raise ValueError(
+                f"{folder}: the DICOM series is not evenly spaced: {what} between slice positions "
+                f"{positions[k]:.6g} and {positions[k + 1]:.6g} mm ({os.path.basename(files[k])} and "
+                f"{os.path.basename(files[k + 1])}): expected spacing {expected:.6g} mm, found {step:.6g} mm; "
+                f"read as evenly spaced, every slice after it would be misplaced")
+
+
 def read_series(files: Sequence[str], folder: str) -> Tuple[np.ndarray, Geometry, Optional[str]]:
     """The DICOM files of one series (in slice order) as a (z, y, x) array in the series' own
     pixel type, its geometry and its Modality tag; decoding errors and non-finite voxels are
-    errors naming `folder`."""
+    errors naming `folder`, and so is a gap between slices (`check_slice_spacing`)."""
+    check_slice_spacing(files, folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(files))
     reader.MetaDataDictionaryArrayUpdateOn()

@@ -5,7 +5,7 @@ from .adnet import ADNet, adnet
 from .encoder import ResNet101Encoder, feature_size
 from .factory import zero_init_residual
 from .fafnet import FAFNet, clamped_nll, default_predict_batch_size, fafnet, query_loss, scale_threshold_head
-from .interface import check_query_labels, image_encoder, predict_batch_size, total_loss
+from .interface import check_query_labels, image_encoder, model_counters, predict_batch_size, total_loss
 from .modules import AFF, ICM, apply_fourier_filters, masked_average_pooling
 from .pretrained import load_pretrained_backbone
 from .registry import (DEFAULT_MODEL, MODELS, NO_PRETRAINED, ModelEntry, build_model, get_model, register_model,
@@ -37,6 +37,7 @@ __all__ = [
     "image_encoder",
     "load_pretrained_backbone",
     "masked_average_pooling",
+    "model_counters",
     "predict_batch_size",
     "query_loss",
     "register_model",

@@ -17,6 +17,9 @@ contract; everything else about it is its own. A model is an `nn.Module` with:
 - optionally ``default_batch_size(device)`` (int): query slices per forward pass of `predict`
   when the evaluation's `eval_batch_size` is None (without it: 1).
 - optionally ``pretrained_tensors_loaded`` (int): backbone tensors read from a pretrained file.
+- optionally ``counters()`` -> {name: int}: events the model counts (SSL-ALPNet: episodes whose
+  classes had no prototype); training logs them and records them in the run's info, evaluation
+  in results.json (`model_counters`).
 
 A model is chosen by name from `fafnet.models.registry`, where its builder registers.
 """
@@ -57,6 +60,12 @@ def predict_batch_size(model: nn.Module, device: torch.device, requested: Option
         return int(requested)
     method = getattr(model, "default_batch_size", None)
     return int(method(torch.device(device))) if callable(method) else 1
+
+
+def model_counters(model: nn.Module) -> Dict[str, int]:
+    """The model's `counters()`, or {} when it counts nothing."""
+    method = getattr(model, "counters", None)
+    return dict(method()) if callable(method) else {}
 
 
 def image_encoder(model: nn.Module) -> Optional[nn.Module]:

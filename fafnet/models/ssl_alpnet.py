@@ -328,6 +328,11 @@ class ALPNet(nn.Module):
         """The counters of `prototype_free_counts` by name (reading them waits for the device)."""
         return dict(zip(COUNTER_NAMES, self.prototype_free_counts.tolist()))
 
+    def counters(self) -> Dict[str, int]:
+        """The counts the interface reports (train.log, the run's info, results.json): the
+        episodes whose classes had no prototype, by where (`prototype_free_counts`)."""
+        return {f"no_prototype_{name}": count for name, count in self.prototype_free_episodes.items()}
+
     def reset_prototype_counts(self) -> None:
         self.prototype_free_counts.zero_()
 

@@ -17,7 +17,11 @@ Steps per patient:
      the size rule int(n * old / new + 1), crop or pad in-plane to 256 x 256 around the centre.
      By default (--arithmetic release) this runs in the series' integer pixel type, truncating
      the clip value and the resampled values as the literature's data was made; --arithmetic
-     float computes in float32.
+     float computes in float32. The series' spacing is first rounded through float32
+     (--dicom-spacing float32, the default, recorded in the manifest) because the release
+     wrote each series to NIfTI and read it back before resampling, so its spacing passed
+     through the header's float32 (1.62 -> 1.6200000047683716); --dicom-spacing exact
+     resamples with the DICOM's decimal spacing (a grey level apart on a few voxels).
 Patients are re-indexed 0..N-1 in numeric order of their ids: OUT/image_<i>.nii.gz, label_<i>.
 The experiments read <data_root>/chaos_MR_T2_normalized, data_root defaulting to
 ./data_processed:
@@ -35,9 +39,10 @@ import numpy as np
 
 from fafnet.io.nifti import Geometry
 from fafnet.io.raw import image_information, natural_sort_key
-from fafnet.preprocessing.common import (DEFAULT_MR_ARITHMETIC, ProcessedVolume, add_arithmetic_argument,
-                                         build_parser, flip_rows, mr_route, parse_arithmetic, preprocess_mr,
-                                         require_dir, run_cli, run_preprocessing)
+from fafnet.preprocessing.common import (DEFAULT_DICOM_SPACING, DEFAULT_MR_ARITHMETIC, DICOM_SPACINGS,
+                                         ProcessedVolume, add_arithmetic_argument, build_parser,
+                                         check_dicom_spacing, dicom_spacing_geometry, flip_rows, mr_route,
+                                         parse_arithmetic, preprocess_mr, require_dir, run_cli, run_preprocessing)
 from fafnet.preprocessing.manifest import RawCase, Route
 from fafnet.io.scans import read_series, series_file_names
 
@@ -154,17 +159,21 @@ def chaos_case(patient: ChaosPatient) -> RawCase:
                     "label": _files_with_suffix(patient.ground_dir, ".png")})
 
 
-def chaos_route(arithmetic: str = DEFAULT_MR_ARITHMETIC) -> Route:
+def chaos_route(arithmetic: str = DEFAULT_MR_ARITHMETIC, dicom_spacing: str = DEFAULT_DICOM_SPACING) -> Route:
     """The route and parameters recorded in the output folder's manifest."""
+    check_dicom_spacing(dicom_spacing)
     return mr_route("CHAOST2", TARGET_SPACING, GREY_TO_LABEL.values(), arithmetic, row_flip=True,
-                    grey_to_label={str(k): v for k, v in GREY_TO_LABEL.items()})
+                    grey_to_label={str(k): v for k, v in GREY_TO_LABEL.items()}, dicom_spacing=dicom_spacing)
 
 
 def preprocess_chaos_arrays(image: np.ndarray, label: Optional[np.ndarray], geometry: Geometry,
-                            arithmetic: str = DEFAULT_MR_ARITHMETIC, row_flip: bool = True) -> ProcessedVolume:
+                            arithmetic: str = DEFAULT_MR_ARITHMETIC, row_flip: bool = True,
+                            dicom_spacing: str = DEFAULT_DICOM_SPACING) -> ProcessedVolume:
     """Steps 2-3 above on a DICOM-ordered (z, y, x) volume and its label map (or None) with
-    `geometry`. `row_flip=False` skips step 2, for arrays already in the dcm2nii layout
-    (the literature's NIfTI files)."""
+    `geometry`, its spacing rounded as `dicom_spacing` says (a NIfTI file's spacing is float32
+    already). `row_flip=False` skips step 2, for arrays already in the dcm2nii layout (the
+    literature's NIfTI files)."""
+    geometry = dicom_spacing_geometry(geometry, dicom_spacing)
     if row_flip:
         if label is not None:
             label, _ = flip_rows(label, geometry)
@@ -172,18 +181,18 @@ def preprocess_chaos_arrays(image: np.ndarray, label: Optional[np.ndarray], geom
     return preprocess_mr(image, label, geometry, TARGET_SPACING, arithmetic=arithmetic)
 
 
-def preprocess_chaos_patient(patient: ChaosPatient,
-                             arithmetic: str = DEFAULT_MR_ARITHMETIC) -> ProcessedVolume:
+def preprocess_chaos_patient(patient: ChaosPatient, arithmetic: str = DEFAULT_MR_ARITHMETIC,
+                             dicom_spacing: str = DEFAULT_DICOM_SPACING) -> ProcessedVolume:
     image, label, geometry = read_chaos_patient(patient)
-    return preprocess_chaos_arrays(image, label, geometry, arithmetic)
+    return preprocess_chaos_arrays(image, label, geometry, arithmetic, dicom_spacing=dicom_spacing)
 
 
-def preprocess_chaos(raw_dir: str, out_dir: str, overwrite: bool = False,
-                     arithmetic: str = DEFAULT_MR_ARITHMETIC) -> List[str]:
+def preprocess_chaos(raw_dir: str, out_dir: str, overwrite: bool = False, arithmetic: str = DEFAULT_MR_ARITHMETIC,
+                     dicom_spacing: str = DEFAULT_DICOM_SPACING) -> List[str]:
     """Pre-process every CHAOS T2-SPIR patient under `raw_dir` into `out_dir`."""
-    route = chaos_route(arithmetic)  # rejects an unknown arithmetic before any work
-    return run_preprocessing(find_chaos_patients(raw_dir), out_dir, validate_chaos_patient,
-                             functools.partial(preprocess_chaos_patient, arithmetic=arithmetic),
+    route = chaos_route(arithmetic, dicom_spacing)  # rejects an unknown value before any work
+    process = functools.partial(preprocess_chaos_patient, arithmetic=arithmetic, dicom_spacing=dicom_spacing)
+    return run_preprocessing(find_chaos_patients(raw_dir), out_dir, validate_chaos_patient, process,
                              overwrite, "CHAOST2", raw_dir=raw_dir, route=route, describe=chaos_case)
 
 
@@ -192,8 +201,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                           "raw CHAOS MR folder holding <patient id>/T2SPIR/DICOM_anon "
                           "and <patient id>/T2SPIR/Ground")
     add_arithmetic_argument(parser)
+    parser.add_argument("--dicom-spacing", choices=DICOM_SPACINGS, default=DEFAULT_DICOM_SPACING,
+                        help="'float32' (default): round the series' spacing through float32 before "
+                             "resampling, as the release's NIfTI round trip did (1.62 -> 1.6200000047683716); "
+                             "'exact': the DICOM's decimal spacing. Recorded in the manifest")
     arithmetic = parse_arithmetic(parser, argv)
-    run_cli(parser, argv, functools.partial(preprocess_chaos, arithmetic=arithmetic), "CHAOST2")
+    spacing = parser.parse_known_args(argv)[0].dicom_spacing
+    run_cli(parser, argv, functools.partial(preprocess_chaos, arithmetic=arithmetic, dicom_spacing=spacing),
+            "CHAOST2")
 
 
 if __name__ == "__main__":

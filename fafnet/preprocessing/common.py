@@ -41,6 +41,13 @@ MR_ARITHMETIC = ("release", "float")
 DEFAULT_MR_ARITHMETIC = "release"
 MR_CLIP_PERCENTILE = 99.5
 MR_SIZE_YX = (256, 256)
+# The spacing a DICOM series is resampled with (CHAOST2's --dicom-spacing). "float32" (the
+# default): as the release's route, which writes the series to NIfTI and reads it back before
+# resampling, so each spacing passes through the header's float32 (1.62 -> 1.6200000047683716);
+# on integer data the other spacing truncates some resampled values one grey level apart.
+# "exact": the DICOM's decimal value.
+DICOM_SPACINGS = ("float32", "exact")
+DEFAULT_DICOM_SPACING = "float32"
 
 
 @dataclass(frozen=True)
@@ -261,6 +268,20 @@ def resample_label(label: np.ndarray, geometry: Geometry,
     return out, new_geometry
 
 
+def dicom_spacing_geometry(geometry: Geometry, dicom_spacing: str = DEFAULT_DICOM_SPACING) -> Geometry:
+    """`geometry` with its spacing as the route resamples it (`DICOM_SPACINGS`): rounded
+    through float32 like a NIfTI header's, or exact."""
+    if check_dicom_spacing(dicom_spacing) == "exact":
+        return geometry
+    return dataclasses.replace(geometry, spacing=tuple(float(np.float32(s)) for s in geometry.spacing))
+
+
+def check_dicom_spacing(dicom_spacing: str) -> str:
+    if dicom_spacing not in DICOM_SPACINGS:
+        raise ValueError(f"dicom_spacing must be one of {list(DICOM_SPACINGS)}, got {dicom_spacing!r}")
+    return dicom_spacing
+
+
 def check_arithmetic(arithmetic: str) -> str:
     if arithmetic not in MR_ARITHMETIC:
         raise ValueError(f"arithmetic must be one of {list(MR_ARITHMETIC)}, got {arithmetic!r}")
@@ -476,13 +497,13 @@ def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
             preprocess: Callable[[str, str, bool], List[str]], name: str) -> None:
     """Parse the shared arguments and run `preprocess(raw_dir, out_dir, overwrite)`; bad input
     (or an unreadable or unwritable file) ends the program with one line naming it (exit
-    status 1) instead of a traceback."""
+    status 2, as every command's user errors) instead of a traceback."""
     args = parser.parse_args(argv)
     log_to_console()
     try:
         paths = preprocess(args.raw_dir, args.out_dir, args.overwrite)
     except (OSError, ValueError) as err:
-        parser.exit(1, f"{parser.prog}: error: {err}\n")
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
     print(f"{len(paths) // 2} {name} volumes in {args.out_dir} (raw cases in "
           f"{os.path.join(args.out_dir, 'preprocessing_manifest.json')})")
 

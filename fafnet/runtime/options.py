@@ -11,6 +11,7 @@ import math
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
 from fafnet.datasets.specs import DATASETS, SETTING2_PROTOCOLS, SYNTHETIC_DATASETS
+from fafnet.io.weights import DEEPLABV3_FILE, DOWNLOAD_URL, IMAGENET_FILE
 
 OPTIMIZERS = {"sgd": "the release", "adam": "not in the release"}
 KEEP_CHOICES = ("weights", "none")
@@ -184,14 +185,19 @@ def check_relations(config: Mapping) -> None:
 
 
 def check_training_relations(config: Mapping) -> None:
-    """train.py's rules: real datasets start from pretrained weights unless told otherwise."""
+    """train.py's rules: real datasets start from pretrained weights unless told otherwise; a
+    random-start option (`zero_init_residual`, of every ResNet model) needs a random start."""
     if config["pretrained_weights"] is None and config["dataset"] not in SYNTHETIC_DATASETS:
         raise ValueError(
             f"config option pretrained_weights is not set: training on {config['dataset']} starts from a "
-            "pretrained backbone, as the paper does. Download one of the two files and pass "
-            "pretrained_weights=PATH (a torchvision ResNet-101 or DeepLabV3-ResNet-101 state dict); "
+            f"pretrained backbone, as the paper does. Download one of the two files ({DOWNLOAD_URL}"
+            f"{IMAGENET_FILE} or {DOWNLOAD_URL}{DEEPLABV3_FILE}) and pass pretrained_weights=PATH; "
             "torchvision's cache (~/.cache/torch/hub/checkpoints/) is searched by default. To train "
             "from the random initialisation on purpose, pass pretrained_weights=none.")
+    if config["model_options"].get("zero_init_residual") and config["pretrained_weights"] not in (None, NO_PRETRAINED):
+        raise ValueError(f"config option model_options.zero_init_residual=True is for a random start; with "
+                         f"pretrained_weights={config['pretrained_weights']!r} the backbone's BatchNorm weights "
+                         "come from the file")
 
 
 def milestones(config: Mapping) -> list:

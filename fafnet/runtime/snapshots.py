@@ -18,6 +18,7 @@ seven full ones. Snapshots of format v1 (every `step_XXXXXXX.pth` full) still lo
 Files are read with `torch.load(weights_only=True)`: no code in a file runs on load.
 """
 import errno
+import logging
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ from fafnet.io.atomic import atomic_path, remove_stale_temporaries
 from fafnet.models.registry import DEFAULT_MODEL, get_model
 from fafnet.runtime.options import KEEP_CHOICES, flat_record
 from fafnet.runtime.rng import capture_rng_state, restore_rng_state
-from fafnet.runtime.runs import COMPLETED, RUNNING, list_runs, run_status
+from fafnet.runtime.runs import COMPLETED, RUNNING, continuations, list_runs, run_status
 
 SNAPSHOT_FORMAT = "fafnet-snapshot-v2"
 LEGACY_FORMATS = ("fafnet-snapshot-v1",)
@@ -38,6 +39,7 @@ FULL, WEIGHTS = "full", "weights"
 FOLDER = "snapshots"
 LATEST_NAME, FINAL_NAME = "latest.pth", "final.pth"
 _STEP_NAME = re.compile(r"^step_(\d+)\.pth$")
+log = logging.getLogger("fafnet.snapshots")   # under the project's logger: lands in the run's log
 # Options that did not exist in older snapshots, with the value those runs trained with.
 OPTIONS_ADDED_LATER = {"optimizer": "sgd", "group": None, "resample_in_plane": None, "model": DEFAULT_MODEL,
                        "pseudo_labels": "supervoxels", "superpixel_min_size": 400, "model_options": {}}
@@ -109,10 +111,30 @@ def newest_snapshot(run_dir: str) -> Optional[str]:
     return steps[-1][1] if steps else None
 
 
+def run_folder_of(snapshot: str) -> Optional[str]:
+    """The training run folder a snapshot file lies in (<run>/snapshots/<file>), or None."""
+    folder = os.path.dirname(os.path.abspath(snapshot))
+    return os.path.dirname(folder) if os.path.basename(folder) == FOLDER else None
+
+
+def run_snapshot(run_dir: str, option: str = "checkpoint") -> Optional[str]:
+    """The newest snapshot of the run a training run folder stands for: when the run was
+    resumed in another folder (fafnet.runtime.runs.continuations), the newest snapshot of the
+    last continuation that has one (logged), else `newest_snapshot(run_dir)`."""
+    for following in reversed(continuations(run_dir)):
+        found = newest_snapshot(following)
+        if found is not None:
+            log.info("%s=%s: that run was resumed and continued in %s; using its newest snapshot %s",
+                     option, run_dir, following, found)
+            return found
+    return newest_snapshot(run_dir)
+
+
 def resolve_checkpoint(path: str, option: str = "checkpoint", wanted: Optional[Mapping] = None) -> str:
     """Turn what a user names as a checkpoint into a file path.
 
-    Accepts a file; a training run folder (its newest snapshot, see `newest_snapshot`); or a
+    Accepts a file; a training run folder (its newest snapshot, see `newest_snapshot`, or,
+    when the run was resumed, its continuation's: `run_snapshot`); or a
     folder of Sacred runs such as ``runs/.../train``: the newest snapshot of its
     highest-numbered COMPLETED run whose config.json agrees with `wanted` (option -> value,
     e.g. the evaluated dataset and fold; None: any run). A folder without such a run is an
@@ -122,7 +144,7 @@ def resolve_checkpoint(path: str, option: str = "checkpoint", wanted: Optional[M
         return path
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{option}={path!r}: no such file or folder")
-    own = newest_snapshot(path)
+    own = run_snapshot(path, option)
     if own is not None:
         return own
     found = []
@@ -245,10 +267,12 @@ class SnapshotWriter:
         _save(self._weights(step, model), path)
         return path
 
-    def save(self, step: int, model, optimizer, scheduler, final: bool = False) -> str:
-        """Save the snapshot of `step`; returns the path of the full snapshot written."""
+    def save(self, step: int, model, optimizer, scheduler, final: bool = False, step_file: bool = True) -> str:
+        """Save the snapshot of `step`; returns the path of the full snapshot written.
+        `step_file=False` writes latest.pth only (the snapshot of an interrupted run, off the
+        snapshot interval)."""
         weights = self._weights(step, model)
-        if not final and self.keep == "weights":
+        if not final and step_file and self.keep == "weights":
             _save(weights, step_path(self.run_dir, step))
         scheduler_state = scheduler.state_dict()
         # A Counter does not pass torch.load(weights_only=True); a plain dict does.
@@ -273,7 +297,7 @@ def read_snapshot_file(path: str, option: str) -> Dict:
         raise SnapshotError(f"{option}: {path} does not exist") from None
     except Exception as err:  # corrupt, truncated, foreign or code-carrying files raise many types
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SnapshotError(f"{option}={path}: cannot be read as a torch snapshot "
+        raise SnapshotError(f"{option}: {path} cannot be read as a torch snapshot "
                             f"({type(err).__name__}: {reason[:300]})") from None
 
 
@@ -293,14 +317,15 @@ def load_for_resume(resume: str) -> Tuple[str, Dict]:
     `resume=` and the file."""
     option = "resume"
     if os.path.isdir(resume):
-        if run_status(resume) == RUNNING:
-            raise SnapshotError(f"resume={resume!r}: that run is still running (its run.json has a "
-                                f"recent heartbeat); stop it first")
+        _refuse_running(resume, resume)
         remove_stale_temporaries(snapshot_folder(resume))
     try:
         path = resolve_checkpoint(resume, option)
     except FileNotFoundError as err:
         raise SnapshotError(str(err)) from None
+    owner = run_folder_of(path)
+    if os.path.isdir(resume) and owner is not None and not os.path.samefile(owner, resume):
+        _refuse_running(resume, owner)   # resume followed the run into its continuation
     remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))
     state = read_snapshot_file(path, f"{option}={resume!r}")
     if not is_project_snapshot(state):
@@ -317,11 +342,41 @@ def load_for_resume(resume: str) -> Tuple[str, Dict]:
     return path, state
 
 
+def _refuse_running(resume: str, run_dir: str) -> None:
+    if run_status(run_dir) == RUNNING:
+        where = "that run" if run_dir == resume else f"its continuation {run_dir}"
+        raise SnapshotError(f"resume={resume!r}: {where} is still running (its run.json has a "
+                            f"recent heartbeat); stop it first")
+
+
+def unfinished_run_warning(path: str, state) -> Optional[str]:
+    """A warning when the snapshot `path` (contents `state`) is the latest.pth of a training
+    run that did not finish (interrupted, failed, killed or still running): its weights are
+    those of the step it reached, not a trained model's. None otherwise (final.pth, a step
+    file chosen by name, a file outside a run folder)."""
+    if os.path.basename(path) != LATEST_NAME or not isinstance(state, dict):
+        return None
+    run_dir = run_folder_of(path)
+    status = run_status(run_dir) if run_dir else None
+    if status == COMPLETED:
+        return None
+    n_steps = flat_record(state.get("config") or {}).get("n_steps")
+    steps = f"step {state.get('step')} of n_steps={n_steps}" if n_steps else f"step {state.get('step')}"
+    if status == RUNNING:
+        what, then = "is still training", "; evaluate its final.pth when it has finished"
+    else:
+        what = f"never finished (status {status or 'unknown'})"
+        then = f"; resume={run_dir} completes it" if run_dir else ""
+    return (f"checkpoint {path} is the latest snapshot of a training run that {what}: these are the "
+            f"weights of {steps}, not of the finished run{then}")
+
+
 def resume_differences(saved: Mapping, config: Mapping, free_options: FrozenSet[str]) -> List[str]:
     """The options (all but `free_options`) on which a snapshot's config and this run's
     config differ, as 'name: snapshot X vs now Y' lines. Options missing from older
     snapshots count with the value those runs used."""
     saved = {**OPTIONS_ADDED_LATER, **_translate_legacy(flat_record(saved))}
+    config = flat_record(config)   # without Sacred's `__doc__` of a named config, which snapshots drop
     return [f"{name}: snapshot {saved.get(name)!r} vs now {config[name]!r}"
             for name in sorted(config) if name not in free_options and saved.get(name) != config[name]]
 

@@ -13,7 +13,13 @@ beside the data. train.py writes it into every snapshot and into
   evaluated fold measures its own training data; test.py refuses it unless
   `allow_leakage=True` (recorded in results.json). A snapshot or release checkpoint without
   the record is evaluated with a warning that this could not be checked (recorded too).
+
+An evaluation records what it ran on as well (`evaluation_data_record`, results.json's
+protocol["data"]): the sha256 of every label file of the dataset folder, so that the fold
+table and `utils.py compare` refuse runs on other data (a relabelled copy of the folder whose
+manifest is unchanged) instead of joining them.
 """
+import hashlib
 import os
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -47,6 +53,21 @@ def training_data_record(dataset, dataset_name: str, data_dir: str) -> Dict:
                    "sha256": sha256_of(path)} for path in files],
         "preprocessing": preprocessing_record(data_dir),
     }
+
+
+EVALUATION_DATA_FORMAT = 1
+
+
+def evaluation_data_record(dataset) -> Dict:
+    """The data identity of an evaluation on `dataset` (a TestDataset): the name and sha256
+    of every label file of its folder, the evaluated fold's among them (all folds, so that the
+    runs of the folds of one fold table share one identity: results.json's fold_images name
+    the fold's), and one digest of them all."""
+    labels = [{"name": os.path.basename(v.label), "sha256": sha256_of(v.label)}
+              for v in dataset.layout.volumes if v.label]
+    digest = hashlib.sha256("".join(f"{e['name']} {e['sha256']}\n" for e in labels).encode("utf-8"))
+    return {"format": EVALUATION_DATA_FORMAT, "what": "sha256 of every label file of the dataset folder",
+            "labels": labels, "digest": digest.hexdigest()}
 
 
 # ----------------------------------------------------------------------------- resume

@@ -6,7 +6,7 @@ supervoxels of the [0, 255]-rescaled volume, restricted to the body (step 6). Vo
 done are skipped unless --overwrite (an output older than its image, for example after the
 image was pre-processed again, is not done: it is recomputed); every file is written
 atomically. An image that cannot be read completely or holds NaN or infinite voxels is an
-error naming it; the CLI then ends with that one line and exit status 1.
+error naming it; the CLI then ends with that one line and exit status 2.
 
     python -m fafnet.supervoxels.generate \
         --data-dir data_processed/sabs_CT_normalized --min-size 5000
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI; bad input (or an unreadable or unwritable file) ends it with one line
-    naming the file and exit status 1, without a traceback."""
+    naming the file and exit status 2, without a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     log_to_console()
@@ -188,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         written = generate_supervoxels(args.data_dir, args.min_size, overwrite=args.overwrite,
                                        scale=args.scale, sigma=args.sigma, out_dir=args.out_dir)
     except (OSError, ValueError) as err:
-        parser.exit(1, f"{parser.prog}: error: {err}\n")
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
     print(f"wrote {len(written)} supervoxel volume(s) to {folder}")
     return 0
 

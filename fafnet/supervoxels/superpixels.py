@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the CLI; bad input ends it with one line naming the file and exit status 1."""
+    """Run the CLI; bad input ends it with one line naming the file and exit status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     log_to_console()
@@ -280,7 +280,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                        overwrite=args.overwrite)
         folder = output_folder(args.data_dir, args.min_size)
     except (OSError, ValueError) as err:
-        parser.exit(1, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
     print(f"wrote {len(written)} superpixel volume(s) to {folder} (min_size {args.min_size}, "
           f"sigma {args.sigma:g}, body threshold {threshold:g}"
           f"{f' for {dataset}' if dataset and args.threshold is None else ''})")

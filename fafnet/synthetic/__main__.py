@@ -34,10 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = build_parser().parse_args(argv)
-    paths = generate_dataset(args.out, n_subjects=args.subjects, size=args.size,
-                             n_slices=args.slices, seed=args.seed, supervoxels=args.supervoxels,
-                             supervoxel_min_size=args.min_size, overwrite=args.overwrite)
+    """Run the CLI; bad input (or an unwritable folder) ends it with one line and exit status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        paths = generate_dataset(args.out, n_subjects=args.subjects, size=args.size,
+                                 n_slices=args.slices, seed=args.seed, supervoxels=args.supervoxels,
+                                 supervoxel_min_size=args.min_size, overwrite=args.overwrite)
+    except (OSError, ValueError) as err:
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
     print(f"{len(paths)} files in {args.out}")
 
 

@@ -4,11 +4,13 @@
 gradient norm, learning rate, seconds per step) at each logged step; the event files go to
 `<run folder>/tensorboard/` (`tensorboard --logdir runs/`), and `write_png` draws
 `<run folder>/progress.png` (losses, learning rate and gradient norm against the step), the
-plot nnU-Net's users look at first.
+plot nnU-Net's users look at first. A resumed run's curves begin with the steps the run it
+continues logged (`earlier_scalars`), so they show the whole run.
 """
 import io
+import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from fafnet.io.atomic import atomic_write_bytes
 
@@ -17,6 +19,23 @@ def loss_keys(history: Dict[str, List]) -> List[str]:
     """The logged losses: "loss" (the total) first, then the model's "*_loss" values."""
     return sorted((name for name in history if name == "loss" or name.endswith("_loss")),
                   key=lambda name: name != "loss")
+
+
+def earlier_scalars(run_dir: str, up_to: int) -> Optional[Dict[int, Dict[str, float]]]:
+    """step -> {name: value} of the scalars a run logged at steps <= `up_to`, read from its
+    Sacred metrics.json (a resumed run carries them: `TrainingLoop.carry_curves`); None
+    when the file is missing or unreadable."""
+    try:
+        with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
+            metrics = json.load(f)
+    except (OSError, ValueError):
+        return None
+    scalars: Dict[int, Dict[str, float]] = {}
+    for name, series in metrics.items():
+        for step, value in zip(series.get("steps", []), series.get("values", [])):
+            if step <= up_to:
+                scalars.setdefault(int(step), {})[name] = float(value)
+    return scalars
 
 
 class TrainingCurves:
