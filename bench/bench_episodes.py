@@ -21,7 +21,7 @@ import torch
 from fafnet.io.atomic import atomic_write_json
 from fafnet.synthetic.generate import generate_dataset
 from fafnet.datasets.specs import get_dataset_spec
-from fafnet.episodes.datasets import TrainDataset
+from fafnet.episodes.training import TrainDataset
 
 SUPERVOXEL_MIN_SIZE = get_dataset_spec("SYNTHETIC").supervoxel_min_size
 

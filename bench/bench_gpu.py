@@ -62,8 +62,9 @@ from bench.bench_model import set_batchnorm_statistics
 from fafnet.io.atomic import atomic_write_json
 from fafnet.synthetic.generate import generate_subject
 from fafnet.datasets.specs import get_dataset_spec, make_folds
-from fafnet.episodes.datasets import (EpisodeSampler, EvaluationFold, TestVolume, make_train_volume,
-                                      to_network_images, without_classes, zscore)
+from fafnet.episodes.evaluation import EvaluationFold, TestVolume
+from fafnet.episodes.training import EpisodeSampler, make_train_volume, without_classes
+from fafnet.episodes.volumes import to_network_images, zscore
 from fafnet.evaluation.graphs import GraphedEncoder, GraphedPredict
 from fafnet.evaluation.metrics import dice_score
 from fafnet.evaluation.predict import InferenceOptions, Timer, chunk_runs, predict_runs

@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader
 from fafnet.io.nifti import Geometry, write_volume
 from fafnet.episodes import augment
 from fafnet.datasets.specs import DATASETS, get_dataset_spec, group_classes, make_folds
-from fafnet.episodes.datasets import (SETTING2_PROTOCOLS, TestDataset, TrainDataset, chunk_bounds,
-                                  consecutive_runs, count_volumes, excluded_classes_for,
-                                  remaining_slices, slice_class_areas, support_slice_positions)
+from fafnet.episodes.evaluation import TestDataset, chunk_bounds, support_slice_positions
+from fafnet.episodes.training import TrainDataset
+from fafnet.episodes.volumes import (SETTING2_PROTOCOLS, consecutive_runs, count_volumes, excluded_classes_for, remaining_slices, slice_class_areas)
 from tests.helpers import truncate
 
 Z, H, W = 12, 32, 32

@@ -18,8 +18,8 @@ from fafnet.io.nifti import read_volume, write_volume
 from fafnet.models import FAFNet, build_model, predict_batch_size
 from fafnet.runtime.devices import eval_channels_last
 from fafnet.runtime.options import flat_record, milestones
-from fafnet.runtime.snapshots import (OPTIONS_ADDED_LATER, final_path, latest_path, list_step_snapshots,
-                                      load_for_evaluation, step_path)
+from fafnet.runtime.checkpoints import load_for_evaluation
+from fafnet.runtime.snapshots import OPTIONS_ADDED_LATER, final_path, latest_path, list_step_snapshots, step_path
 from tests.helpers import (DEPTH, ORGAN_SLICES, ROOT, SIZE, TRAINING, base_config, command_line, experiment_for,
                            model_state, options_of, run_script, run_test, run_train)
 
@@ -440,7 +440,7 @@ def test_evaluate_script_groups_protocol_joins_the_groups(tmp_path):
 # command's list is checked on a train.py process (test_sigterm_interrupts_...).
 TRAINING_SOURCES = ("config.py", "fafnet/cli/train.py", "fafnet/cli/experiment.py", "fafnet/runtime/options.py",
                     "fafnet/training/loop.py", "fafnet/models/fafnet.py", "fafnet/models/modules.py",
-                    "fafnet/models/encoder.py", "fafnet/episodes/datasets.py", "fafnet/runtime/snapshots.py",
+                    "fafnet/models/encoder.py", "fafnet/episodes/training.py", "fafnet/runtime/snapshots.py",
                     "fafnet/io/nifti.py")
 
 

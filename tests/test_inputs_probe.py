@@ -125,7 +125,7 @@ def test_curve_refuses_other_folds_training_runs_and_protocols(tmp_path, capsys)
 
 
 def test_data_identity_names_every_label_file_and_changes_with_a_relabelled_copy(phantom, tmp_path):
-    from fafnet.episodes.datasets import TestDataset
+    from fafnet.episodes.evaluation import TestDataset
 
     def record(data_dir):
         dataset = TestDataset(data_dir, dataset="SYNTHETIC", eval_fold=0, n_volumes=N_VOLUMES, test_classes=[1, 6])
@@ -295,7 +295,8 @@ def test_commands_name_themselves_as_started(tmp_path, capsys, monkeypatch):
 
 
 def test_an_unreadable_checkpoint_names_the_option_once(tmp_path):
-    from fafnet.runtime.snapshots import SnapshotError, read_checkpoint
+    from fafnet.runtime.checkpoints import read_checkpoint
+    from fafnet.runtime.snapshots import SnapshotError
 
     path = tmp_path / "garbage.pth"
     path.write_bytes(b"not a torch file")

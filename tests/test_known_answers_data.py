@@ -23,7 +23,8 @@ from fafnet.io.nifti import Geometry, write_volume
 from fafnet.supervoxels.felzenszwalb_3d import felzenszwalb_3d, neighbour_weight_factors
 from fafnet.supervoxels.generate import foreground_mask_2d
 from fafnet.episodes import augment
-from fafnet.episodes.datasets import TestDataset, TrainDataset, chunk_bounds, support_slice_positions
+from fafnet.episodes.evaluation import TestDataset, chunk_bounds, support_slice_positions
+from fafnet.episodes.training import TrainDataset
 
 try:  # the metrics are moving from utils.py into the experiment package
     from fafnet.evaluation.metrics import dice_from_counts

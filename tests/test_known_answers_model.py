@@ -314,3 +314,18 @@ def test_sgd_update_by_hand():
     # weight 1: d1 = 0.499, w1 = -2.000499, d2 = 0.4989997505, b2 = 0.9480997505
     expected = torch.tensor([0.99419855100025, -2.0014470997505], dtype=torch.float64)
     torch.testing.assert_close(model.weight.detach(), expected, atol=1e-13, rtol=0)
+
+
+def test_the_constants_tool_names_text_that_is_there_once():
+    """tests/tools/check_constants_pinned.py mutates each constant of the method by text; a
+    refactor that moves one (the files, the config) must move the tool's entry with it."""
+    import importlib.util
+    from tests.helpers import ROOT
+    spec = importlib.util.spec_from_file_location("constants_tool",
+                                                  f"{ROOT}/tests/tools/check_constants_pinned.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    counts = {(mutation.name, path): open(f"{ROOT}/{path}").read().count(mutation.old)
+              for mutation in tool.MUTATIONS for path in mutation.files}
+    assert {key: n for key, n in counts.items() if n != 1} == {}
+    assert len(tool.MUTATIONS) > 80

@@ -15,7 +15,9 @@ import torch
 from fafnet.io.layout import DatasetLayout
 from fafnet.io.nifti import NO_GEOMETRY, Geometry, on_reference_grid, read_volume, write_volume
 from fafnet.preprocessing.common import flip_rows
-from fafnet.episodes.datasets import TestDataset, TrainDataset, count_volumes, open_layout, slice_class_areas
+from fafnet.episodes.evaluation import TestDataset
+from fafnet.episodes.training import TrainDataset
+from fafnet.episodes.volumes import count_volumes, open_layout, slice_class_areas
 from fafnet.evaluation.metrics import binary_confusion
 from fafnet.models import build_model
 

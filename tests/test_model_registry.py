@@ -13,7 +13,8 @@ import pytest
 
 from fafnet.cli import segment
 from fafnet.models import FAFNet, MODELS, build_model, get_model, register_model, resolve_model_options
-from fafnet.runtime.snapshots import SnapshotError, final_path, load_for_evaluation
+from fafnet.runtime.checkpoints import load_for_evaluation
+from fafnet.runtime.snapshots import SnapshotError, final_path
 from tests.helpers import ORGAN_SLICES, SIZE, base_config, model_state, run_test, run_train
 
 WIDTH = 4   # the tiny model's option as trained here (its default is 8)

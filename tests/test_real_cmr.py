@@ -15,7 +15,9 @@ import torch
 
 from fafnet.cli import evaluate, train
 from fafnet.datasets.specs import get_dataset_spec
-from fafnet.episodes.datasets import TestDataset, TrainDataset, open_layout
+from fafnet.episodes.evaluation import TestDataset
+from fafnet.episodes.training import TrainDataset
+from fafnet.episodes.volumes import open_layout
 from fafnet.evaluation.metrics import binary_confusion
 from fafnet.models import build_model
 

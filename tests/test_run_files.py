@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fafnet.io.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
-from fafnet.runtime import snapshots
+from fafnet.runtime import checkpoints, resume, snapshots
 from fafnet.cli.defaults import default_num_workers
 from fafnet.runtime.devices import device_type, resolve_device
 from fafnet.runtime.rng import capture_rng_state, restore_rng_state, seed_everything
@@ -154,14 +154,14 @@ def test_resolve_checkpoint_file_run_and_runs_folder(tmp_path):
     second = _fake_run(runs, 2, "COMPLETED", ["step_0000050.pth"])        # a v1 run: steps only
     _fake_run(runs, 10, "FAILED", ["latest.pth"])                      # newer but failed: not chosen
     _fake_run(runs, 11, "COMPLETED", [])                               # no snapshots: not chosen
-    assert snapshots.resolve_checkpoint(first) == snapshots.final_path(first)
-    assert snapshots.resolve_checkpoint(runs) == snapshots.step_path(second, 50)
+    assert checkpoints.resolve_checkpoint(first) == snapshots.final_path(first)
+    assert checkpoints.resolve_checkpoint(runs) == snapshots.step_path(second, 50)
     file = snapshots.step_path(first, 100)
-    assert snapshots.resolve_checkpoint(file) == file
+    assert checkpoints.resolve_checkpoint(file) == file
     with pytest.raises(FileNotFoundError, match="checkpoint=.*no such file or folder"):
-        snapshots.resolve_checkpoint(str(tmp_path / "missing.pth"))
+        checkpoints.resolve_checkpoint(str(tmp_path / "missing.pth"))
     with pytest.raises(FileNotFoundError, match="no completed training run"):
-        snapshots.resolve_checkpoint(str(tmp_path))
+        checkpoints.resolve_checkpoint(str(tmp_path))
 
 
 class _Payload:
@@ -190,7 +190,7 @@ def test_resume_errors_name_the_option_and_the_file(tmp_path, kind):
         torch.save({"weight": torch.zeros(2)}, path)
     expected = {"weights-only": "weights only", "foreign": "not a training snapshot"}.get(kind, "cannot be read")
     with pytest.raises(snapshots.SnapshotError, match=f"resume=.*{expected}") as error:
-        snapshots.load_for_resume(path)
+        resume.load_for_resume(path)
     assert path in str(error.value)
 
 
@@ -200,7 +200,7 @@ def test_resume_from_a_killed_run_removes_its_stale_temporary(tmp_path):
     snapshots.SnapshotWriter(run, {}, (8, 8)).save(2, model, optimizer, scheduler)
     stale = os.path.join(run, "snapshots", ".tmp-x1y2.pth")
     open(stale, "wb").write(b"\0" * 1000)                  # a snapshot write killed half-way
-    path, state = snapshots.load_for_resume(run)
+    path, state = resume.load_for_resume(run)
     assert path == snapshots.latest_path(run) and state["step"] == 2
     assert not os.path.exists(stale)
 
@@ -208,7 +208,7 @@ def test_resume_from_a_killed_run_removes_its_stale_temporary(tmp_path):
 def test_resume_differences_check_every_option_but_the_declared_free_ones():
     saved = {"lr": 0.1, "n_steps": 100, "new_option": 1, "exclude_rule": "all"}
     now = {"lr": 0.1, "n_steps": 200, "new_option": 2, "setting2_protocol": "release", "optimizer": "sgd"}
-    differences = snapshots.resume_differences(saved, now, frozenset({"n_steps"}))
+    differences = resume.resume_differences(saved, now, frozenset({"n_steps"}))
     # An option nobody declared free is checked (new_option); older snapshots count with
     # what they used (exclude_rule 'all' is the release protocol; optimizer was sgd).
     assert differences == ["new_option: snapshot 1 vs now 2"]
@@ -310,12 +310,12 @@ def test_a_folder_of_runs_gives_the_newest_completed_run_of_the_evaluated_fold(t
     run(3, "FAILED")                                       # newer, fold 0, but failed
     run(4, "COMPLETED", setting=2)                         # newer, fold 0, but setting 2
     wanted = {"dataset": "SABS", "eval_fold": 0, "setting": 1}
-    assert snapshots.resolve_checkpoint(runs, wanted=wanted) == snapshots.final_path(fold0)
-    assert snapshots.resolve_checkpoint(runs, wanted={**wanted, "eval_fold": 1}) == snapshots.final_path(fold1)
+    assert checkpoints.resolve_checkpoint(runs, wanted=wanted) == snapshots.final_path(fold0)
+    assert checkpoints.resolve_checkpoint(runs, wanted={**wanted, "eval_fold": 1}) == snapshots.final_path(fold1)
     with pytest.raises(FileNotFoundError, match=r"checkpoint='.*train': no completed training run with "
                                                 r"dataset='SABS', eval_fold=4, setting=1 in it; found: run 4 "
                                                 r"\(dataset='SABS', eval_fold=0, setting=2, COMPLETED\); run 3 "):
-        snapshots.resolve_checkpoint(runs, wanted={**wanted, "eval_fold": 4})
+        checkpoints.resolve_checkpoint(runs, wanted={**wanted, "eval_fold": 4})
 
 
 def test_resume_data_differences_name_the_first_differing_files():

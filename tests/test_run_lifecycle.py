@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from fafnet.runtime import runs
-from fafnet.runtime.snapshots import final_path, latest_path, resolve_checkpoint
+from fafnet.runtime.checkpoints import resolve_checkpoint
+from fafnet.runtime.snapshots import final_path, latest_path
 from fafnet.training import loop as training_loop
 from tests.helpers import TRAINING, base_config, run_test, run_train
 

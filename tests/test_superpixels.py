@@ -13,7 +13,7 @@ from skimage.segmentation import felzenszwalb
 
 from fafnet.cli import preprocess
 from fafnet.episodes import augment
-from fafnet.episodes.datasets import TrainDataset
+from fafnet.episodes.training import TrainDataset
 from fafnet.io.layout import DatasetLayout
 from fafnet.io.nifti import Geometry, read_volume, write_volume
 from fafnet.supervoxels import superpixels as sp

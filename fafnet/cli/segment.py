@@ -7,7 +7,7 @@ The support is one scan with a label map of the structures to find (one or sever
 each segmented on its own); every query scan gets one label map in its own geometry. The
 checkpoint's saved config says which dataset and pre-processing it was trained with; the
 same pre-processing is applied here with the project's own code (fafnet/preprocessing/routes.py, then the
-experiments' in-plane resampling and z-score through fafnet.episodes.datasets.VolumeReader), and
+experiments' in-plane resampling and z-score through fafnet.episodes.volumes.VolumeReader), and
 the prediction is resampled back onto each query's grid (fafnet.io.resample.resample_onto).
 
 Pairing of query and support slices: with --query-range, the evaluation's chunks over the

@@ -81,7 +81,7 @@ def load_volumes(data_dir: str, indices: Optional[Sequence[int]] = None
     """(image, label) pairs of the folder's volumes (fafnet/io/layout.py), all or those at the
     positions `indices`, and the positions read."""
     from fafnet.io.layout import DatasetLayout
-    from fafnet.episodes.datasets import load_labels
+    from fafnet.episodes.volumes import load_labels
     layout = DatasetLayout(data_dir)
     indices = list(range(len(layout)) if indices is None else indices)
     volumes = []

@@ -4,7 +4,7 @@ scans after pre-processing and in-plane resampling).
 
 - With a slice range (`range_pairing`), the evaluation's pairing exactly: support slices at
   positions int(f * count), f = 1/6, 1/2, 5/6, of the support's slices holding the label
-  (fafnet.episodes.datasets.protocol_support_slices); the query slices in the range cut into 3
+  (fafnet.episodes.evaluation.protocol_support_slices); the query slices in the range cut into 3
   contiguous chunks (chunk_bounds); chunk i segmented with support slice i.
 - Without one (`relative_pairing`): query slice k of n gets the support slice at the same
   relative position of the scan, u = s0 + (k + 0.5) / n * (s1 - s0) on the support's slices
@@ -19,7 +19,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from fafnet.episodes.datasets import chunk_bounds, protocol_support_slices
+from fafnet.episodes.evaluation import chunk_bounds, protocol_support_slices
 from fafnet.evaluation.predict import Run, chunk_runs
 
 RANGE, RELATIVE = "range", "relative"

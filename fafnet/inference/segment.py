@@ -22,8 +22,8 @@ from fafnet.preprocessing.routes import (Preprocessing, apply_route, check_route
                          scan_warnings)
 from fafnet.io.scans import Scan, read_scan, scan_name
 from fafnet.datasets.specs import DatasetSpec, get_dataset_spec
-from fafnet.episodes.datasets import (VolumeReader, load_labels, present_values, slices_containing,
-                                  support_slice_positions, to_network_images)
+from fafnet.episodes.evaluation import slices_containing, support_slice_positions
+from fafnet.episodes.volumes import VolumeReader, load_labels, present_values, to_network_images
 from fafnet.runtime.devices import eval_channels_last, resolve_device
 from fafnet.evaluation.figures import PREDICTION_COLOUR, SUPPORT_COLOUR, TRUTH_COLOUR, Tile, tiles_figure_png
 from fafnet.evaluation.predict import InferenceOptions, predict_runs
@@ -31,8 +31,8 @@ from fafnet.evaluation.metrics import dice_score
 from fafnet.inference.pairing import (Pairing, combine_labels, largest_component, range_pairing, relative_pairing,
                                 slices_in_range)
 from fafnet.io.provenance import code_version, preprocessing_record
-from fafnet.runtime.snapshots import (checkpoint_model, load_checkpoint_state, read_checkpoint,
-                                      saved_training_config, snapshot_model_name)
+from fafnet.runtime.checkpoints import checkpoint_model, load_checkpoint_state, read_checkpoint
+from fafnet.runtime.snapshots import saved_training_config, snapshot_model_name
 from fafnet.models import build_model, predict_batch_size
 
 RANGE_SYNTAX = "[QUERY:][LABEL=]Z0:Z1"

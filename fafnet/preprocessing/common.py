@@ -1,4 +1,5 @@
-"""Helpers shared by the four pre-processing CLIs (docs/protocol.md section 12).
+"""The steps and the runner shared by the four pre-processing routes (docs/protocol.md section
+12); their shared command line is fafnet/preprocessing/command_line.py.
 
 Every step works on a `(array, Geometry)` pair: `array` in (z, y, x) order, `Geometry` in
 SimpleITK's (x, y, z) order. Each geometric step (crop, pad, flip, resample) returns the
@@ -12,7 +13,6 @@ files (with sizes and sha256) and which route made every output, each file is wr
 atomically, and finished volumes are skipped unless `overwrite` is set. A re-run whose raw
 folder or route no longer matches the manifest refuses, naming the difference.
 """
-import argparse
 import dataclasses
 import logging
 import os
@@ -26,7 +26,7 @@ import SimpleITK as sitk
 from fafnet.io.nifti import Geometry, integer_labels, on_reference_grid, read_volume, write_volume
 from fafnet.preprocessing.manifest import (RawCase, Route, build_manifest, check_manifest, read_manifest,
                                       write_manifest)
-from fafnet.io.progress import log_to_console, progress
+from fafnet.io.progress import progress
 from fafnet.io.layout import image_name, label_name
 from fafnet.io.raw import natural_sort_key, read_raw_image, strip_nifti_suffix
 
@@ -147,7 +147,7 @@ def read_label_on_image_grid(path: str, allowed: Iterable[int], image_path: str,
     """A raw label map (`read_label`) voxel for voxel on its image's grid: as stored when the
     two headers describe one grid, reoriented when the label is stored with permuted or
     flipped axes (its header saying so), else an error naming both files
-    (data/nifti_io.on_reference_grid). Returns the label and the notes of what was done."""
+    (fafnet.io.nifti.on_reference_grid). Returns the label and the notes of what was done."""
     label, geometry = read_label(path, allowed)
     label, note = on_reference_grid(label, geometry, image_geometry, tuple(image_shape), f"label {path}",
                                     image_path)
@@ -425,31 +425,6 @@ def run_preprocessing(sources: Sequence[Source], out_dir: str,
     return [path for i in range(len(sources)) for path in output_paths(out_dir, i)]
 
 
-CLI_EPILOG = """\
-Raw volumes are read completely: a truncated or damaged file, NaN or infinite voxels, or
-label values the dataset does not define end the run with one line naming the file, before
-anything is written. OUT/preprocessing_manifest.json traces every output to its raw case and
-files (size, sha256) and records the route and its parameters; a re-run whose raw folder or
-settings no longer match it is refused, naming the difference, unless --overwrite."""
-
-
-def build_parser(prog: str, description: str, raw_help: str) -> argparse.ArgumentParser:
-    """The arguments every pre-processing CLI shares."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=CLI_EPILOG)
-    parser.add_argument("--raw-dir", required=True, help=raw_help)
-    parser.add_argument("--out-dir", required=True,
-                        help="output folder for image_<i>.nii.gz, label_<i>.nii.gz and "
-                             "preprocessing_manifest.json (raw case, sizes and sha256 of "
-                             "the raw files, route and parameters of every output)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="remove every output of earlier runs and redo all volumes "
-                             "(default: keep finished volumes; a run whose raw folder or "
-                             "settings no longer match the manifest is refused)")
-    return parser
-
-
 def nifti_pair_case(pair: Tuple[str, str]) -> RawCase:
     """The raw case of an (image, label) NIfTI pair: the image's file name without suffix."""
     image_path, label_path = pair
@@ -493,32 +468,3 @@ def preprocess_nifti_mr_pair(pair: Tuple[str, str], allowed_labels: Iterable[int
     return dataclasses.replace(volume, notes=notes)
 
 
-def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
-            preprocess: Callable[[str, str, bool], List[str]], name: str) -> None:
-    """Parse the shared arguments and run `preprocess(raw_dir, out_dir, overwrite)`; bad input
-    (or an unreadable or unwritable file) ends the program with one line naming it (exit
-    status 2, as every command's user errors) instead of a traceback."""
-    args = parser.parse_args(argv)
-    log_to_console()
-    try:
-        paths = preprocess(args.raw_dir, args.out_dir, args.overwrite)
-    except (OSError, ValueError) as err:
-        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
-    print(f"{len(paths) // 2} {name} volumes in {args.out_dir} (raw cases in "
-          f"{os.path.join(args.out_dir, 'preprocessing_manifest.json')})")
-
-
-def add_arithmetic_argument(parser: argparse.ArgumentParser) -> None:
-    """The MRI CLIs' --arithmetic option."""
-    parser.add_argument(
-        "--arithmetic", choices=MR_ARITHMETIC, default=DEFAULT_MR_ARITHMETIC,
-        help="'release' (default): keep the raw pixel type, so on integer data the 99.5th-"
-             "percentile clip value and the resampled values are truncated toward zero exactly "
-             "as in the data the published numbers were computed on; 'float': float32 throughout")
-
-
-def parse_arithmetic(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> str:
-    """The --arithmetic value of `argv` (the full parse, errors and --help included, is
-    `run_cli`'s)."""
-    known, _ = parser.parse_known_args(argv)
-    return known.arithmetic

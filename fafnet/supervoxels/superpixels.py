@@ -15,7 +15,7 @@ Per slice of a pre-processed volume:
    mask becomes 0, and the values left are renumbered 1..n in increasing order of value.
 
 Labels of one slice are unrelated to those of the next (label k on slices s and s + 1 are
-two different superpixels); training episodes on them use one slice (fafnet/episodes/datasets.py,
+two different superpixels); training episodes on them use one slice (fafnet/episodes/training.py,
 `OneSliceSuperpixel`).
 
 For every `image_<i>.nii.gz` of --data-dir this writes

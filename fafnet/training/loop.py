@@ -16,7 +16,7 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader
 
-from fafnet.episodes.datasets import TrainDataset
+from fafnet.episodes.training import TrainDataset
 from fafnet.io.atomic import atomic_write_json
 from fafnet.io.logs import log_to_file
 from fafnet.io.progress import duration_text, progress
@@ -25,9 +25,8 @@ from fafnet.runtime.devices import configure_threads, resolve_device
 from fafnet.runtime.options import OPTIMIZERS, milestones, optimizer_choices
 from fafnet.runtime.rng import seed_everything
 from fafnet.runtime.runs import deferred_interrupts, record_continuation
-from fafnet.runtime.snapshots import (NonFiniteWeightsError, SnapshotError, SnapshotWriter, final_path, latest_path,
-                                      load_for_resume, restore_training_state, resume_differences, run_folder_of,
-                                      saved_training_config)
+from fafnet.runtime.resume import load_for_resume, restore_training_state, resume_differences
+from fafnet.runtime.snapshots import (NonFiniteWeightsError, SnapshotError, SnapshotWriter, final_path, latest_path, run_folder_of, saved_training_config)
 from fafnet.runtime.training_data import (DATA_MANIFEST_NAME, describe_differences, resume_data_differences,
                                           training_data_record)
 from fafnet.training.curves import TrainingCurves, earlier_scalars

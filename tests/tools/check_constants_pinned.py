@@ -49,14 +49,13 @@ def m(name, files, old, new, tests, in_scope=True) -> Mutation:
 
 
 FAFNET, MODULES, ENCODER = "fafnet/models/fafnet.py", "fafnet/models/modules.py", "fafnet/models/encoder.py"
-AUGMENT, DATASETS = "fafnet/episodes/augment.py", "fafnet/episodes/datasets.py"
+AUGMENT, TRAINING, EVALUATION = "fafnet/episodes/augment.py", "fafnet/episodes/training.py", "fafnet/episodes/evaluation.py"
 FELZENSZWALB = "fafnet/supervoxels/felzenszwalb_3d.py"
 GENERATE = "fafnet/supervoxels/generate.py"
 METRICS = "fafnet/evaluation/metrics.py"
-LOOP, CONFIG = "fafnet/training/loop.py", "fafnet/cli/config.py"
-# The config defaults of the ingredients (fafnet/cli/ingredients/).
-OPTIMISATION, DATASET_OPTIONS = "fafnet/cli/ingredients/optimisation.py", "fafnet/cli/ingredients/dataset.py"
-EPISODE_OPTIONS, EVALUATION_OPTIONS = "fafnet/cli/ingredients/episodes.py", "fafnet/cli/ingredients/evaluation.py"
+LOOP = "fafnet/training/loop.py"
+# The config defaults: the root config.py, the file a researcher edits.
+CONFIG = "config.py"
 
 MUTATIONS: List[Mutation] = [
     # prediction and losses
@@ -88,8 +87,8 @@ MUTATIONS: List[Mutation] = [
     m("ICM residual p' = p + x -> x", MODULES, "return prototypes + self.out_proj(",
       "return self.out_proj(", MODEL_TESTS),
     m("ICM default heads 4 -> 8", MODULES,
-      "heads: int = 4, feature_size: Tuple[int, int] = (65, 65)):\n        super().__init__()\n        self.channels",
-      "heads: int = 8, feature_size: Tuple[int, int] = (65, 65)):\n        super().__init__()\n        self.channels",
+      "heads: int = 4, feature_size: Tuple[int, int] = (65, 65),\n                 aff: bool = True):",
+      "heads: int = 8, feature_size: Tuple[int, int] = (65, 65),\n                 aff: bool = True):",
       MODEL_TESTS),
     m("AFF default heads 4 -> 8", MODULES,
       "heads: int = 4, feature_size: Tuple[int, int] = (65, 65)):\n        super().__init__()\n        self.amplitude",
@@ -169,20 +168,20 @@ MUTATIONS: List[Mutation] = [
       "if rng.random() < 0.5:\n        support_images, support_masks = random_geometric",
       "if rng.random() < 0.45:\n        support_images, support_masks = random_geometric", DATA_TESTS),
     # episodes
-    m("episode min_size 200 -> 201", DATASETS, "min_size: int = 200,", "min_size: int = 201,", DATA_TESTS),
-    m("episode min_size 200 -> 199", DATASETS, "min_size: int = 200,", "min_size: int = 199,", DATA_TESTS),
-    m("max_iters_per_load 3000 -> 2000", DATASETS, "max_iters_per_load: int = 3000,",
+    m("episode min_size 200 -> 201", TRAINING, "min_size: int = 200,", "min_size: int = 201,", DATA_TESTS),
+    m("episode min_size 200 -> 199", TRAINING, "min_size: int = 200,", "min_size: int = 199,", DATA_TESTS),
+    m("max_iters_per_load 3000 -> 2000", TRAINING, "max_iters_per_load: int = 3000,",
       "max_iters_per_load: int = 2000,", DATA_TESTS),
-    m("slice-order reversal 0.5 -> 0.55", DATASETS, "if rng.random() < 0.5:", "if rng.random() < 0.55:",
+    m("slice-order reversal 0.5 -> 0.55", TRAINING, "if rng.random() < 0.5:", "if rng.random() < 0.55:",
       DATA_TESTS),
     # evaluation protocol
-    m("support fractions (2i+1)/6 -> (2i+1)/7", DATASETS, "(2 * i + 1) * count // (2 * n_part)",
+    m("support fractions (2i+1)/6 -> (2i+1)/7", EVALUATION, "(2 * i + 1) * count // (2 * n_part)",
       "(2 * i + 1) * count // (2 * n_part + 1)", DATA_TESTS),
-    m("support positions default n_part 3 -> 4", DATASETS, "def support_slice_positions(count: int, n_part: int = 3)",
+    m("support positions default n_part 3 -> 4", EVALUATION, "def support_slice_positions(count: int, n_part: int = 3)",
       "def support_slice_positions(count: int, n_part: int = 4)", DATA_TESTS),
-    m("chunk boundaries int -> round", DATASETS, "edges = np.linspace(0, n, n_part + 1).astype(int)",
+    m("chunk boundaries int -> round", EVALUATION, "edges = np.linspace(0, n, n_part + 1).astype(int)",
       "edges = np.round(np.linspace(0, n, n_part + 1)).astype(int)", DATA_TESTS),
-    m("TestDataset default n_part 3 -> 2", DATASETS, "n_part: int = 3, n_volumes", "n_part: int = 2, n_volumes",
+    m("TestDataset default n_part 3 -> 2", EVALUATION, "n_part: int = 3, n_volumes", "n_part: int = 2, n_volumes",
       DATA_TESTS),
     m("Dice 2TP/(2TP+FP+FN) -> TP/(TP+FP+FN)", METRICS, "else 2.0 * tp / denominator",
       "else 2.0 * tp / (denominator + tp)", DATA_TESTS),
@@ -199,21 +198,21 @@ MUTATIONS: List[Mutation] = [
       DATA_TESTS),
     m("foreground threshold 10 -> 9", GENERATE, "FOREGROUND_THRESHOLD = 10.0", "FOREGROUND_THRESHOLD = 9.0",
       DATA_TESTS),
-    # Config defaults (the release's scripts; cli/config.py and the ingredients): pinned by the experiment tests.
-    m("config momentum 0.9 -> 0.95", OPTIMISATION, "momentum = 0.9", "momentum = 0.95", CONFIG_TESTS),
-    m("config weight_decay 5e-4 -> 1e-4", OPTIMISATION, "weight_decay = 5e-4", "weight_decay = 1e-4", CONFIG_TESTS),
-    m("config lr_gamma 0.98 -> 0.9", OPTIMISATION, "lr_gamma = 0.98", "lr_gamma = 0.9", CONFIG_TESTS),
-    m("config lr_step_size 3000 -> 2000", OPTIMISATION, "lr_step_size = 3000", "lr_step_size = 2000", CONFIG_TESTS),
-    m("config lr 1e-3 -> 2e-3", OPTIMISATION, "lr = 1e-3", "lr = 2e-3", CONFIG_TESTS),
-    m("config n_steps 42000 -> 40000", OPTIMISATION, "n_steps = 42000", "n_steps = 40000", CONFIG_TESTS),
+    # Config defaults (the release's scripts, in the root config.py): pinned by the experiment tests.
+    m("config momentum 0.9 -> 0.95", CONFIG, "momentum = 0.9", "momentum = 0.95", CONFIG_TESTS),
+    m("config weight_decay 5e-4 -> 1e-4", CONFIG, "weight_decay = 5e-4", "weight_decay = 1e-4", CONFIG_TESTS),
+    m("config lr_gamma 0.98 -> 0.9", CONFIG, "lr_gamma = 0.98", "lr_gamma = 0.9", CONFIG_TESTS),
+    m("config lr_step_size 3000 -> 2000", CONFIG, "lr_step_size = 3000", "lr_step_size = 2000", CONFIG_TESTS),
+    m("config lr 1e-3 -> 2e-3", CONFIG, "lr = 1e-3", "lr = 2e-3", CONFIG_TESTS),
+    m("config n_steps 42000 -> 40000", CONFIG, "n_steps = 42000", "n_steps = 40000", CONFIG_TESTS),
     m("config snapshot_interval 6000 -> 5000", CONFIG, "snapshot_interval = 6000",
       "snapshot_interval = 5000", CONFIG_TESTS),
     m("config seed 2025 -> 2024", CONFIG, "seed = 2025", "seed = 2024", CONFIG_TESTS),
-    m("config setting 1 -> 2", DATASET_OPTIONS, "setting = 1 ", "setting = 2 ", CONFIG_TESTS),
-    m("config supp_idx 2 -> 0", EVALUATION_OPTIONS, "supp_idx = 2 ", "supp_idx = 0 ", CONFIG_TESTS),
-    m("config n_part 3 -> 4", EVALUATION_OPTIONS, "n_part = 3 ", "n_part = 4 ", CONFIG_TESTS),
-    m("config min_size 200 -> 100", EPISODE_OPTIONS, "min_size = 200 ", "min_size = 100 ", CONFIG_TESTS),
-    m("config max_iters_per_load 3000 -> 1000", EPISODE_OPTIONS, "max_iters_per_load = 3000",
+    m("config setting 1 -> 2", CONFIG, "setting = 1 ", "setting = 2 ", CONFIG_TESTS),
+    m("config supp_idx 2 -> 0", CONFIG, "supp_idx = 2 ", "supp_idx = 0 ", CONFIG_TESTS),
+    m("config n_part 3 -> 4", CONFIG, "n_part = 3 ", "n_part = 4 ", CONFIG_TESTS),
+    m("config min_size 200 -> 100", CONFIG, "min_size = 200 ", "min_size = 100 ", CONFIG_TESTS),
+    m("config max_iters_per_load 3000 -> 1000", CONFIG, "max_iters_per_load = 3000",
       "max_iters_per_load = 1000", CONFIG_TESTS),
 ]
 
