@@ -16,7 +16,8 @@ from fafnet.episodes import augment
 from fafnet.datasets.specs import DATASETS, get_dataset_spec, group_classes, make_folds
 from fafnet.episodes.evaluation import TestDataset, chunk_bounds, support_slice_positions
 from fafnet.episodes.training import TrainDataset
-from fafnet.episodes.volumes import (SETTING2_PROTOCOLS, consecutive_runs, count_volumes, excluded_classes_for, remaining_slices, slice_class_areas)
+from fafnet.episodes.volumes import (SETTING2_PROTOCOLS, consecutive_runs, count_volumes, excluded_classes_for,
+                                     remaining_slices, slice_class_areas)
 from tests.helpers import truncate
 
 Z, H, W = 12, 32, 32

@@ -837,7 +837,7 @@ def test_sigterm_interrupts_a_run_that_can_be_resumed_at_once(phantom, tmp_path)
     import time
 
     from fafnet.runtime.runs import run_status
-    from fafnet.runtime.snapshots import load_for_resume
+    from fafnet.runtime.resume import load_for_resume
     runs_dir = str(tmp_path / "runs")
     argv = _train_argv(phantom, runs_dir, n_steps=1000, snapshot_interval=1, keep_snapshots="none")
     process = subprocess.Popen([sys.executable] + argv, cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -259,7 +259,8 @@ def run_commandline(ex: Experiment, argv: Optional[Sequence[str]] = None, engine
                     program: Optional[str] = None):
     """Sacred's command line for `ex` (``[COMMAND] [with UPDATE...] [options]``, --help), with
     errors as one line: a user error (a bad option or input: `USER_ERRORS`) prints
-    "<program>: error: ..." and exits with status 2; Ctrl-C or SIGTERM exit 130 or 143. `engine`: the module the run's main imports, imported
+    "<program>: error: ..." and exits with status 2; Ctrl-C or SIGTERM exit 130 or 143.
+    `engine`: the module the run's main imports, imported
     first unless the command only prints (so run.json lists its sources)."""
     from fafnet.runtime.runs import Terminated
 

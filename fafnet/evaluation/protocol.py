@@ -35,7 +35,8 @@ from fafnet.models import build_model, model_counters, predict_batch_size, resol
 from fafnet.runtime.devices import configure_threads, eval_channels_last, resolve_device
 from fafnet.runtime.rng import seed_everything
 from fafnet.runtime.runs import Terminated
-from fafnet.runtime.checkpoints import (LoadedCheckpoint, checkpoint_model, load_checkpoint_state, read_checkpoint, unfinished_run_warning)
+from fafnet.runtime.checkpoints import (LoadedCheckpoint, checkpoint_model, load_checkpoint_state, read_checkpoint,
+                                        unfinished_run_warning)
 from fafnet.runtime.snapshots import SnapshotError
 from fafnet.runtime.training_data import OVERLAP, UNCHECKED, evaluation_data_record, leakage_record
 

@@ -167,7 +167,7 @@ def read_training_checkpoint(name: str) -> Checkpoint:
     resampled = config.get("resample_in_plane")
     model_name = snapshot_model_name(state)
     model_name, model_options = checkpoint_model(path, state, model_name, {}, "--checkpoint")
-    from fafnet.runtime.snapshots import unfinished_run_warning
+    from fafnet.runtime.checkpoints import unfinished_run_warning
     unfinished = unfinished_run_warning(path, state)   # latest.pth of a run that never finished
     if unfinished:
         log.warning("warning: %s", unfinished)

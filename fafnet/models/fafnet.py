@@ -99,7 +99,8 @@ def query_loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def default_predict_batch_size(device: torch.device) -> int:
     """Query slices per encoder pass in `FAFNet.predict` when none is given: 1 on the CPU,
-    where larger batches spill layer3's activations out of the cache (bench/bench_model.py), and 8 on GPUs (CUDA, MPS), which need batches to fill the device."""
+    where larger batches spill layer3's activations out of the cache (bench/bench_model.py),
+    and 8 on GPUs (CUDA, MPS), which need batches to fill the device."""
     return 1 if torch.device(device).type == "cpu" else 8
 
 

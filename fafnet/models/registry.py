@@ -13,6 +13,7 @@ snapshots and results.json record, and what evaluation and `segment` build the m
 A model that must relate its options (FAF-Net: the AFF needs the ICM) registers a `check`.
 """
 import inspect
+import math
 import typing
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Sequence
@@ -87,7 +88,7 @@ def _check_annotation(option: str, value, annotation) -> None:
         annotation = next(a for a in arguments if a is not type(None))
     fits = {bool: lambda v: isinstance(v, bool),
             int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf"),
+            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
             str: lambda v: isinstance(v, str)}.get(annotation)
     if fits is not None and not fits(value):
         kind = {bool: "True or False", int: "an integer", float: "a finite number", str: "a string"}[annotation]

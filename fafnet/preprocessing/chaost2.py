@@ -39,7 +39,9 @@ import numpy as np
 
 from fafnet.io.nifti import Geometry
 from fafnet.io.raw import image_information, natural_sort_key
-from fafnet.preprocessing.common import (DEFAULT_DICOM_SPACING, DEFAULT_MR_ARITHMETIC, DICOM_SPACINGS, ProcessedVolume, check_dicom_spacing, dicom_spacing_geometry, flip_rows, mr_route, preprocess_mr, require_dir, run_preprocessing)
+from fafnet.preprocessing.common import (DEFAULT_DICOM_SPACING, DEFAULT_MR_ARITHMETIC, DICOM_SPACINGS,
+                                         ProcessedVolume, check_dicom_spacing, dicom_spacing_geometry, flip_rows,
+                                         mr_route, preprocess_mr, require_dir, run_preprocessing)
 from fafnet.preprocessing.command_line import add_arithmetic_argument, build_parser, parse_arithmetic, run_cli
 from fafnet.preprocessing.manifest import RawCase, Route
 from fafnet.io.scans import read_series, series_file_names

@@ -20,7 +20,9 @@ The experiments read <data_root>/prostate_MR_normalized, data_root defaulting to
 import functools
 from typing import List, Optional, Sequence, Tuple
 
-from fafnet.preprocessing.common import (DEFAULT_MR_ARITHMETIC, ProcessedVolume, find_suffix_pairs, mr_route, nifti_pair_case, preprocess_nifti_mr_pair, run_preprocessing, validate_nifti_pair)
+from fafnet.preprocessing.common import (DEFAULT_MR_ARITHMETIC, ProcessedVolume, find_suffix_pairs, mr_route,
+                                         nifti_pair_case, preprocess_nifti_mr_pair, run_preprocessing,
+                                         validate_nifti_pair)
 from fafnet.preprocessing.command_line import add_arithmetic_argument, build_parser, parse_arithmetic, run_cli
 from fafnet.preprocessing.manifest import Route
 

@@ -21,7 +21,9 @@ import numpy as np
 
 from fafnet.io.nifti import Geometry
 from fafnet.io.raw import read_raw_image, strip_nifti_suffix
-from fafnet.preprocessing.common import (ProcessedVolume, extract_inplane_window, nifti_pair_case, pair_by_key, read_label_on_image_grid, require_dir, resample_image, resample_label, run_preprocessing)
+from fafnet.preprocessing.common import (ProcessedVolume, extract_inplane_window, nifti_pair_case, pair_by_key,
+                                         read_label_on_image_grid, require_dir, resample_image, resample_label,
+                                         run_preprocessing)
 from fafnet.preprocessing.command_line import build_parser, run_cli
 from fafnet.preprocessing.manifest import Route
 

@@ -105,7 +105,8 @@ RULES: Dict[str, Check] = {
     # episodes
     "n_shot": POSITIVE, "use_gt": BOOLEAN, "augment": BOOLEAN,
     "pseudo_labels": (lambda v: v in PSEUDO_LABELS, f"must be one of {', '.join(PSEUDO_LABELS)}"),
-    "supervoxel_min_size": POSITIVE, "superpixel_min_size": POSITIVE, "min_size": NON_NEGATIVE_INT, "max_iters_per_load": POSITIVE,
+    "supervoxel_min_size": POSITIVE, "superpixel_min_size": POSITIVE, "min_size": NON_NEGATIVE_INT,
+    "max_iters_per_load": POSITIVE,
     # model
     "model": (_text, "must be a model name (a string)"),
     "model_options": (lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v),

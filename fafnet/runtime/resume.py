@@ -10,8 +10,8 @@ from fafnet.runtime.options import flat_record
 from fafnet.runtime.rng import restore_rng_state
 from fafnet.runtime.runs import RUNNING, run_status
 from fafnet.runtime.snapshots import (FULL, FINAL_NAME, LATEST_NAME, OPTIONS_ADDED_LATER, SNAPSHOT_FORMAT,
-                                      SnapshotError, is_project_snapshot, read_snapshot_file, run_folder_of, snapshot_folder,
-                                      snapshot_kind, translate_legacy)
+                                      SnapshotError, is_project_snapshot, read_snapshot_file, run_folder_of,
+                                      snapshot_folder, snapshot_kind, translate_legacy)
 
 def load_for_resume(resume: str) -> Tuple[str, Dict]:
     """(path, state) of the full snapshot to resume from: a snapshot file or a training run

@@ -26,7 +26,8 @@ from fafnet.runtime.options import OPTIMIZERS, milestones, optimizer_choices
 from fafnet.runtime.rng import seed_everything
 from fafnet.runtime.runs import deferred_interrupts, record_continuation
 from fafnet.runtime.resume import load_for_resume, restore_training_state, resume_differences
-from fafnet.runtime.snapshots import (NonFiniteWeightsError, SnapshotError, SnapshotWriter, final_path, latest_path, run_folder_of, saved_training_config)
+from fafnet.runtime.snapshots import (NonFiniteWeightsError, SnapshotError, SnapshotWriter, final_path, latest_path,
+                                      run_folder_of, saved_training_config)
 from fafnet.runtime.training_data import (DATA_MANIFEST_NAME, describe_differences, resume_data_differences,
                                           training_data_record)
 from fafnet.training.curves import TrainingCurves, earlier_scalars
