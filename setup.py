@@ -17,7 +17,11 @@ class BuildWithConfig(build_py):
 
     def run(self):
         super().run()
-        self.copy_file("config.py", os.path.join(self.build_lib, "fafnet", "cli", "packaged_config.py"))
+        if getattr(self, "editable_mode", False):
+            return  # an editable install reads the checkout's config.py itself
+        target = os.path.join(self.build_lib, "fafnet", "cli")
+        self.mkpath(target)
+        self.copy_file("config.py", os.path.join(target, "packaged_config.py"))
 
 extensions = [
     Extension(
