@@ -21,8 +21,11 @@ $(VENV)/.project-installed: $(VENV)/.requirements-installed setup.py fafnet/supe
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 	touch $@
 
+# The suite on TEST_WORKERS processes (pytest-xdist), one thread each, a test module per process
+# at a time (its module fixtures made once); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests
 
 # The synthetic demo: data, supervoxels, a short training, evaluation (script/demo.sh).
 demo:

@@ -15,7 +15,7 @@ TINY_STUDY = {
     "named_configs": ["SYNTHETIC"],
     "options": {**TRAINING, "n_steps": 2, "snapshot_interval": 1, "image_size": [SIZE, SIZE], "test_classes": [1, 6],
                 "device": "cpu", "setting": 2, "setting2_protocol": "any", "save_predictions": False,
-                "save_figures": False},
+                "save_figures": False, "eval_batch_size": 8},
     "variants": {"baseline": {"model": "fafnet", "model_options": {"icm": False, "aff": False, "threshold": "scalar"}},
                  "fafnet": {"model": "fafnet"}},
     "seeds": [2025, 2026],
