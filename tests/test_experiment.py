@@ -465,6 +465,34 @@ def test_training_run_records_sources_dependencies_and_commit(straight_run):
     assert json.load(open(os.path.join(run_dir, "info.json")))["pid"] == os.getpid()
 
 
+def test_source_and_package_discovery_finds_what_sacreds_sys_discovery_finds(straight_run, tmp_path):
+    # The project gathers run.json's sources and packages itself (Sacred's own "sys" discovery
+    # resolves every module's path again for each experiment). Same sets, on this process's
+    # modules (the engines, torch, pytest), and on a link to a project file from outside it.
+    import sys
+    import types
+
+    from sacred.dependencies import get_dependencies_from_sys_modules, get_sources_from_sys_modules
+
+    from fafnet.io.provenance import PROJECT_ROOT, imported_sources_and_packages
+    outside = tmp_path / "linked_module.py"
+    outside.symlink_to(os.path.join(PROJECT_ROOT, "fafnet", "io", "provenance.py"))
+    linked = types.ModuleType("linked_module")
+    linked.__file__ = str(outside)
+    sys.modules["linked_module"] = linked
+    try:
+        sources, packages = imported_sources_and_packages(PROJECT_ROOT)
+        expected_sources = get_sources_from_sys_modules({}, PROJECT_ROOT, False)
+        expected_packages = get_dependencies_from_sys_modules({}, PROJECT_ROOT)
+    finally:
+        del sys.modules["linked_module"]
+    assert sorted(s.to_json(PROJECT_ROOT) for s in sources) == sorted(s.to_json(PROJECT_ROOT) for s in expected_sources)
+    assert sorted(p.to_json() for p in packages) == sorted(p.to_json() for p in expected_packages)
+    assert os.path.join(PROJECT_ROOT, "fafnet", "cli", "train.py") in {s.filename for s in sources}
+    assert str(outside) not in {s.filename for s in sources}   # a module name that is not its path
+    assert {"sacred", "pytest"} <= {p.name for p in packages}
+
+
 def test_config_json_holds_every_option_flat_and_resolved(straight_run, evaluation):
     run, _ = straight_run
     training = json.load(open(os.path.join(run.observers[0].dir, "config.json")))

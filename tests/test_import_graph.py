@@ -16,6 +16,7 @@ CONSOLE_SCRIPTS = {
     "fafnet-segment": "fafnet.cli.segment:cli",
     "fafnet-preprocess": "fafnet.cli.preprocess:cli",
     "fafnet-results": "fafnet.cli.results:cli",
+    "fafnet-study": "fafnet.cli.study:cli",
 }
 
 

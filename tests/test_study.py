@@ -13,7 +13,7 @@ from tests.helpers import SIZE, TRAINING, options_of
 TINY_STUDY = {
     "name": "phantom",
     "named_configs": ["SYNTHETIC"],
-    "options": {**TRAINING, "n_steps": 2, "snapshot_interval": 1, "image_size": [SIZE, SIZE], "test_classes": [1, 6],
+    "options": {**TRAINING, "n_steps": 2, "snapshot_interval": 2, "image_size": [SIZE, SIZE], "test_classes": [1, 6],
                 "device": "cpu", "setting": 2, "setting2_protocol": "any", "save_predictions": False,
                 "save_figures": False, "eval_batch_size": 8},
     "variants": {"baseline": {"model": "fafnet", "model_options": {"icm": False, "aff": False, "threshold": "scalar"}},

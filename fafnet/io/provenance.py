@@ -6,11 +6,13 @@ numbers may be compared (dataset, setting and its protocol, classes, fold, suppo
 n_part, the checkpoint with its step and its training run's key options, the pretrained
 weights, the pre-processing route, the code commit).
 """
+import functools
 import importlib.metadata
 import json
 import os
 import subprocess
-from typing import Dict, Iterable, Mapping, Optional
+import sys
+from typing import Dict, Iterable, Mapping, Optional, Set, Tuple
 
 from fafnet.io.layout import PREPROCESSING_MANIFEST_NAME, SYNTHETIC_MANIFEST_NAME
 
@@ -43,6 +45,64 @@ def record_dependencies(experiment) -> None:
             continue
         if name.lower() not in present:
             experiment.dependencies.add(PackageDependency(name, version))
+
+
+@functools.lru_cache(maxsize=None)
+def _real_directory(directory: str) -> str:
+    return os.path.realpath(directory)
+
+
+def _real_file(filename: str) -> str:
+    """os.path.realpath(filename), with the real path of its directory looked up once per process."""
+    if os.path.islink(filename):
+        return os.path.realpath(filename)
+    return os.path.join(_real_directory(os.path.dirname(filename)), os.path.basename(filename))
+
+
+def is_project_module(filename: str, modname: str, real_root: str) -> bool:
+    """Sacred's rule for a local source (sacred.dependencies.is_local_source): the module's real
+    file lies under `real_root` and its path there ends with its dotted name."""
+    from pathlib import PurePath
+
+    from sacred.dependencies import convert_path_to_module_parts
+
+    real = _real_file(os.path.abspath(filename))
+    if not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        return False
+    path_parts = convert_path_to_module_parts(PurePath(os.path.relpath(real, real_root)))
+    mod_parts = modname.split(".")
+    if path_parts == mod_parts:
+        return True
+    if len(path_parts) > len(mod_parts):
+        return False
+    return all(p == m for p, m in zip(reversed(convert_path_to_module_parts(PurePath(real))), reversed(mod_parts)))
+
+
+def imported_sources_and_packages(root: str = PROJECT_ROOT) -> Tuple[Set, Set]:
+    """(Sacred Source of every imported module that is a file of `root`, Sacred PackageDependency
+    of every other imported top-level package with a version): what Sacred's "sys" discovery
+    finds, at a fraction of its cost. Sacred resolves every module's path again for each
+    experiment (0.2 to 2 s with torch loaded, several times per test process); here each
+    directory is resolved once per process."""
+    from sacred.dependencies import MODULE_BLACKLIST, PackageDependency, Source
+
+    real_root = os.path.realpath(root)
+    sources, packages = set(), set()
+    for modname, module in list(sys.modules.items()):
+        if modname in MODULE_BLACKLIST or module is None:
+            continue
+        filename = getattr(module, "__file__", None)
+        local = bool(filename) and is_project_module(filename, modname, real_root)
+        if local:
+            sources.add(Source.create(os.path.abspath(filename), save_git_info=False))
+        elif not modname.startswith("_") and "." not in modname:
+            try:
+                package = PackageDependency.create(module)
+            except AttributeError:
+                continue
+            if package.version is not None:
+                packages.add(package)
+    return sources, packages
 
 
 def code_version(root: str = PROJECT_ROOT) -> Dict[str, Optional[object]]:
