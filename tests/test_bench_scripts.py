@@ -1,11 +1,11 @@
 """The benchmark scripts run end to end on tiny settings (their numbers are not checked, only
-that every part runs and reports): bench_episodes on a generated dataset, bench_gpu's
-profile-trace breakdown on a hand-made trace."""
+that every part runs and reports): bench_episodes on a generated dataset, bench_startup's
+discovery comparison, bench_gpu's profile-trace breakdown on a hand-made trace."""
 import json
 
 import pytest
 
-from bench import bench_episodes
+from bench import bench_episodes, bench_startup
 from bench.bench_gpu import summarize_trace
 
 
@@ -23,6 +23,18 @@ def test_bench_episodes_reports_both_variants(tmp_path, capsys):
 def test_bench_episodes_rejects_too_few_subjects():
     with pytest.raises(SystemExit):
         bench_episodes.parse_args(["--subjects", "4"])
+
+
+def test_bench_startup_times_both_discoveries_and_checks_they_agree(tmp_path, capsys):
+    times = bench_startup.main(["--repeats", "2", "--json", str(tmp_path / "startup.json")])
+    assert {name: len(values) for name, values in times.items()} == {
+        "Sacred sys discovery (before)": 2, "project (now)": 2}
+    out = capsys.readouterr().out
+    assert "same sets: yes" in out and "| project (now) |" in out
+    written = json.loads((tmp_path / "startup.json").read_text())
+    assert written["same_sets"] is True and written["seconds"] == times
+    with pytest.raises(SystemExit):
+        bench_startup.parse_args(["--repeats", "0"])
 
 
 def trace_event(category, name, start, duration):
@@ -93,9 +105,9 @@ def test_gpu_benchmark_sections_run_on_the_cpu_through_the_package():
     fast_train, fast_eval = (("fast_bf16_bench", "bf16_b16_bench") if cpu_computes_bf16_natively()
                              else ("fast_fp32_cl_bench", "fp32_cl_b16_bench"))
     args = bench_gpu.parse_args([
-        "--device", "cpu", "--size", "33", "--slices", "12", "--steps", "1", "--warmup", "0", "--eval-repeats", "1",
+        "--device", "cpu", "--size", "33", "--slices", "8", "--steps", "1", "--warmup", "0", "--eval-repeats", "1",
         "--train-variants", f"baseline,{fast_train}", "--eval-variants", f"baseline_b8,{fast_eval}",
-        "--no-profile", "--min-variant-s", "0", "--dice-size", "33", "--dice-slices", "12", "--dice-subjects", "5",
+        "--no-profile", "--min-variant-s", "0", "--dice-size", "33", "--dice-slices", "8", "--dice-subjects", "5",
         "--dice-steps", "2", "--dice-seeds", "1", "--dice-labels", "gt", "--dice-min-size", "20"])
     device = torch.device("cpu")
     train = bench_gpu.Recorder(None)
