@@ -35,7 +35,7 @@ from docopt import DocoptExit, docopt  # noqa: E402
 from sacred import SETTINGS  # noqa: E402
 from sacred.arg_parser import get_config_updates  # noqa: E402
 from sacred.config import ConfigScope, load_config_file  # noqa: E402
-from sacred.dependencies import Source, get_sources_from_sys_modules  # noqa: E402
+from sacred.dependencies import Source  # noqa: E402
 from sacred.observers import FileStorageObserver  # noqa: E402
 from sacred.utils import SacredError, apply_backspaces_and_linefeeds  # noqa: E402
 
@@ -46,8 +46,8 @@ from fafnet.runtime.options import LEGACY_GROUPS, LEGACY_MODEL_OPTIONS, check_op
 # "sys" tees sys.stdout/stderr in-process and still fills the run's cout.txt.
 SETTINGS.CAPTURE_MODE = "sys"
 # run.json lists every project module the run imported and every installed package it
-# imported, with its version: make_experiment adds what Sacred's "sys" discovery would find
-# (fafnet.io.provenance.imported_sources_and_packages), without its cost per experiment.
+# imported, with its version: the experiment's config hook adds what Sacred's "sys" discovery
+# would find (fafnet.io.provenance.imported_sources_and_packages), at a fraction of its cost.
 SETTINGS.DISCOVER_SOURCES = "none"
 SETTINGS.DISCOVER_DEPENDENCIES = "none"
 
@@ -205,9 +205,6 @@ def make_experiment(name: str, main: Callable, runs_subdir: str, command: str,
     module = load_config(config_path)
     # Git is asked once, for the main file (run.json's commit), not for every source file.
     ex = Experiment(name, default_options(module), base_dir=PROJECT_ROOT, save_git_info=False)
-    sources, packages = imported_sources_and_packages(PROJECT_ROOT)
-    ex.sources |= sources
-    ex.dependencies |= packages
     ex.mainfile = Source.create(inspect.getsourcefile(main), save_git_info=True)
     ex.sources.discard(ex.mainfile)   # the same file found without its git record
     ex.sources.add(ex.mainfile)
@@ -228,8 +225,11 @@ def make_experiment(name: str, main: Callable, runs_subdir: str, command: str,
             return {}
         check_options(config, command)
         updates = check_model_options(config, command)
-        # The engine is imported by now (run_commandline imports it first): run.json lists its sources.
-        ex.sources |= get_sources_from_sys_modules(None, PROJECT_ROOT, False)
+        # The engine is imported by now (run_commandline imports it first): run.json lists its
+        # sources and packages (the main file keeps its git record: a set keeps its element).
+        sources, packages = imported_sources_and_packages(PROJECT_ROOT)
+        ex.sources |= sources
+        ex.dependencies |= packages
         runs = os.path.join(config["runs_dir"], runs_subdir)
         if os.path.exists(config["runs_dir"]) and not os.path.isdir(config["runs_dir"]):
             raise ValueError(f"config option runs_dir={config['runs_dir']!r} is a file, not a folder")
