@@ -99,7 +99,7 @@ def test_experiments_are_fresh_and_leave_sacreds_settings_as_set():
     before = SETTINGS.CAPTURE_MODE, SETTINGS.DISCOVER_SOURCES, SETTINGS.DISCOVER_DEPENDENCIES
     first, second = train.experiment(), experiment_for("train")
     assert first is not second and first.observers is not second.observers
-    # Sacred's own discovery is off: make_experiment gathers the same sources and packages.
+    # Sacred's own discovery is off: each run's config hook gathers the same sources and packages.
     assert (SETTINGS.CAPTURE_MODE, SETTINGS.DISCOVER_SOURCES, SETTINGS.DISCOVER_DEPENDENCIES) == before \
         == ("sys", "none", "none")
     assert set(first.named_configs) == {"SABS", "CHAOST2", "CMR", "Prostate_MRI", "SYNTHETIC", "adnet", "ssl_alpnet",
